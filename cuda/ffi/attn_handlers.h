@@ -1,0 +1,11 @@
+// The FFI handler symbols the nanobind module registers.
+#pragma once
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_flash::ffi_glue {
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(AttnFwd);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(AttnBwd);
+
+}  // namespace jax_flash::ffi_glue

@@ -1,0 +1,112 @@
+#include "ffi/buffers.h"
+
+namespace jax_flash::ffi_glue {
+
+std::optional<ffi::Error> decode_bshd(const ffi::AnyBuffer& buffer, const char* name, Bshd* shape) {
+  auto dims = buffer.dimensions();
+  if (dims.size() < 4) {
+    return ffi::Error::InvalidArgument(std::string("jax_flash: ") + name +
+                                       " must have rank >= 4 (..., S, H, D), got rank " +
+                                       std::to_string(dims.size()));
+  }
+  const size_t rank = dims.size();
+  shape->batch = 1;
+  for (size_t i = 0; i + 3 < rank; ++i) shape->batch *= dims[i];
+  shape->seq = dims[rank - 3];
+  shape->heads = dims[rank - 2];
+  shape->dim = dims[rank - 1];
+  return std::nullopt;
+}
+
+std::optional<ffi::Error> decode_dtype(const ffi::AnyBuffer& buffer, const char* name, DType* dtype) {
+  switch (buffer.element_type()) {
+    case ffi::DataType::F16: *dtype = DType::kFloat16; return std::nullopt;
+    case ffi::DataType::BF16: *dtype = DType::kBFloat16; return std::nullopt;
+    default:
+      return ffi::Error::InvalidArgument(std::string("jax_flash: ") + name +
+                                         " must be float16 or bfloat16");
+  }
+}
+
+std::string describe(const Bshd& shape) {
+  return "(batch " + std::to_string(shape.batch) + ", seq " + std::to_string(shape.seq) + ", heads " +
+         std::to_string(shape.heads) + ", dim " + std::to_string(shape.dim) + ")";
+}
+
+}  // namespace jax_flash::ffi_glue
+
+namespace jax_flash::ffi_glue {
+
+std::optional<ffi::Error> fill_qkv(const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
+                                   const ffi::AnyBuffer& v, AttnFwdParams* params, DType* dtype) {
+  Bshd qs, ks, vs;
+  DType k_dtype, v_dtype;
+  if (auto e = decode_bshd(q, "q", &qs)) return e;
+  if (auto e = decode_bshd(k, "k", &ks)) return e;
+  if (auto e = decode_bshd(v, "v", &vs)) return e;
+  if (auto e = decode_dtype(q, "q", dtype)) return e;
+  if (auto e = decode_dtype(k, "k", &k_dtype)) return e;
+  if (auto e = decode_dtype(v, "v", &v_dtype)) return e;
+  if (k_dtype != *dtype || v_dtype != *dtype) {
+    return ffi::Error::InvalidArgument("jax_flash: q, k and v must have the same dtype");
+  }
+  if (ks.batch != qs.batch || vs.batch != qs.batch || vs.seq != ks.seq || vs.heads != ks.heads ||
+      ks.dim != qs.dim || ks.heads == 0 || qs.heads % ks.heads != 0) {
+    return ffi::Error::InvalidArgument("jax_flash: inconsistent shapes q " + describe(qs) + ", k " +
+                                       describe(ks) + ", v " + describe(vs));
+  }
+  if (qs.seq > INT32_MAX || ks.seq > INT32_MAX || qs.batch > INT32_MAX) {
+    return ffi::Error::InvalidArgument("jax_flash: sequence length or batch beyond int32");
+  }
+  params->q = q.untyped_data();
+  params->k = k.untyped_data();
+  params->v = v.untyped_data();
+  params->q_batch_stride = qs.batch_stride();
+  params->q_row_stride = qs.row_stride();
+  params->q_head_stride = qs.head_stride();
+  params->k_batch_stride = ks.batch_stride();
+  params->k_row_stride = ks.row_stride();
+  params->k_head_stride = ks.head_stride();
+  params->v_batch_stride = vs.batch_stride();
+  params->v_row_stride = vs.row_stride();
+  params->v_head_stride = vs.head_stride();
+  params->batch = static_cast<int>(qs.batch);
+  params->seqlen_q = static_cast<int>(qs.seq);
+  params->seqlen_k = static_cast<int>(ks.seq);
+  params->heads_q = static_cast<int>(qs.heads);
+  params->heads_k = static_cast<int>(ks.heads);
+  params->kv_group = static_cast<int>(qs.heads / ks.heads);
+  params->head_dim = static_cast<int>(qs.dim);
+  params->head_dim_v = static_cast<int>(vs.dim);
+  // The (B, Hq, Sq) float32 LSE that goes with q.
+  params->lse_batch_stride = qs.heads * qs.seq;
+  params->lse_head_stride = qs.seq;
+  if (!attn_supported(*dtype, params->head_dim, params->head_dim_v)) {
+    return ffi::Error::InvalidArgument("jax_flash: this build has no kernel for head_dim " +
+                                       std::to_string(params->head_dim) + ", head_dim_v " +
+                                       std::to_string(params->head_dim_v));
+  }
+  return std::nullopt;
+}
+
+std::optional<ffi::Error> expect_bshd(const ffi::AnyBuffer& buffer, const char* name,
+                                      const Bshd& expected) {
+  Bshd got;
+  if (auto e = decode_bshd(buffer, name, &got)) return e;
+  if (got.batch != expected.batch || got.seq != expected.seq || got.heads != expected.heads ||
+      got.dim != expected.dim) {
+    return ffi::Error::InvalidArgument(std::string("jax_flash: ") + name + " has shape " +
+                                       describe(got) + ", expected " + describe(expected));
+  }
+  return std::nullopt;
+}
+
+void fill_attributes(float scale, float softcap, int32_t window_left, int32_t window_right,
+                     AttnFwdParams* params) {
+  params->scale = scale;
+  params->softcap = softcap;
+  params->window_left = window_left;
+  params->window_right = window_right;
+}
+
+}  // namespace jax_flash::ffi_glue

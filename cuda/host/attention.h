@@ -1,0 +1,35 @@
+// Host entry points of the kernel library: params in, launches on `stream`, errors out as values.
+// Nothing here includes CuTe or XLA; the FFI layer and any other caller see only this header.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+
+#include "kernels/params.h"
+
+namespace jax_flash {
+
+enum class DType { kFloat16, kBFloat16 };
+
+// Empty message = success. Never exits, never synchronizes, never allocates device memory.
+struct Status {
+  std::string message;
+  bool ok() const { return message.empty(); }
+};
+
+// True when this build holds an instantiation for the dtype and head dims.
+bool attn_supported(DType dtype, int head_dim, int head_dim_v);
+
+// Forward: writes out and lse for every row (fully masked rows: 0 and -inf).
+Status attn_fwd(const AttnFwdParams& params, DType dtype, cudaStream_t stream);
+
+// Bytes of scratch the backward needs for these shapes (a pure function of static shapes).
+size_t attn_bwd_workspace_bytes(int batch, int seqlen_q, int seqlen_k, int heads_q, int heads_k,
+                                int head_dim, int head_dim_v, bool deterministic);
+
+// Backward: writes dq, dk, dv in full (dk/dv summed over the query heads of each kv head).
+Status attn_bwd(const AttnBwdParams& params, DType dtype, cudaStream_t stream);
+
+}  // namespace jax_flash

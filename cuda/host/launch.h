@@ -1,0 +1,20 @@
+// Declarations of the per-instantiation launchers. Each is defined in a *_launch.cuh that includes the
+// kernels, and explicitly instantiated in exactly one generated file under cuda/instantiations/.
+// This header stays free of CuTe so dispatch.cu compiles fast.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "host/attention.h"
+
+namespace jax_flash {
+
+// Element: cutlass::half_t or cutlass::bfloat16_t. kHeadDim / kHeadDimV: the tile's head dims; the
+// real head_dim / head_dim_v in params are <= them (loads beyond are predicated off, zero filled).
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_fwd(const AttnFwdParams& params, cudaStream_t stream);
+
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream);
+
+}  // namespace jax_flash

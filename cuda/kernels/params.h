@@ -1,0 +1,60 @@
+// The one plain-data struct that crosses host -> device. No templates, no CuTe, no XLA here.
+//
+// Tensors are addressed through element strides (int64: a tensor may pass 2^31 elements).
+// Dense layout is BSHD: q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv), out (B, Sq, Hq, Dv),
+// lse (B, Hq, Sq) float32.
+#pragma once
+
+#include <cstdint>
+
+namespace jax_flash {
+
+struct AttnFwdParams {
+  const void* __restrict__ q;
+  const void* __restrict__ k;
+  const void* __restrict__ v;
+  void* __restrict__ out;
+  float* __restrict__ lse;  // always written: the backward pass needs it
+
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t out_batch_stride, out_row_stride, out_head_stride;
+  int64_t lse_batch_stride, lse_head_stride;  // lse row stride is 1
+
+  int batch, seqlen_q, seqlen_k;
+  int heads_q, heads_k;
+  int kv_group;  // heads_q / heads_k: query head h reads kv head h / kv_group
+  int head_dim, head_dim_v;  // the real sizes; the instantiation's tile may be larger
+
+  float scale;       // applied to q.k before softcap
+  float softcap;     // 0 = none; else s = softcap * tanh(s / softcap)
+  // Bottom-right aligned window around key position p = i + seqlen_k - seqlen_q of query i:
+  // keys in [p - window_left, p + window_right] are visible; -1 means unbounded on that side.
+  // causal is expressed as window_right = 0.
+  int window_left, window_right;
+};
+
+struct AttnBwdParams : AttnFwdParams {
+  const void* __restrict__ dout;  // (B, Sq, Hq, Dv)
+  void* __restrict__ dq;          // (B, Sq, Hq, D)
+  void* __restrict__ dk;          // (B, Sk, Hk, D)
+  void* __restrict__ dv;          // (B, Sk, Hk, Dv)
+  // In the backward pass lse is an input (the forward's); the pointer above is reused read-only,
+  // and so is out (the forward's output, for delta = rowsum(dout * out)).
+  // Cotangent of lse (B, Hq, Sq) float32 with lse's strides: it adds dlse_i * P_ij to dS_ij, i.e.
+  // delta_i -> delta_i - dlse_i. Never null from the FFI layer (zeros when lse is not used).
+  const float* __restrict__ dlse;
+
+  int64_t dout_batch_stride, dout_row_stride, dout_head_stride;
+  int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+  int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+  int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+
+  // Scratch from XLA, attn_bwd_workspace_bytes() long, 256-byte aligned, contents undefined on entry.
+  void* workspace;
+
+  bool deterministic;  // bitwise-repeatable gradients
+};
+
+}  // namespace jax_flash

@@ -1,0 +1,19 @@
+"""jax_flash: FlashAttention-class CUDA kernels for JAX, with a pure-JAX reference everywhere else.
+
+Public API (see README.md and each function's docstring for shapes and semantics):
+  flash_attention(q, k, v, ...)      dense BSHD attention, forward and backward
+  reference                          the pure-JAX definition of every op (CPU/TPU path, test oracle)
+  cuda_available()                   None-free check: can the kernels run here?
+"""
+
+from jax_flash import reference
+from jax_flash._ffi import unavailable_reason as _unavailable_reason
+from jax_flash.ops import flash_attention
+
+__all__ = ["flash_attention", "reference", "cuda_available"]
+__version__ = "0.1.0"
+
+
+def cuda_available() -> bool:
+    """True when the CUDA extension is built and a GPU is visible to JAX."""
+    return _unavailable_reason() is None

@@ -1,0 +1,89 @@
+"""The CUDA extension: loading it, registering its FFI targets once, and `ffi_call` wrappers.
+
+Everything that knows target names, attribute names and the handlers' buffer order lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FWD_TARGET = "jax_flash_attn_fwd"
+BWD_TARGET = "jax_flash_attn_bwd"
+
+
+@functools.cache
+def _load_module():
+    """The nanobind module, or the reason it cannot be used."""
+    try:
+        from jax_flash import _jax_flash_cuda
+    except ImportError as e:
+        return None, f"the CUDA extension is not built ({e})"
+    return _jax_flash_cuda, None
+
+
+@functools.cache
+def _gpu_reason() -> str | None:
+    try:
+        if not jax.devices("gpu"):
+            return "no GPU device is visible to JAX"
+    except RuntimeError as e:
+        return f"no GPU backend in JAX ({e})"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None when the CUDA kernels can run here, else why not."""
+    module, reason = _load_module()
+    return reason or _gpu_reason()
+
+
+@functools.cache
+def _registered():
+    module, reason = _load_module()
+    if module is None:
+        raise RuntimeError(f"jax_flash: {reason}")
+    for name, capsule in module.registrations().items():
+        jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
+    return module
+
+
+def supported(dtype, head_dim: int, head_dim_v: int) -> bool:
+    """True when this build has a kernel for the dtype and head dims (False without the extension)."""
+    module, _ = _load_module()
+    return module is not None and module.supported(jnp.dtype(dtype).name, head_dim, head_dim_v)
+
+
+def _attributes(config) -> dict:
+    return dict(scale=np.float32(config.scale), softcap=np.float32(config.softcap or 0.0),
+                window_left=np.int32(config.window_left), window_right=np.int32(config.window_right))
+
+
+def attn_fwd(q, k, v, config):
+    """out (..., Sq, Hq, Dv) in q.dtype, lse (..., Hq, Sq) float32. Leading dims fold into the batch."""
+    _registered()
+    *lead, sq, hq, _ = q.shape
+    out_types = (jax.ShapeDtypeStruct((*lead, sq, hq, v.shape[-1]), q.dtype),
+                 jax.ShapeDtypeStruct((*lead, hq, sq), jnp.float32))
+    call = jax.ffi.ffi_call(FWD_TARGET, out_types, vmap_method="broadcast_all")
+    return call(q, k, v, **_attributes(config))
+
+
+def attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic: bool):
+    """dq, dk, dv in q.dtype; dk/dv are summed over the query heads of each kv head."""
+    module = _registered()
+    *lead, sq, hq, d = q.shape
+    sk, hk, dv = v.shape[-3:]
+    batch = math.prod(lead)
+    workspace = module.bwd_workspace_bytes(batch, sq, sk, hq, hk, d, dv, bool(deterministic))
+    out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
+                 jax.ShapeDtypeStruct(v.shape, v.dtype),
+                 jax.ShapeDtypeStruct((max(workspace, 1),), jnp.uint8))
+    call = jax.ffi.ffi_call(BWD_TARGET, out_types, vmap_method="broadcast_all")
+    dq, dk, dv_, _ = call(q, k, v, out, lse, dout, dlse, deterministic=np.bool_(deterministic),
+                          **_attributes(config))
+    return dq, dk, dv_

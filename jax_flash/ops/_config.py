@@ -1,0 +1,115 @@
+"""Static argument checks and the normalized, hashable configuration every attention op carries.
+
+All checks run at trace time on shapes and Python values and raise ValueError/TypeError that name
+the argument, its shape and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+MAX_HEAD_DIM = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """Scores s = scale * q.k, capped by softcap; keys visible in [p - window_left, p + window_right]
+    around the bottom-right aligned position p of each query (-1 = unbounded)."""
+
+    scale: float
+    softcap: float | None
+    window_left: int
+    window_right: int
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return (self.window_left, self.window_right)
+
+
+def _shape(x) -> tuple:
+    return tuple(getattr(x, "shape", ()))
+
+
+def check_window(window, causal: bool) -> tuple[int, int]:
+    """(left, right) with -1 for unbounded; causal=True bounds the right side at 0."""
+    if window is None:
+        left, right = -1, -1
+    else:
+        if not (isinstance(window, (tuple, list)) and len(window) == 2):
+            raise ValueError(f"window must be None or a pair (left, right), got {window!r}")
+        left, right = (-1 if w is None else w for w in window)
+        for name, w in (("window[0] (left)", left), ("window[1] (right)", right)):
+            if isinstance(w, bool) or not isinstance(w, int):
+                raise TypeError(f"{name} must be an int or None, got {type(w).__name__}")
+            if w < -1:
+                raise ValueError(f"{name} must be >= -1 (-1 means unbounded), got {w}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if causal:
+        right = 0 if right == -1 else min(right, 0)
+    return left, right
+
+
+def check_softcap(softcap) -> float | None:
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap must be a positive float or None, got {type(softcap).__name__}")
+    if not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap must be a finite value > 0, got {softcap}")
+    return float(softcap)
+
+
+def check_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def check_dtypes(**arrays) -> jnp.dtype:
+    dtypes = {name: jnp.dtype(x.dtype) for name, x in arrays.items()}
+    first_name, first = next(iter(dtypes.items()))
+    for name, dtype in dtypes.items():
+        if dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be bfloat16 or float16, got {dtype}")
+        if dtype != first:
+            raise TypeError(f"q, k and v must share one dtype: {first_name} is {first}, {name} is {dtype}")
+    return first
+
+
+def check_head_dims(head_dim: int, head_dim_v: int, shapes: str) -> None:
+    for name, d in (("head dim D of q/k", head_dim), ("head dim Dv of v", head_dim_v)):
+        if d <= 0 or d % 8 or d > MAX_HEAD_DIM:
+            raise ValueError(f"{name} must be a multiple of 8 in [8, {MAX_HEAD_DIM}], got {d} ({shapes})")
+
+
+def check_dense(q, k, v, *, causal, window, softcap, scale) -> AttentionConfig:
+    """Checks BSHD q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv)."""
+    shapes = f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)}"
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(_shape(x)) != 4:
+            raise ValueError(f"{name} must have rank 4 (batch, seq, heads, head_dim), got shape {_shape(x)}")
+    check_dtypes(q=q, k=k, v=v)
+    (b, _, hq, d), (bk, sk, hk, dk), (bv, skv, hkv, dv) = q.shape, k.shape, v.shape
+    if not (b == bk == bv):
+        raise ValueError(f"q, k and v must have the same batch size: {shapes}")
+    if sk != skv:
+        raise ValueError(f"k and v must have the same sequence length: {shapes}")
+    if hk != hkv:
+        raise ValueError(f"k and v must have the same number of heads: {shapes}")
+    if d != dk:
+        raise ValueError(f"q and k must have the same head dim: {shapes}")
+    if hk == 0 or hq % hk:
+        raise ValueError(f"query heads ({hq}) must be a multiple of kv heads ({hk}): {shapes}")
+    check_head_dims(d, dv, shapes)
+    left, right = check_window(window, causal)
+    return AttentionConfig(scale=check_scale(scale, d), softcap=check_softcap(softcap),
+                           window_left=left, window_right=right)

@@ -1,0 +1,83 @@
+"""Dense (BSHD) attention: argument checks, implementation choice, and the CUDA path's custom_vjp."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from jax_flash import _ffi, reference
+from jax_flash.ops._config import AttentionConfig, check_dense
+from jax_flash.ops._implementation import choose_implementation
+from jax_flash.ops._partition import batch_head_partitioned, fold_vmap
+
+
+def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
+                    return_lse=False, deterministic=False, implementation=None):
+    """Multi-head attention softmax(scale * q k^T [capped, masked]) v, FlashAttention style.
+
+    Args:
+      q: (B, Sq, Hq, D) bfloat16 or float16.
+      k: (B, Sk, Hk, D), same dtype; Hq must be a multiple of Hk (GQA/MQA: query head h reads
+        kv head h // (Hq // Hk)).
+      v: (B, Sk, Hk, Dv). D and Dv: multiples of 8 up to 256.
+      causal: mask keys after each query's position. Masks are bottom-right aligned: query i sits at
+        key position i + Sk - Sq.
+      window: (left, right) keeps keys in [p - left, p + right] around that position; None or -1 on
+        a side means unbounded. Combined with causal, right is at most 0.
+      softcap: if set, scores become softcap * tanh(scores / softcap) (forward and backward).
+      scale: score scale, default 1 / sqrt(D).
+      return_lse: also return the log-sum-exp of the scores, (B, Hq, Sq) float32.
+      deterministic: bitwise-repeatable gradients.
+      implementation: "cuda" (the kernels; an error where they cannot run), "xla" (the pure-JAX
+        reference), or None (cuda when available, else xla).
+
+    Returns:
+      out (B, Sq, Hq, Dv) in q's dtype, and lse if asked. A query with no visible key gets out = 0,
+      lse = -inf and zero gradients.
+    """
+    config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
+    if impl == "xla":
+        out, lse = reference.attention(q, k, v, window=config.window, softcap=config.softcap,
+                                       scale=config.scale, return_lse=True)
+    else:
+        out, lse = _cuda_attention(q, k, v, config, deterministic)
+    return (out, lse) if return_lse else out
+
+
+def _fwd_call(q, k, v, config: AttentionConfig):
+    return tuple(_ffi.attn_fwd(q, k, v, config))
+
+
+def _bwd_call(q, k, v, out, lse, dout, dlse, static):
+    config, deterministic = static
+    return tuple(_ffi.attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic))
+
+
+_fwd_sharded = fold_vmap(batch_head_partitioned(_fwd_call, ("q", "kv", "kv"), ("q", "lse")))
+_bwd_sharded = fold_vmap(batch_head_partitioned(
+    _bwd_call, ("q", "kv", "kv", "q", "lse", "q", "lse"), ("q", "kv", "kv")))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _cuda_attention(q, k, v, config, deterministic):
+    return _fwd_sharded(q, k, v, config)
+
+
+def _cuda_attention_fwd(q, k, v, config, deterministic):
+    out, lse = _fwd_sharded(q, k, v, config)
+    return (out, lse), (q, k, v, out, lse)
+
+
+def _cuda_attention_bwd(config, deterministic, residuals, cotangents):
+    q, k, v, out, lse = residuals
+    dout, dlse = cotangents
+    return _bwd_sharded(q, k, v, out, lse, dout.astype(out.dtype), dlse, (config, deterministic))
+
+
+_cuda_attention.defvjp(_cuda_attention_fwd, _cuda_attention_bwd)
