@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One build+test+bench cycle on a lent GPU machine (see DEVICE.md): no network there, CUTLASS comes from a
+# carried wheel in .whl/. Logs go to $OUT. Usage:
+#   scripts/gpu_cycle.sh [build|test|memcheck|bench]...   (default: build test)
+# Environment: JAX_FLASH_HEAD_DIMS / JAX_FLASH_DTYPES / JAX_FLASH_ARCHS (default 90a here), PYTEST_ARGS,
+# BENCH_ARGS.
+set -uo pipefail
+OUT=${OUT:-/tmp/jax_flash_out}
+mkdir -p "$OUT"
+export JAX_FLASH_ARCHS=${JAX_FLASH_ARCHS:-90a} JAX_FLASH_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+steps=${*:-build test}
+status=0
+
+for step in $steps; do
+  start=$SECONDS
+  case $step in
+    build)
+      python3 -m pip install -q --no-index --no-deps .whl/nvidia_cutlass-*.whl &&
+      python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1
+      rc=$?
+      grep -E "error|warning: .*spill|bytes stack frame" "$OUT/build.log" | head -40
+      ;;
+    test)
+      (cd /tmp && python3 -m pytest -q -p no:cacheprovider -n 6 ${PYTEST_ARGS:-} "$OLDPWD/tests") \
+        > "$OUT/pytest.log" 2>&1
+      rc=$?
+      grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest.log" | tail -40
+      ;;
+    memcheck)
+      (cd tests && compute-sanitizer --tool memcheck --error-exitcode 9 \
+        python3 gpu_subprocess_cases.py /tmp/memcheck.npz --small) > "$OUT/memcheck.log" 2>&1
+      rc=$?
+      tail -5 "$OUT/memcheck.log"
+      ;;
+    bench)
+      (cd /tmp && python3 -m jax_flash.benchmark ${BENCH_ARGS:-}) 2>&1 | tee "$OUT/bench.log"
+      rc=${PIPESTATUS[0]}
+      ;;
+    *) echo "unknown step $step"; rc=2 ;;
+  esac
+  echo "== $step: exit $rc in $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || status=$rc
+done
+exit $status
