@@ -1,0 +1,150 @@
+"""Pure-JAX attention: the semantic definition of every op, the CPU/TPU fallback and the test oracle.
+
+Independent of the CUDA kernels on purpose: it materialises the full score matrix in float32 (HIGHEST
+precision), which is slow and memory hungry but leaves no room for doubt. See DESIGN.md "Semantics".
+
+Layout is BSHD: q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["attention", "attention_with_lse", "naive_attention", "visible_mask"]
+
+
+def _window_bounds(causal, window):
+    """Normalises (causal, window) to (left, right); None means unbounded on that side."""
+    if window is None:
+        left, right = None, None
+    else:
+        try:
+            left, right = window
+        except (TypeError, ValueError):
+            raise ValueError(f"window must be None or a pair (left, right), got {window!r}") from None
+        left = None if left is None or left == -1 else int(left)
+        right = None if right is None or right == -1 else int(right)
+        for name, side in (("left", left), ("right", right)):
+            if side is not None and side < 0:
+                raise ValueError(f"window {name} must be >= 0, or -1/None for unbounded, got {window!r}")
+    if causal:
+        right = 0  # right >= 0 always here, so min(right, 0) == 0
+    return left, right
+
+
+def _is_visible(q_idx, k_idx, sq, sk, left, right):
+    """Bottom-right aligned visibility of key k_idx to query q_idx; broadcasts, works on traced values."""
+    pos = q_idx + (sk - sq)  # the query's position on the key axis
+    ok = jnp.ones(jnp.broadcast_shapes(jnp.shape(q_idx), jnp.shape(k_idx)), dtype=bool)
+    if left is not None:
+        ok = ok & (k_idx >= pos - left)
+    if right is not None:
+        ok = ok & (k_idx <= pos + right)
+    return ok
+
+
+def visible_mask(sq, sk, causal=False, window=None):
+    """Boolean (sq, sk) mask: True where query i may attend to key j.
+
+    Query i sits at key position p = i + sk - sq (bottom-right alignment); window=(left, right) keeps keys
+    in [p - left, p + right] (None or -1 = unbounded side); causal=True sets right = 0.
+    """
+    left, right = _window_bounds(causal, window)
+    q_idx = jnp.arange(sq)[:, None]
+    k_idx = jnp.arange(sk)[None, :]
+    return _is_visible(q_idx, k_idx, sq, sk, left, right)
+
+
+def _check_inputs(q, k, v):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"{name} must have rank 4 (batch, seqlen, heads, head_dim), got shape {jnp.shape(x)}")
+    (b, _, hq, d), (bk, sk, hk, dk), (bv, skv, hv, _) = q.shape, k.shape, v.shape
+    if not (b == bk == bv):
+        raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape}")
+    if d != dk:
+        raise ValueError(f"q and k head dims differ: q {q.shape}, k {k.shape}")
+    if (sk, hk) != (skv, hv):
+        raise ValueError(f"k and v must agree on (seqlen, heads): k {k.shape}, v {v.shape}")
+    if hk == 0 or hq % hk != 0:
+        raise ValueError(f"q heads ({hq}) must be a multiple of k/v heads ({hk})")
+
+
+def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision):
+    """Masked softmax attention in compute_dtype. Returns out (B, Sq, Hq, Dv) and lse (B, Hq, Sq).
+
+    Rows with no visible key come out as out = 0, lse = -inf, with zero (finite) gradients: the row max
+    and the normaliser are replaced by safe values before they are used, so no inf - inf or 0/0 is formed.
+    """
+    _check_inputs(q, k, v)
+    _, sq, hq, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if softcap is not None and softcap < 0:
+        raise ValueError(f"softcap must be None, 0 (off) or positive, got {softcap}")
+
+    q, k, v = (x.astype(compute_dtype) for x in (q, k, v))
+    group = hq // hk
+    k = jnp.repeat(k, group, axis=2)  # query head h reads kv head h // group
+    v = jnp.repeat(v, group, axis=2)
+
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision) * scale
+    if softcap:  # None or 0 means no capping, as in FlashAttention
+        s = softcap * jnp.tanh(s / softcap)
+    mask = visible_mask(sq, sk, causal, window)  # (Sq, Sk), broadcast over (B, H)
+    s = jnp.where(mask, s, -jnp.inf)
+
+    row_max = jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf)  # initial: Sk may be 0
+    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
+    p = jnp.exp(s - row_max)  # exactly 0 where masked
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    empty = denom == 0
+    denom = jnp.where(empty, 1, denom)
+
+    out = jnp.einsum("bhqk,bkhd->bqhd", p / denom, v, precision=precision)
+    lse = jnp.where(empty, -jnp.inf, row_max + jnp.log(denom))[..., 0]
+    return out, lse
+
+
+def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None, return_lse=False):
+    """Reference attention in float32 at HIGHEST matmul precision.
+
+    Args:
+      q: (B, Sq, Hq, D); k: (B, Sk, Hk, D); v: (B, Sk, Hk, Dv), with Hq % Hk == 0.
+      causal: mask keys after the query's (bottom-right aligned) position.
+      window: None or (left, right); -1 or None on a side means unbounded.
+      softcap: None (or 0) for none, else c > 0: scores become c * tanh(s / c).
+      scale: score scale, default 1 / sqrt(D).
+      return_lse: also return the log-sum-exp of the scores.
+
+    Returns:
+      out (B, Sq, Hq, Dv) in q.dtype, and with return_lse the lse (B, Hq, Sq) in float32 (float64 when the
+      inputs are float64, so tests may run the oracle in double precision on CPU). Rows with no visible
+      key give out 0 and lse -inf.
+    """
+    compute_dtype = jnp.promote_types(jnp.float32, q.dtype)
+    out, lse = _attend(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
+                       compute_dtype=compute_dtype, precision=jax.lax.Precision.HIGHEST)
+    out = out.astype(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def attention_with_lse(q, k, v, *, causal=False, window=None, softcap=None, scale=None):
+    """attention(..., return_lse=True): (out (B, Sq, Hq, Dv) in q.dtype, lse (B, Hq, Sq) float32)."""
+    return attention(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, return_lse=True)
+
+
+def naive_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None, return_lse=False):
+    """The same math as attention() but carried out in the input dtype at default precision.
+
+    This is the "naive" term of the test oracle (DESIGN.md): it measures how far plain low-precision XLA
+    attention drifts from the fp32 reference, which sets the error budget for the kernels. Shapes and
+    masking as in attention(); lse is returned as float32.
+    """
+    out, lse = _attend(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
+                       compute_dtype=q.dtype, precision=None)
+    out = out.astype(q.dtype)
+    return (out, lse.astype(jnp.float32)) if return_lse else out
