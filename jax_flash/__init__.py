@@ -3,7 +3,7 @@
 Public API (see README.md and each function's docstring for shapes and semantics):
   flash_attention(q, k, v, ...)      dense BSHD attention, forward and backward
   reference                          the pure-JAX definition of every op (CPU/TPU path, test oracle)
-  cuda_available()                   None-free check: can the kernels run here?
+  cuda_available()                   can the kernels run here?
 """
 
 from jax_flash import reference

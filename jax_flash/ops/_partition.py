@@ -72,9 +72,12 @@ def batch_head_partitioned(call, arg_kinds, out_kinds):
 
     rule = (", ".join(_RULE_FACTORS[k] for k in arg_kinds) + " -> "
             + ", ".join(_RULE_FACTORS[k] for k in out_kinds))
+    # Sequence and head-dim factors stay whole; Shardy wants them in order of first appearance.
+    factors = dict.fromkeys(" ".join(_RULE_FACTORS[k] for k in arg_kinds).split())
+    whole = tuple(f for f in factors if f in ("s", "t", "d", "e"))
     wrapped = custom_partitioning(call, static_argnums=(len(arg_kinds),))
     wrapped.def_partition(partition=partition, infer_sharding_from_operands=infer,
-                          sharding_rule=rule, need_replication_factors=("s", "t", "d", "e"))
+                          sharding_rule=rule, need_replication_factors=whole)
     return wrapped
 
 
