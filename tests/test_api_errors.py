@@ -43,6 +43,7 @@ def test_bad_shapes_and_dtypes(change, error, match):
     (dict(softcap=float("inf")), ValueError, "softcap"),
     (dict(scale=float("nan")), ValueError, "scale"),
     (dict(scale=float("inf")), ValueError, "scale"),
+    (dict(scale=-0.5), ValueError, "scale"),
     (dict(causal=1), TypeError, "causal"),
     (dict(return_lse="yes"), TypeError, "return_lse"),
     (dict(implementation="triton"), ValueError, "implementation"),

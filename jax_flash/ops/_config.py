@@ -69,8 +69,9 @@ def check_scale(scale, head_dim: int) -> float:
         return 1.0 / math.sqrt(head_dim)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
+    if not (math.isfinite(scale) and scale > 0):
+        # The kernels' running max assumes scores keep their order (scale > 0).
+        raise ValueError(f"scale must be finite and > 0, got {scale}")
     return float(scale)
 
 
