@@ -1,0 +1,156 @@
+// run_attn_bwd: the backward pass of one (Element, kHeadDim, kHeadDimV) instantiation, as up to four
+// launches on one stream (no host synchronization, no allocation):
+//   1. delta = rowsum(dout * out) - dlse        -> workspace
+//   2. dk, dv (and, on the atomic path, dq partial sums -> workspace accumulator, zeroed first)
+//   3. dq: its own deterministic kernel, or the accumulator scaled and converted
+// The atomic path runs for deterministic == false up to head dim 128 (bwd_uses_dq_accum); it saves the
+// dq kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "host/launch.h"
+#include "kernels/block_info.h"
+#include "kernels/bwd_dkdv_kernel.cuh"
+#include "kernels/bwd_dq_kernel.cuh"
+#include "kernels/bwd_preprocess.cuh"
+#include "kernels/bwd_tile_config.h"
+#include "kernels/bwd_workspace_layout.h"
+
+namespace jax_flash {
+namespace bwd_launch_detail {
+
+inline Status error(const std::string& what) { return {"jax_flash attention backward: " + what}; }
+
+inline Status check_launch(const char* kernel) {
+  const cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) return {};
+  return error(std::string(kernel) + " launch failed: " + cudaGetErrorString(err));
+}
+
+// Kernels over 48 KB of dynamic shared memory must opt in (a host-side attribute, no stream work).
+template <class Kernel>
+Status allow_smem(Kernel kernel, int smem_bytes, const char* name) {
+  if (smem_bytes <= 48 * 1024) return {};
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+  if (err == cudaSuccess) return {};
+  return error(std::string(name) + ": cannot get " + std::to_string(smem_bytes) +
+               " bytes of shared memory: " + cudaGetErrorString(err));
+}
+
+template <class Cfg, bool kAtomicDq>
+Status launch_dkdv(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
+  auto kernel = bwd_dkdv_kernel<Cfg, kAtomicDq>;
+  if (Status s = allow_smem(kernel, Cfg::kSmemBytes, "bwd_dkdv_kernel"); !s.ok()) return s;
+  const dim3 grid(ceil_div(params.seqlen_k, Cfg::kBlockN), params.heads_k, params.batch);
+  kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(params, delta, dq_accum);
+  return check_launch("bwd_dkdv_kernel");
+}
+
+template <class Cfg>
+Status launch_dq(const AttnBwdParams& params, const float* delta, cudaStream_t stream) {
+  auto kernel = bwd_dq_kernel<Cfg>;
+  if (Status s = allow_smem(kernel, Cfg::kSmemBytes, "bwd_dq_kernel"); !s.ok()) return s;
+  const dim3 grid(ceil_div(params.seqlen_q, Cfg::kBlockM), params.heads_q, params.batch);
+  kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(params, delta);
+  return check_launch("bwd_dq_kernel");
+}
+
+// Every global load / store of the backward moves 16 bytes (8 elements) per thread, dk / dv / dq 4 bytes.
+inline bool operands_aligned(const AttnBwdParams& p) {
+  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  auto strides_ok = [](int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; };
+  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.out) && ptr_ok(p.dout) && ptr_ok(p.dq) &&
+         ptr_ok(p.dk) && ptr_ok(p.dv) && ptr_ok(p.workspace) &&
+         strides_ok(p.q_batch_stride, p.q_row_stride, p.q_head_stride) &&
+         strides_ok(p.k_batch_stride, p.k_row_stride, p.k_head_stride) &&
+         strides_ok(p.v_batch_stride, p.v_row_stride, p.v_head_stride) &&
+         strides_ok(p.out_batch_stride, p.out_row_stride, p.out_head_stride) &&
+         strides_ok(p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride) &&
+         strides_ok(p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride) &&
+         strides_ok(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride) &&
+         strides_ok(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+}
+
+// Grid for a grid-stride elementwise kernel over `items` items of one thread (or warp) each.
+inline unsigned elementwise_blocks(int64_t items, int items_per_block) {
+  return unsigned(std::min<int64_t>((items + items_per_block - 1) / items_per_block, int64_t(1) << 20));
+}
+
+}  // namespace bwd_launch_detail
+
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream) {
+  using namespace bwd_launch_detail;
+  using DkDv = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv;
+  using Dq = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::Dq;
+
+  if (params.head_dim > kHeadDim || params.head_dim_v > kHeadDimV || params.head_dim % 8 != 0 ||
+      params.head_dim_v % 8 != 0 || params.head_dim <= 0 || params.head_dim_v <= 0) {
+    return error("head_dim " + std::to_string(params.head_dim) + " / head_dim_v " +
+                 std::to_string(params.head_dim_v) + " must be positive multiples of 8 within the tile " +
+                 std::to_string(kHeadDim) + " / " + std::to_string(kHeadDimV));
+  }
+  if (params.heads_k <= 0 || params.heads_q != params.heads_k * params.kv_group) {
+    return error("heads_q " + std::to_string(params.heads_q) + " must be heads_k " +
+                 std::to_string(params.heads_k) + " times kv_group " + std::to_string(params.kv_group));
+  }
+  if (params.heads_q > 65535 || params.batch > 65535) {
+    return error("heads_q and batch must be at most 65535");
+  }
+  if (params.batch <= 0 || params.seqlen_q < 0 || params.seqlen_k < 0) return {};
+  if (!operands_aligned(params)) {
+    return error("q/k/v/out/dout/dq/dk/dv and the workspace need 16-byte aligned pointers and batch/row/head "
+                 "strides that are multiples of 8 elements");
+  }
+
+  const BwdWorkspaceLayout ws = bwd_workspace_layout(params.batch, params.seqlen_q, params.heads_q,
+                                                     params.head_dim, params.deterministic);
+  char* workspace = static_cast<char*>(params.workspace);
+  float* delta = reinterpret_cast<float*>(workspace + ws.delta_offset);
+  const bool atomic_dq = kHeadDim <= 128 && bwd_uses_dq_accum(params.head_dim, params.deterministic);
+  float* dq_accum = atomic_dq ? reinterpret_cast<float*>(workspace + ws.dq_accum_offset) : nullptr;
+  const int64_t rows = int64_t(params.batch) * params.heads_q * params.seqlen_q;
+  constexpr int kWarpsPerBlock = kBwdElementwiseThreads / 32;
+
+  if (rows > 0) {
+    bwd_delta_kernel<Element><<<elementwise_blocks(rows, kWarpsPerBlock), kBwdElementwiseThreads, 0, stream>>>(
+        params, delta);
+    if (Status s = check_launch("bwd_delta_kernel"); !s.ok()) return s;
+    if (atomic_dq) {
+      const cudaError_t err =
+          cudaMemsetAsync(dq_accum, 0, size_t(rows) * size_t(params.head_dim) * sizeof(float), stream);
+      if (err != cudaSuccess) return error(std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err));
+    }
+  }
+
+  if (params.seqlen_k > 0) {
+    Status s;
+    if constexpr (kHeadDim <= 128) {
+      s = atomic_dq ? launch_dkdv<DkDv, true>(params, delta, dq_accum, stream)
+                    : launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
+    } else {
+      s = launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
+    }
+    if (!s.ok()) return s;
+  }
+
+  if (rows > 0) {
+    if (atomic_dq) {
+      const int64_t chunks = rows * (params.head_dim / 8);
+      bwd_dq_convert_kernel<Element>
+          <<<elementwise_blocks(chunks, kBwdElementwiseThreads), kBwdElementwiseThreads, 0, stream>>>(params,
+                                                                                                    dq_accum);
+      if (Status s = check_launch("bwd_dq_convert_kernel"); !s.ok()) return s;
+    } else if (Status s = launch_dq<Dq>(params, delta, stream); !s.ok()) {
+      return s;
+    }
+  }
+  return {};
+}
+
+}  // namespace jax_flash
