@@ -1,6 +1,7 @@
 // The nanobind module: FFI capsules for jax.ffi.register_ffi_target, plus the static facts Python
 // needs at trace time (which head dims this build serves, how much backward scratch to ask for).
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include "ffi/attn_handlers.h"
 #include "host/attention.h"
