@@ -7,6 +7,10 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_force_host_platform_device_count=8").strip()
 
+# The GPU grid compiles a few programs per case; XLA's GEMM autotuning would dominate its run time.
+if "--xla_gpu_autotune_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_gpu_autotune_level=0"
+
 import pytest  # noqa: E402
 
 
