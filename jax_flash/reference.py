@@ -13,7 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["attention", "attention_with_lse", "naive_attention", "visible_mask"]
+__all__ = ["attention", "attention_varlen", "attention_with_lse", "naive_attention", "varlen_mask",
+           "visible_mask"]
 
 
 def _window_bounds(causal, window):
@@ -73,7 +74,7 @@ def _check_inputs(q, k, v):
         raise ValueError(f"q heads ({hq}) must be a multiple of k/v heads ({hk})")
 
 
-def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision):
+def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision, mask=None):
     """Masked softmax attention in compute_dtype. Returns out (B, Sq, Hq, Dv) and lse (B, Hq, Sq).
 
     Rows with no visible key come out as out = 0, lse = -inf, with zero (finite) gradients: the row max
@@ -94,7 +95,8 @@ def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision) * scale
     if softcap:  # None or 0 means no capping, as in FlashAttention
         s = softcap * jnp.tanh(s / softcap)
-    mask = visible_mask(sq, sk, causal, window)  # (Sq, Sk), broadcast over (B, H)
+    if mask is None:
+        mask = visible_mask(sq, sk, causal, window)  # (Sq, Sk), broadcast over (B, H)
     s = jnp.where(mask, s, -jnp.inf)
 
     row_max = jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf)  # initial: Sk may be 0
@@ -148,3 +150,55 @@ def naive_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
                        compute_dtype=q.dtype, precision=None)
     out = out.astype(q.dtype)
     return (out, lse.astype(jnp.float32)) if return_lse else out
+
+
+def _token_positions(cu_seqlens, seqused, total):
+    """For each of `total` packed rows: (sequence id, index inside the sequence, is it a used row)."""
+    rows = jnp.arange(total)
+    seq = jnp.clip(jnp.searchsorted(cu_seqlens, rows, side="right") - 1, 0, cu_seqlens.shape[0] - 2)
+    index = rows - cu_seqlens[seq]
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    used = lengths if seqused is None else jnp.minimum(seqused, lengths)
+    valid = (rows < cu_seqlens[-1]) & (index < used[seq])
+    return seq, index, valid, used
+
+
+def varlen_mask(cu_seqlens_q, cu_seqlens_k, total_q, total_k, *, seqused_q=None, seqused_k=None,
+                causal=False, window=None):
+    """Boolean (Tq, Tk): True where packed query row t may attend to packed key row u.
+
+    Both rows must be used rows of the same sequence i (rows [cu[i], cu[i] + seqused[i]); seqused
+    defaults to the sequence's span and is clipped to it), and inside the bottom-right aligned window
+    computed with that sequence's used lengths.
+    """
+    left, right = _window_bounds(causal, window)
+    seq_q, i, valid_q, used_q = _token_positions(cu_seqlens_q, seqused_q, total_q)
+    seq_k, j, valid_k, used_k = _token_positions(cu_seqlens_k, seqused_k, total_k)
+    same = seq_q[:, None] == seq_k[None, :]
+    sq, sk = used_q[seq_q][:, None], used_k[seq_q][:, None]
+    visible = _is_visible(i[:, None], j[None, :], sq, sk, left, right)
+    return same & valid_q[:, None] & valid_k[None, :] & visible
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=None, seqused_k=None, causal=False,
+                     window=None, softcap=None, scale=None, return_lse=False):
+    """Reference attention over packed sequences (THD), float32 math.
+
+    Args:
+      q: (Tq, Hq, D); k: (Tk, Hk, D); v: (Tk, Hk, Dv).
+      cu_seqlens_q, cu_seqlens_k: (N + 1,) int32, non-decreasing offsets of each sequence's rows.
+      seqused_q, seqused_k: optional (N,) int32, rows of sequence i actually used, counted from
+        cu_seqlens[i]; the rest up to cu_seqlens[i + 1] is padding.
+      Other arguments as in attention(), applied per sequence.
+
+    Returns:
+      out (Tq, Hq, Dv) in q.dtype [, lse (Hq, Tq)]. Padding rows, rows after cu_seqlens_q[-1] and rows with
+      no visible key give out 0 and lse -inf.
+    """
+    mask = varlen_mask(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], seqused_q=seqused_q,
+                       seqused_k=seqused_k, causal=causal, window=window)
+    compute_dtype = jnp.promote_types(jnp.float32, q.dtype)
+    out, lse = _attend(q[None], k[None], v[None], causal=False, window=None, softcap=softcap, scale=scale,
+                       compute_dtype=compute_dtype, precision=jax.lax.Precision.HIGHEST, mask=mask)
+    out = out[0].astype(q.dtype)
+    return (out, lse[0]) if return_lse else out

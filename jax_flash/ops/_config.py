@@ -114,3 +114,47 @@ def check_dense(q, k, v, *, causal, window, softcap, scale) -> AttentionConfig:
     left, right = check_window(window, causal)
     return AttentionConfig(scale=check_scale(scale, d), softcap=check_softcap(softcap),
                            window_left=left, window_right=right)
+
+
+def _check_index_array(name, x, length=None):
+    if x is None:
+        return
+    shape = _shape(x)
+    if len(shape) != 1 or (length is not None and shape[0] != length):
+        want = f"({length},)" if length is not None else "rank 1"
+        raise ValueError(f"{name} must have shape {want}, got {shape}")
+    if jnp.dtype(x.dtype) != jnp.dtype(jnp.int32):
+        raise TypeError(f"{name} must be int32, got {jnp.dtype(x.dtype)}")
+
+
+def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, seqused_q,
+                 seqused_k, causal, window, softcap, scale) -> AttentionConfig:
+    """Checks packed q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv) and the (N + 1,) / (N,) int32
+    index arrays; max_seqlen_* are static (Python int) upper bounds."""
+    shapes = f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)}"
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(_shape(x)) != 3:
+            raise ValueError(f"{name} must have rank 3 (total_tokens, heads, head_dim), got shape {_shape(x)}")
+    check_dtypes(q=q, k=k, v=v)
+    (_, hq, d), (tk, hk, dk), (tv, hkv, dv) = q.shape, k.shape, v.shape
+    if tk != tv or hk != hkv:
+        raise ValueError(f"k and v must agree on (total_tokens, heads): {shapes}")
+    if d != dk:
+        raise ValueError(f"q and k must have the same head dim: {shapes}")
+    if hk == 0 or hq % hk:
+        raise ValueError(f"query heads ({hq}) must be a multiple of kv heads ({hk}): {shapes}")
+    check_head_dims(d, dv, shapes)
+    _check_index_array("cu_seqlens_q", cu_seqlens_q)
+    _check_index_array("cu_seqlens_k", cu_seqlens_k)
+    n1 = _shape(cu_seqlens_q)[0]
+    if n1 < 2 or _shape(cu_seqlens_k)[0] != n1:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must both have shape (N + 1,) with N >= 1, got "
+                         f"{_shape(cu_seqlens_q)} and {_shape(cu_seqlens_k)}")
+    _check_index_array("seqused_q", seqused_q, n1 - 1)
+    _check_index_array("seqused_k", seqused_k, n1 - 1)
+    for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise TypeError(f"{name} must be a static Python int >= 0 (an upper bound), got {m!r}")
+    left, right = check_window(window, causal)
+    return AttentionConfig(scale=check_scale(scale, d), softcap=check_softcap(softcap),
+                           window_left=left, window_right=right)
