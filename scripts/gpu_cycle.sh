@@ -28,8 +28,11 @@ for step in $steps; do
       grep -E "error|warning: .*spill" "$OUT/build.log" | head -40
       ;;
     test)
-      (cd /tmp && timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q -p no:cacheprovider -p no:benchmark -n ${PYTEST_WORKERS:-12} ${PYTEST_ARGS:-} "$OLDPWD/tests") \
-        > "$OUT/pytest.log" 2>&1
+      # Most tests in parallel processes (compiles dominate); the memory-hungry ones one at a time.
+      (cd /tmp && timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q -p no:cacheprovider -p no:benchmark \
+         -n ${PYTEST_WORKERS:-12} -m "not large" ${PYTEST_ARGS:-} "$OLDPWD/tests" &&
+       timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q -p no:cacheprovider -p no:benchmark \
+         -m large ${PYTEST_ARGS:-} "$OLDPWD/tests") > "$OUT/pytest.log" 2>&1
       rc=$?
       grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest.log" | tail -40
       ;;

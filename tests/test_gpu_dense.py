@@ -32,6 +32,7 @@ def test_deterministic_gradients_are_bitwise_repeatable():
         assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("seqlen", [16384, 32768])
 def test_long_context_causal(seqlen):
     case = dict(dtype="bfloat16", head_dims=(128, 128), causal=True, heads=(2, 1),
@@ -48,6 +49,7 @@ def test_long_context_causal(seqlen):
 CUDNN_CASES = [(d, causal, s) for d in (64, 128) for causal in (False, True) for s in (256, 1000, 4096)]
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("d, causal, seqlen", CUDNN_CASES)
 def test_matches_cudnn(d, causal, seqlen):
     case = dict(dtype="bfloat16", head_dims=(d, d), causal=causal, heads=(8, 2),
