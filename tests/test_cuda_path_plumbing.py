@@ -37,12 +37,12 @@ def kernels_replaced_by_reference(monkeypatch):
     CALLS.clear()
 
 
-def _inputs(b=4, sq=12, sk=20, hq=8, hk=4, d=16, seed=0):
+def _inputs(b=4, sq=12, sk=20, hq=8, hk=4, d=16, dv=16, seed=0):
     keys = jax.random.split(jax.random.key(seed), 5)
     q = jax.random.normal(keys[0], (b, sq, hq, d), jnp.float32)
     k = jax.random.normal(keys[1], (b, sk, hk, d), jnp.float32)
-    v = jax.random.normal(keys[2], (b, sk, hk, d), jnp.float32)
-    dout = jax.random.normal(keys[3], (b, sq, hq, d), jnp.float32)
+    v = jax.random.normal(keys[2], (b, sk, hk, dv), jnp.float32)
+    dout = jax.random.normal(keys[3], (b, sq, hq, dv), jnp.float32)
     dlse = jax.random.normal(keys[4], (b, hq, sq), jnp.float32)
     return q, k, v, dout, dlse
 
@@ -94,17 +94,17 @@ def test_vmap_folds_into_batch():
     assert all(shape[0] in (2, 6) for _, shape in CALLS)
 
 
-@pytest.mark.parametrize("hq, hk, spec", [
-    (8, 4, P("data", None, "model", None)),   # batch and heads
-    (8, 4, P(None, None, "model", None)),     # heads only
-    (8, 4, P("data", None, None, None)),      # batch only
-    (7, 1, P("data", None, None, None)),      # MQA, GQA 7
+@pytest.mark.parametrize("hq, hk, dv, spec", [
+    (8, 4, 16, P("data", None, "model", None)),   # batch and heads
+    (8, 4, 8, P(None, None, "model", None)),      # heads only, Dv != D
+    (8, 4, 16, P("data", None, None, None)),      # batch only
+    (7, 1, 16, P("data", None, None, None)),      # MQA, GQA 7
 ])
-def test_sharded_jit_keeps_batch_and_head_sharding(hq, hk, spec):
+def test_sharded_jit_keeps_batch_and_head_sharding(hq, hk, dv, spec):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
-    q, k, v, dout, dlse = _inputs(b=4, hq=hq, hk=hk)
+    q, k, v, dout, dlse = _inputs(b=4, hq=hq, hk=hk, dv=dv)
     config = _config(q, k, v, window=(5, 3))
     shard = NamedSharding(mesh, spec)
     qs, ks, vs, douts = (jax.device_put(x, shard) for x in (q, k, v, dout))

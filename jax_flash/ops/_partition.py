@@ -5,8 +5,8 @@ wraps a per-device attention call in `custom_partitioning` so inputs sharded ove
 where they are (sequence and head-dim axes are gathered: the kernels need them whole). `fold_vmap` wraps
 a rank-4 call with `custom_vmap` so a vmapped axis folds into the batch instead of reaching the call.
 
-Operands are described by kinds: "q" (B, S, Hq, D) tensors with query heads, "kv" (B, S, Hk, D)
-tensors with kv heads, "lse" (B, Hq, S).
+Operands are described by kinds: "q" (B, Sq, Hq, D) and "out" (B, Sq, Hq, Dv) with query heads,
+"k" (B, Sk, Hk, D) and "v" (B, Sk, Hk, Dv) with kv heads, "lse" (B, Hq, Sq).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-_RULE_FACTORS = {"q": "b s h d", "kv": "b t k e", "lse": "b h s"}
+_RULE_FACTORS = {"q": "b s h d", "out": "b s h e", "k": "b t k d", "v": "b t k e", "lse": "b h s"}
 
 
 def _axes_size(mesh, axes) -> int:
@@ -39,17 +39,17 @@ def _specs(mesh, q_sharding, heads_q: int, heads_k: int):
     # local. Otherwise heads are gathered (correct, just not sharded).
     if head_axes is not None and (heads_k % n or heads_q % n):
         head_axes = None
-    return {"q": P(batch_axes, None, head_axes, None), "kv": P(batch_axes, None, head_axes, None),
-            "lse": P(batch_axes, head_axes, None)}
+    bshd = P(batch_axes, None, head_axes, None)
+    return {"q": bshd, "out": bshd, "k": bshd, "v": bshd, "lse": P(batch_axes, head_axes, None)}
 
 
 def batch_head_partitioned(call, arg_kinds, out_kinds):
     """custom_partitioning of call(*arrays, static) -> tuple of arrays, split over batch and heads.
 
     call's last positional argument is a static (hashable) configuration; arrays are rank 4 (rank 3
-    for "lse"). The first argument must be of kind "q", and a "kv" argument must be present.
+    for "lse"). The first argument must be of kind "q", and a "k" argument must be present.
     """
-    kv_index = arg_kinds.index("kv")
+    kv_index = arg_kinds.index("k")
 
     def specs_for(mesh, arg_shapes):
         heads_q = arg_shapes[0].shape[2]

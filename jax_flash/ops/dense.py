@@ -59,9 +59,9 @@ def _bwd_call(q, k, v, out, lse, dout, dlse, static):
     return tuple(_ffi.attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic))
 
 
-_fwd_sharded = fold_vmap(batch_head_partitioned(_fwd_call, ("q", "kv", "kv"), ("q", "lse")))
+_fwd_sharded = fold_vmap(batch_head_partitioned(_fwd_call, ("q", "k", "v"), ("out", "lse")))
 _bwd_sharded = fold_vmap(batch_head_partitioned(
-    _bwd_call, ("q", "kv", "kv", "q", "lse", "q", "lse"), ("q", "kv", "kv")))
+    _bwd_call, ("q", "k", "v", "out", "lse", "out", "lse"), ("q", "k", "v")))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
