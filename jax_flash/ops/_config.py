@@ -98,14 +98,21 @@ def check_dense(q, k, v, *, causal, window, softcap, scale) -> AttentionConfig:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if len(_shape(x)) != 4:
             raise ValueError(f"{name} must have rank 4 (batch, seq, heads, head_dim), got shape {_shape(x)}")
-    check_dtypes(q=q, k=k, v=v)
-    (b, _, hq, d), (bk, sk, hk, dk), (bv, skv, hkv, dv) = q.shape, k.shape, v.shape
+    (b, _, _, _), (bk, sk, hk, _), (bv, skv, hkv, _) = q.shape, k.shape, v.shape
     if not (b == bk == bv):
         raise ValueError(f"q, k and v must have the same batch size: {shapes}")
     if sk != skv:
         raise ValueError(f"k and v must have the same sequence length: {shapes}")
     if hk != hkv:
         raise ValueError(f"k and v must have the same number of heads: {shapes}")
+    return _check_heads_and_attributes(q, k, v, shapes, causal=causal, window=window, softcap=softcap,
+                                       scale=scale)
+
+
+def _check_heads_and_attributes(q, k, v, shapes, *, causal, window, softcap, scale) -> AttentionConfig:
+    """What dense and packed layouts share: the last two axes are (heads, head_dim)."""
+    check_dtypes(q=q, k=k, v=v)
+    (hq, d), (hk, dk), dv = q.shape[-2:], k.shape[-2:], v.shape[-1]
     if d != dk:
         raise ValueError(f"q and k must have the same head dim: {shapes}")
     if hk == 0 or hq % hk:
@@ -135,15 +142,10 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     for name, x in (("q", q), ("k", k), ("v", v)):
         if len(_shape(x)) != 3:
             raise ValueError(f"{name} must have rank 3 (total_tokens, heads, head_dim), got shape {_shape(x)}")
-    check_dtypes(q=q, k=k, v=v)
-    (_, hq, d), (tk, hk, dk), (tv, hkv, dv) = q.shape, k.shape, v.shape
-    if tk != tv or hk != hkv:
+    if k.shape[:2] != v.shape[:2]:
         raise ValueError(f"k and v must agree on (total_tokens, heads): {shapes}")
-    if d != dk:
-        raise ValueError(f"q and k must have the same head dim: {shapes}")
-    if hk == 0 or hq % hk:
-        raise ValueError(f"query heads ({hq}) must be a multiple of kv heads ({hk}): {shapes}")
-    check_head_dims(d, dv, shapes)
+    config = _check_heads_and_attributes(q, k, v, shapes, causal=causal, window=window, softcap=softcap,
+                                         scale=scale)
     _check_index_array("cu_seqlens_q", cu_seqlens_q)
     _check_index_array("cu_seqlens_k", cu_seqlens_k)
     n1 = _shape(cu_seqlens_q)[0]
@@ -155,6 +157,4 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise TypeError(f"{name} must be a static Python int >= 0 (an upper bound), got {m!r}")
-    left, right = check_window(window, causal)
-    return AttentionConfig(scale=check_scale(scale, d), softcap=check_softcap(softcap),
-                           window_left=left, window_right=right)
+    return config
