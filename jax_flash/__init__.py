@@ -3,15 +3,17 @@
 Public API (see README.md and each function's docstring for shapes and semantics):
   flash_attention(q, k, v, ...)      dense BSHD attention, forward and backward
   flash_attention_varlen(...)        packed (THD) sequences; reference implementation only so far
+  segment_ids_to_varlen(ids, n)      (B, S) segment ids -> cu_seqlens / seqused of the flattened rows
   reference                          the pure-JAX definition of every op (CPU/TPU path, test oracle)
   cuda_available()                   can the kernels run here?
 """
 
 from jax_flash import reference
 from jax_flash._ffi import unavailable_reason as _unavailable_reason
-from jax_flash.ops import flash_attention, flash_attention_varlen
+from jax_flash.ops import flash_attention, flash_attention_varlen, segment_ids_to_varlen
 
-__all__ = ["flash_attention", "flash_attention_varlen", "reference", "cuda_available"]
+__all__ = ["flash_attention", "flash_attention_varlen", "segment_ids_to_varlen", "reference",
+           "cuda_available"]
 __version__ = "0.1.0"
 
 

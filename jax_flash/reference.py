@@ -159,7 +159,7 @@ def _token_positions(cu_seqlens, seqused, total):
     index = rows - cu_seqlens[seq]
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     used = lengths if seqused is None else jnp.minimum(seqused, lengths)
-    valid = (rows < cu_seqlens[-1]) & (index < used[seq])
+    valid = (rows < cu_seqlens[-1]) & (index >= 0) & (index < used[seq])  # index < 0: rows before cu[0]
     return seq, index, valid, used
 
 

@@ -1,6 +1,7 @@
 """The attention ops: argument checks, implementation choice and custom_vjp around the kernels."""
 
 from jax_flash.ops.dense import flash_attention
+from jax_flash.ops.segments import segment_ids_to_varlen
 from jax_flash.ops.varlen import flash_attention_varlen
 
-__all__ = ["flash_attention", "flash_attention_varlen"]
+__all__ = ["flash_attention", "flash_attention_varlen", "segment_ids_to_varlen"]

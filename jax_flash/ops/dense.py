@@ -10,10 +10,12 @@ from jax_flash import _ffi, reference
 from jax_flash.ops._config import AttentionConfig, check_dense
 from jax_flash.ops._implementation import choose_implementation
 from jax_flash.ops._partition import batch_head_partitioned, fold_vmap
+from jax_flash.ops.segments import segmented_attention
 
 
 def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
-                    return_lse=False, deterministic=False, implementation=None):
+                    return_lse=False, deterministic=False, implementation=None, segment_ids=None,
+                    max_segments=None):
     """Multi-head attention softmax(scale * q k^T [capped, masked]) v, FlashAttention style.
 
     Args:
@@ -31,12 +33,24 @@ def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
       deterministic: bitwise-repeatable gradients.
       implementation: "cuda" (the kernels; an error where they cannot run), "xla" (the pure-JAX
         reference), or None (cuda when available, else xla).
+      segment_ids: documents packed along each row: (B, S) int32 ids (0 = padding) for q and kv alike
+        (Sq == Sk), or a pair (q ids (B, Sq), kv ids (B, Sk)). A token attends only inside its own
+        document (its run of equal ids), with causal/window applied per document. Runs on the packed
+        (varlen) path: the reference only, for now. See segment_ids_to_varlen.
+      max_segments: static bound on documents per row, required with segment_ids; documents beyond it
+        are treated as padding (output 0).
 
     Returns:
       out (B, Sq, Hq, Dv) in q's dtype, and lse if asked. A query with no visible key gets out = 0,
       lse = -inf and zero gradients.
     """
     config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale)
+    if segment_ids is not None:
+        return segmented_attention(q, k, v, segment_ids, max_segments, causal=causal, window=window,
+                                   softcap=softcap, scale=scale, return_lse=return_lse,
+                                   deterministic=deterministic, implementation=implementation)
+    if max_segments is not None:
+        raise ValueError("max_segments is only meaningful with segment_ids")
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     if not isinstance(deterministic, bool):
