@@ -30,7 +30,7 @@ class AttentionConfig:
         return (self.window_left, self.window_right)
 
 
-def _shape(x) -> tuple:
+def shape_of(x) -> tuple:
     return tuple(getattr(x, "shape", ()))
 
 
@@ -75,6 +75,13 @@ def check_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
+def check_flags(**flags) -> None:
+    """Boolean keyword arguments (return_lse, deterministic) must be real bools."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
 def check_dtypes(**arrays) -> jnp.dtype:
     dtypes = {name: jnp.dtype(x.dtype) for name, x in arrays.items()}
     first_name, first = next(iter(dtypes.items()))
@@ -94,10 +101,10 @@ def check_head_dims(head_dim: int, head_dim_v: int, shapes: str) -> None:
 
 def check_dense(q, k, v, *, causal, window, softcap, scale) -> AttentionConfig:
     """Checks BSHD q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv)."""
-    shapes = f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)}"
+    shapes = f"q {shape_of(q)}, k {shape_of(k)}, v {shape_of(v)}"
     for name, x in (("q", q), ("k", k), ("v", v)):
-        if len(_shape(x)) != 4:
-            raise ValueError(f"{name} must have rank 4 (batch, seq, heads, head_dim), got shape {_shape(x)}")
+        if len(shape_of(x)) != 4:
+            raise ValueError(f"{name} must have rank 4 (batch, seq, heads, head_dim), got shape {shape_of(x)}")
     (b, _, _, _), (bk, sk, hk, _), (bv, skv, hkv, _) = q.shape, k.shape, v.shape
     if not (b == bk == bv):
         raise ValueError(f"q, k and v must have the same batch size: {shapes}")
@@ -126,7 +133,7 @@ def _check_heads_and_attributes(q, k, v, shapes, *, causal, window, softcap, sca
 def _check_index_array(name, x, length=None):
     if x is None:
         return
-    shape = _shape(x)
+    shape = shape_of(x)
     if len(shape) != 1 or (length is not None and shape[0] != length):
         want = f"({length},)" if length is not None else "rank 1"
         raise ValueError(f"{name} must have shape {want}, got {shape}")
@@ -138,20 +145,20 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
                  seqused_k, causal, window, softcap, scale) -> AttentionConfig:
     """Checks packed q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv) and the (N + 1,) / (N,) int32
     index arrays; max_seqlen_* are static (Python int) upper bounds."""
-    shapes = f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)}"
+    shapes = f"q {shape_of(q)}, k {shape_of(k)}, v {shape_of(v)}"
     for name, x in (("q", q), ("k", k), ("v", v)):
-        if len(_shape(x)) != 3:
-            raise ValueError(f"{name} must have rank 3 (total_tokens, heads, head_dim), got shape {_shape(x)}")
+        if len(shape_of(x)) != 3:
+            raise ValueError(f"{name} must have rank 3 (total_tokens, heads, head_dim), got shape {shape_of(x)}")
     if k.shape[:2] != v.shape[:2]:
         raise ValueError(f"k and v must agree on (total_tokens, heads): {shapes}")
     config = _check_heads_and_attributes(q, k, v, shapes, causal=causal, window=window, softcap=softcap,
                                          scale=scale)
     _check_index_array("cu_seqlens_q", cu_seqlens_q)
     _check_index_array("cu_seqlens_k", cu_seqlens_k)
-    n1 = _shape(cu_seqlens_q)[0]
-    if n1 < 2 or _shape(cu_seqlens_k)[0] != n1:
+    n1 = shape_of(cu_seqlens_q)[0]
+    if n1 < 2 or shape_of(cu_seqlens_k)[0] != n1:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must both have shape (N + 1,) with N >= 1, got "
-                         f"{_shape(cu_seqlens_q)} and {_shape(cu_seqlens_k)}")
+                         f"{shape_of(cu_seqlens_q)} and {shape_of(cu_seqlens_k)}")
     _check_index_array("seqused_q", seqused_q, n1 - 1)
     _check_index_array("seqused_k", seqused_k, n1 - 1)
     for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):

@@ -7,7 +7,7 @@ import functools
 import jax
 
 from jax_flash import _ffi, reference
-from jax_flash.ops._config import AttentionConfig, check_dense
+from jax_flash.ops._config import AttentionConfig, check_dense, check_flags
 from jax_flash.ops._implementation import choose_implementation
 from jax_flash.ops._partition import batch_head_partitioned, fold_vmap
 from jax_flash.ops.segments import segmented_attention
@@ -51,10 +51,7 @@ def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
                                    deterministic=deterministic, implementation=implementation)
     if max_segments is not None:
         raise ValueError("max_segments is only meaningful with segment_ids")
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    check_flags(return_lse=return_lse, deterministic=deterministic)
     impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     if impl == "xla":
         out, lse = reference.attention(q, k, v, window=config.window, softcap=config.softcap,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jax_flash.ops._config import _shape
+from jax_flash.ops._config import shape_of
+from jax_flash.ops.varlen import flash_attention_varlen
 
 
 def segment_ids_to_varlen(segment_ids, max_segments: int):
@@ -20,8 +21,8 @@ def segment_ids_to_varlen(segment_ids, max_segments: int):
     Returns:
       cu_seqlens (B * max_segments + 1,) int32 and seqused (B * max_segments,) int32, computed on device.
     """
-    if len(_shape(segment_ids)) != 2:
-        raise ValueError(f"segment_ids must have shape (batch, seq), got {_shape(segment_ids)}")
+    if len(shape_of(segment_ids)) != 2:
+        raise ValueError(f"segment_ids must have shape (batch, seq), got {shape_of(segment_ids)}")
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
         raise TypeError(f"segment_ids must be integers, got {segment_ids.dtype}")
     if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
@@ -49,14 +50,12 @@ def segmented_attention(q, k, v, segment_ids, max_segments, **kwargs):
     segment_ids: (B, S) for self-attention (Sq == Sk), or a pair (q_segment_ids (B, Sq), kv_segment_ids
     (B, Sk)); the r-th document of a row in q attends to the r-th document of the same row in kv.
     """
-    from jax_flash.ops.varlen import flash_attention_varlen
-
     q_ids, kv_ids = segment_ids if isinstance(segment_ids, (tuple, list)) else (segment_ids, segment_ids)
     (b, sq, hq, _), sk = q.shape, k.shape[1]
     for name, ids, s in (("q segment_ids", q_ids, sq), ("kv segment_ids", kv_ids, sk)):
-        if _shape(ids) != (b, s):
+        if shape_of(ids) != (b, s):
             raise ValueError(f"{name} must have shape {(b, s)} to match q {q.shape} / k {k.shape}, "
-                             f"got {_shape(ids)}")
+                             f"got {shape_of(ids)}")
     return_lse = kwargs.pop("return_lse", False)
     cu_q, used_q = segment_ids_to_varlen(q_ids, max_segments)
     cu_k, used_k = segment_ids_to_varlen(kv_ids, max_segments)

@@ -7,7 +7,7 @@ step (their SeqlenInfo has the hook), and asking for them is an error until then
 from __future__ import annotations
 
 from jax_flash import reference
-from jax_flash.ops._config import check_varlen
+from jax_flash.ops._config import check_flags, check_varlen
 
 _CUDA_NOT_YET = "the CUDA kernels do not take packed (varlen) sequences yet; use implementation='xla'"
 
@@ -36,10 +36,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     config = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           seqused_q=seqused_q, seqused_k=seqused_k, causal=causal, window=window,
                           softcap=softcap, scale=scale)
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    check_flags(return_lse=return_lse, deterministic=deterministic)
     if implementation == "cuda":
         raise ValueError(f"implementation='cuda' cannot run: {_CUDA_NOT_YET}")
     if implementation not in (None, "xla"):
