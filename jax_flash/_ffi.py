@@ -14,6 +14,8 @@ import numpy as np
 
 FWD_TARGET = "jax_flash_attn_fwd"
 BWD_TARGET = "jax_flash_attn_bwd"
+VARLEN_FWD_TARGET = "jax_flash_attn_varlen_fwd"
+VARLEN_BWD_TARGET = "jax_flash_attn_varlen_bwd"
 
 
 @functools.cache
@@ -86,4 +88,42 @@ def attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic: bool):
     call = jax.ffi.ffi_call(BWD_TARGET, out_types, vmap_method="broadcast_all")
     dq, dk, dv_, _ = call(q, k, v, out, lse, dout, dlse, deterministic=np.bool_(deterministic),
                           **_attributes(config))
+    return dq, dk, dv_
+
+
+def _varlen_attributes(config, max_seqlen_q: int, max_seqlen_k: int) -> dict:
+    # The kernels never size work by max_seqlen; it is an attribute so that each value compiles its own
+    # executable, as the API promises for static arguments.
+    return dict(_attributes(config), max_seqlen_q=np.int32(max_seqlen_q), max_seqlen_k=np.int32(max_seqlen_k))
+
+
+def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, config, max_seqlen_q,
+                    max_seqlen_k):
+    """Packed (THD) forward: out (Tq, Hq, Dv) in q.dtype, lse (Hq, Tq) float32.
+
+    cu_seqlens_* (N + 1,) and seqused_* (N,) int32 (never None at this level)."""
+    _registered()
+    tq, hq, _ = q.shape
+    out_types = (jax.ShapeDtypeStruct((tq, hq, v.shape[-1]), q.dtype),
+                 jax.ShapeDtypeStruct((hq, tq), jnp.float32))
+    # A vmapped packed call runs one call per element (a packed batch has no batch axis to fold into).
+    call = jax.ffi.ffi_call(VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
+    return call(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
+                **_varlen_attributes(config, max_seqlen_q, max_seqlen_k))
+
+
+def attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, config,
+                    deterministic: bool, max_seqlen_q, max_seqlen_k):
+    """Packed (THD) backward: dq, dk, dv in q.dtype; padding rows get 0."""
+    module = _registered()
+    tq, hq, d = q.shape
+    tk, hk, dv = v.shape
+    workspace = module.bwd_workspace_bytes(1, tq, tk, hq, hk, d, dv, bool(deterministic))
+    out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
+                 jax.ShapeDtypeStruct(v.shape, v.dtype),
+                 jax.ShapeDtypeStruct((max(workspace, 1),), jnp.uint8))
+    call = jax.ffi.ffi_call(VARLEN_BWD_TARGET, out_types, vmap_method="sequential")
+    dq, dk, dv_, _ = call(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
+                          deterministic=np.bool_(deterministic),
+                          **_varlen_attributes(config, max_seqlen_q, max_seqlen_k))
     return dq, dk, dv_

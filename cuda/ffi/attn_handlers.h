@@ -7,5 +7,7 @@ namespace jax_flash::ffi_glue {
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(AttnFwd);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(AttnBwd);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(AttnVarlenFwd);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(AttnVarlenBwd);
 
 }  // namespace jax_flash::ffi_glue

@@ -2,8 +2,17 @@
 
 namespace jax_flash::ffi_glue {
 
-std::optional<ffi::Error> decode_bshd(const ffi::AnyBuffer& buffer, const char* name, Bshd* shape) {
+std::optional<ffi::Error> decode_bshd(const ffi::AnyBuffer& buffer, const char* name, bool packed, Bshd* shape) {
   auto dims = buffer.dimensions();
+  if (packed) {
+    if (dims.size() != 3) {
+      return ffi::Error::InvalidArgument(std::string("jax_flash: ") + name +
+                                         " must have rank 3 (T, H, D) in the packed layout, got rank " +
+                                         std::to_string(dims.size()));
+    }
+    *shape = Bshd{1, dims[0], dims[1], dims[2]};
+    return std::nullopt;
+  }
   if (dims.size() < 4) {
     return ffi::Error::InvalidArgument(std::string("jax_flash: ") + name +
                                        " must have rank >= 4 (..., S, H, D), got rank " +
@@ -38,12 +47,12 @@ std::string describe(const Bshd& shape) {
 namespace jax_flash::ffi_glue {
 
 std::optional<ffi::Error> fill_qkv(const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
-                                   const ffi::AnyBuffer& v, AttnFwdParams* params, DType* dtype) {
+                                   const ffi::AnyBuffer& v, bool packed, AttnFwdParams* params, DType* dtype) {
   Bshd qs, ks, vs;
   DType k_dtype, v_dtype;
-  if (auto e = decode_bshd(q, "q", &qs)) return e;
-  if (auto e = decode_bshd(k, "k", &ks)) return e;
-  if (auto e = decode_bshd(v, "v", &vs)) return e;
+  if (auto e = decode_bshd(q, "q", packed, &qs)) return e;
+  if (auto e = decode_bshd(k, "k", packed, &ks)) return e;
+  if (auto e = decode_bshd(v, "v", packed, &vs)) return e;
   if (auto e = decode_dtype(q, "q", dtype)) return e;
   if (auto e = decode_dtype(k, "k", &k_dtype)) return e;
   if (auto e = decode_dtype(v, "v", &v_dtype)) return e;
@@ -89,10 +98,30 @@ std::optional<ffi::Error> fill_qkv(const ffi::AnyBuffer& q, const ffi::AnyBuffer
   return std::nullopt;
 }
 
-std::optional<ffi::Error> expect_bshd(const ffi::AnyBuffer& buffer, const char* name,
+std::optional<ffi::Error> fill_packed(const ffi::Buffer<ffi::S32>& cu_seqlens_q,
+                                      const ffi::Buffer<ffi::S32>& cu_seqlens_k,
+                                      const ffi::Buffer<ffi::S32>& seqused_q,
+                                      const ffi::Buffer<ffi::S32>& seqused_k, AttnFwdParams* params) {
+  const size_t n1 = cu_seqlens_q.element_count();
+  if (n1 < 2 || cu_seqlens_k.element_count() != n1 || seqused_q.element_count() != n1 - 1 ||
+      seqused_k.element_count() != n1 - 1 || n1 - 1 > INT32_MAX) {
+    return ffi::Error::InvalidArgument(
+        "jax_flash: cu_seqlens_q / cu_seqlens_k must have N + 1 >= 2 elements and seqused_q / seqused_k N, got " +
+        std::to_string(n1) + ", " + std::to_string(cu_seqlens_k.element_count()) + ", " +
+        std::to_string(seqused_q.element_count()) + ", " + std::to_string(seqused_k.element_count()));
+  }
+  params->batch = static_cast<int>(n1 - 1);
+  params->cu_seqlens_q = cu_seqlens_q.typed_data();
+  params->cu_seqlens_k = cu_seqlens_k.typed_data();
+  params->seqused_q = seqused_q.typed_data();
+  params->seqused_k = seqused_k.typed_data();
+  return std::nullopt;
+}
+
+std::optional<ffi::Error> expect_bshd(const ffi::AnyBuffer& buffer, const char* name, bool packed,
                                       const Bshd& expected) {
   Bshd got;
-  if (auto e = decode_bshd(buffer, name, &got)) return e;
+  if (auto e = decode_bshd(buffer, name, packed, &got)) return e;
   if (got.batch != expected.batch || got.seq != expected.seq || got.heads != expected.heads ||
       got.dim != expected.dim) {
     return ffi::Error::InvalidArgument(std::string("jax_flash: ") + name + " has shape " +

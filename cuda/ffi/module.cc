@@ -28,6 +28,8 @@ NB_MODULE(_jax_flash_cuda, m) {
     nb::dict targets;
     targets["jax_flash_attn_fwd"] = capsule(jax_flash::ffi_glue::AttnFwd);
     targets["jax_flash_attn_bwd"] = capsule(jax_flash::ffi_glue::AttnBwd);
+    targets["jax_flash_attn_varlen_fwd"] = capsule(jax_flash::ffi_glue::AttnVarlenFwd);
+    targets["jax_flash_attn_varlen_bwd"] = capsule(jax_flash::ffi_glue::AttnVarlenBwd);
     return targets;
   });
   m.def(
@@ -40,5 +42,6 @@ NB_MODULE(_jax_flash_cuda, m) {
   m.def("bwd_workspace_bytes", &jax_flash::attn_bwd_workspace_bytes, nb::arg("batch"),
         nb::arg("seqlen_q"), nb::arg("seqlen_k"), nb::arg("heads_q"), nb::arg("heads_k"),
         nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("deterministic"),
-        "Bytes of scratch the backward kernels need for these shapes.");
+        "Bytes of scratch the backward kernels need for these shapes (packed layouts: batch 1, seqlen_q = "
+        "total query tokens).");
 }

@@ -22,10 +22,11 @@ struct Status {
 // True when this build holds an instantiation for the dtype and head dims.
 bool attn_supported(DType dtype, int head_dim, int head_dim_v);
 
-// Forward: writes out and lse for every row (fully masked rows: 0 and -inf).
+// Forward: writes out and lse for every row (fully masked rows and packed padding rows: 0 and -inf).
 Status attn_fwd(const AttnFwdParams& params, DType dtype, cudaStream_t stream);
 
-// Bytes of scratch the backward needs for these shapes (a pure function of static shapes).
+// Bytes of scratch the backward needs for these shapes (a pure function of static shapes). Packed layouts
+// pass batch 1 and the token totals as seqlen_q / seqlen_k.
 size_t attn_bwd_workspace_bytes(int batch, int seqlen_q, int seqlen_k, int heads_q, int heads_k,
                                 int head_dim, int head_dim_v, bool deterministic);
 

@@ -46,7 +46,7 @@ template <class Cfg, bool kAtomicDq>
 Status launch_dkdv(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
   auto kernel = bwd_dkdv_kernel<Cfg, kAtomicDq>;
   if (Status s = allow_smem(kernel, Cfg::kSmemBytes, "bwd_dkdv_kernel"); !s.ok()) return s;
-  const dim3 grid(ceil_div(params.seqlen_k, Cfg::kBlockN), params.heads_k, params.batch);
+  const dim3 grid(tile_grid_x(params, params.seqlen_k, Cfg::kBlockN), params.heads_k, params.layout_batch());
   kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(params, delta, dq_accum);
   return check_launch("bwd_dkdv_kernel");
 }
@@ -55,7 +55,7 @@ template <class Cfg>
 Status launch_dq(const AttnBwdParams& params, const float* delta, cudaStream_t stream) {
   auto kernel = bwd_dq_kernel<Cfg>;
   if (Status s = allow_smem(kernel, Cfg::kSmemBytes, "bwd_dq_kernel"); !s.ok()) return s;
-  const dim3 grid(ceil_div(params.seqlen_q, Cfg::kBlockM), params.heads_q, params.batch);
+  const dim3 grid(tile_grid_x(params, params.seqlen_q, Cfg::kBlockM), params.heads_q, params.layout_batch());
   kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(params, delta);
   return check_launch("bwd_dq_kernel");
 }
@@ -99,7 +99,7 @@ Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream) {
     return error("heads_q " + std::to_string(params.heads_q) + " must be heads_k " +
                  std::to_string(params.heads_k) + " times kv_group " + std::to_string(params.kv_group));
   }
-  if (params.heads_q > 65535 || params.batch > 65535) {
+  if (params.heads_q > 65535 || params.layout_batch() > 65535) {
     return error("heads_q and batch must be at most 65535");
   }
   if (params.batch <= 0 || params.seqlen_q < 0 || params.seqlen_k < 0) return {};
@@ -108,13 +108,13 @@ Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream) {
                  "strides that are multiples of 8 elements");
   }
 
-  const BwdWorkspaceLayout ws = bwd_workspace_layout(params.batch, params.seqlen_q, params.heads_q,
+  const BwdWorkspaceLayout ws = bwd_workspace_layout(params.layout_batch(), params.seqlen_q, params.heads_q,
                                                      params.head_dim, params.deterministic);
   char* workspace = static_cast<char*>(params.workspace);
   float* delta = reinterpret_cast<float*>(workspace + ws.delta_offset);
   const bool atomic_dq = kHeadDim <= 128 && bwd_uses_dq_accum(params.head_dim, params.deterministic);
   float* dq_accum = atomic_dq ? reinterpret_cast<float*>(workspace + ws.dq_accum_offset) : nullptr;
-  const int64_t rows = int64_t(params.batch) * params.heads_q * params.seqlen_q;
+  const int64_t rows = int64_t(params.layout_batch()) * params.heads_q * params.seqlen_q;
   constexpr int kWarpsPerBlock = kBwdElementwiseThreads / 32;
 
   if (rows > 0) {

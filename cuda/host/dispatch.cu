@@ -105,11 +105,15 @@ bool attn_supported(DType dtype, int head_dim, int head_dim_v) {
 }
 
 Status attn_fwd(const AttnFwdParams& params, DType dtype, cudaStream_t stream) {
-  return dispatch(dtype, params.head_dim, params.head_dim_v, FwdLaunch{params, stream});
+  Status status = dispatch(dtype, params.head_dim, params.head_dim_v, FwdLaunch{params, stream});
+  if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);
+  return status;
 }
 
 Status attn_bwd(const AttnBwdParams& params, DType dtype, cudaStream_t stream) {
-  return dispatch(dtype, params.head_dim, params.head_dim_v, BwdLaunch{params, stream});
+  Status status = dispatch(dtype, params.head_dim, params.head_dim_v, BwdLaunch{params, stream});
+  if (status.ok() && params.packed()) status = fill_bwd_padding(params, stream);
+  return status;
 }
 
 }  // namespace jax_flash

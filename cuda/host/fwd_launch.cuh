@@ -24,7 +24,7 @@ inline bool fwd_operands_aligned(const AttnFwdParams& p) {
          strides_ok(p.out_batch_stride, p.out_row_stride, p.out_head_stride);
 }
 
-// Grid: (query blocks, query heads, batch). Shared memory over 48 KB needs an explicit opt-in per kernel.
+// Shared memory over 48 KB needs an explicit opt-in per kernel.
 template <class Cfg>
 Status launch_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
   if (params.head_dim > Cfg::kHeadDim || params.head_dim_v > Cfg::kHeadDimV) {
@@ -41,8 +41,9 @@ Status launch_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
                   "are multiples of 8 elements"};
   }
   if (params.batch == 0 || params.heads_q == 0 || params.seqlen_q == 0) return Status{};
-  const dim3 grid(ceil_div(params.seqlen_q, Cfg::kBlockM), params.heads_q, params.batch);
-  if (params.heads_q > 65535 || params.batch > 65535) {
+  // Dense: (query blocks, heads, batch). Packed: (the tile bound, heads, 1), see block_info.h.
+  const dim3 grid(tile_grid_x(params, params.seqlen_q, Cfg::kBlockM), params.heads_q, params.layout_batch());
+  if (params.heads_q > 65535 || params.layout_batch() > 65535) {
     return Status{"attn_fwd: batch and heads must each be <= 65535"};
   }
   auto kernel = params.softcap > 0.f ? &attn_fwd_kernel<Cfg, true> : &attn_fwd_kernel<Cfg, false>;

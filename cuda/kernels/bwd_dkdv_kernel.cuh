@@ -1,4 +1,4 @@
-// Backward dK / dV: one CTA per (key block, kv head, batch).
+// Backward dK / dV: one CTA per (key block, kv head, sequence).
 //
 // The CTA keeps its K and V tiles in shared memory and the fp32 dK, dV accumulators in registers, and walks
 // every (query head of its kv group) x (query block that can see the key block) step:
@@ -41,11 +41,13 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   Element* smem = reinterpret_cast<Element*>(smem_raw);
 
   const int tid = threadIdx.x;
-  const int n_block = blockIdx.x;
+  const TileCoord tile = schedule_tile<kBlockN, TileAxis::kKey>(params, /*reverse=*/false);
+  if (tile.bidb < 0) return;
+  const int n_block = tile.block;
+  const int bidb = tile.bidb;
   const int bidhk = blockIdx.y;
-  const int bidb = blockIdx.z;
 
-  const SeqlenInfo seq = SeqlenInfo::dense(params);
+  const SeqlenInfo seq = SeqlenInfo::make(params, bidb);
   const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
   const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
   int m_min, m_max;
@@ -170,7 +172,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 
     BwdRowStats<kRows> stats;
     stats.load(tScS, params.lse + seq.lse_offset(params.lse_batch_stride, params.lse_head_stride, bidb, bidh),
-               delta + (int64_t(bidb) * params.heads_q + bidh) * seq.seqlen_q, row0, seq.seqlen_q);
+               delta + seq.scratch_row(params, bidb, bidh), row0, seq.seqlen_q);
 
     cp_async_wait<0>();
     __syncthreads();  // this step's tiles landed; every warp is done with the other stage and with P / dS
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
               smem_copy_b_dq.get_thread_slice(tid).partition_S(sKt), mma_dq, smem_copy_a_dq, smem_copy_b_dq);
       Tensor tdQcdQ = mma_dq.get_thread_slice(tid).partition_C(
           make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-      float* dq_rows = dq_accum + ((int64_t(bidb) * params.heads_q + bidh) * seq.seqlen_q + row0) * params.head_dim;
+      float* dq_rows = dq_accum + (seq.scratch_row(params, bidb, bidh) + row0) * params.head_dim;
       atomic_add_acc(acc_dq, tdQcdQ, dq_rows, params.head_dim, seq.seqlen_q - row0, params.head_dim);
     }
 

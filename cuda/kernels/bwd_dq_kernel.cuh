@@ -1,4 +1,4 @@
-// Backward dQ without atomics: one CTA per (query block, query head, batch), shaped like the forward.
+// Backward dQ without atomics: one CTA per (query block, query head, sequence), shaped like the forward.
 //
 // Warps are stacked along the queries, so each warp holds whole rows of S, dP and dS; the CTA walks the key
 // blocks its rows can see (K, V double-buffered through cp.async):
@@ -40,12 +40,14 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 
   const int tid = threadIdx.x;
   // Last query blocks first: under a causal mask they see the most keys, so the long CTAs start early.
-  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const TileCoord tile = schedule_tile<kBlockM, TileAxis::kQuery>(params, /*reverse=*/true);
+  if (tile.bidb < 0) return;
+  const int m_block = tile.block;
+  const int bidb = tile.bidb;
   const int bidh = blockIdx.y;
-  const int bidb = blockIdx.z;
   const int bidhk = kv_head_of(bidh, params.kv_group);
 
-  const SeqlenInfo seq = SeqlenInfo::dense(params);
+  const SeqlenInfo seq = SeqlenInfo::make(params, bidb);
   const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
   const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
   int n_min, n_max;
@@ -129,7 +131,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 
   BwdRowStats<kRows> stats;
   stats.load(tScS, params.lse + seq.lse_offset(params.lse_batch_stride, params.lse_head_stride, bidb, bidh),
-             delta + (int64_t(bidb) * params.heads_q + bidh) * seq.seqlen_q, row0, seq.seqlen_q);
+             delta + seq.scratch_row(params, bidb, bidh), row0, seq.seqlen_q);
 
   for (int n_block = n_min; n_block < n_max; ++n_block) {
     const int stage = (n_block - n_min) & 1;

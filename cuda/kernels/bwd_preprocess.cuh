@@ -15,12 +15,12 @@ namespace jax_flash {
 
 constexpr int kBwdElementwiseThreads = 256;
 
-// delta is (B, Hq, Sq) contiguous. Reads 16 bytes per lane per step: head_dim_v % 8 == 0.
+// delta is (B, Hq, Sq) contiguous ((1, Hq, Tq) when packed: every row, padding included). Reads 16 bytes per lane per step: head_dim_v % 8 == 0.
 template <typename Element>
 __global__ void __launch_bounds__(kBwdElementwiseThreads) bwd_delta_kernel(const AttnBwdParams params,
                                                                            float* __restrict__ delta) {
   const int lane = threadIdx.x % 32;
-  const int64_t rows = int64_t(params.batch) * params.heads_q * params.seqlen_q;
+  const int64_t rows = int64_t(params.layout_batch()) * params.heads_q * params.seqlen_q;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; row < rows; row += warps) {
     const int i = int(row % params.seqlen_q);
@@ -48,12 +48,12 @@ __global__ void __launch_bounds__(kBwdElementwiseThreads) bwd_delta_kernel(const
   }
 }
 
-// dq_accum is (B, Hq, Sq, head_dim) contiguous fp32; each thread converts 8 consecutive head-dim elements.
+// dq_accum is (B, Hq, Sq, head_dim) contiguous fp32 ((1, Hq, Tq, head_dim) when packed; padding rows stay 0); each thread converts 8 consecutive head-dim elements.
 template <typename Element>
 __global__ void __launch_bounds__(kBwdElementwiseThreads) bwd_dq_convert_kernel(const AttnBwdParams params,
                                                                                 const float* __restrict__ accum) {
   const int chunks_per_row = params.head_dim / 8;
-  const int64_t chunks = int64_t(params.batch) * params.seqlen_q * params.heads_q * chunks_per_row;
+  const int64_t chunks = int64_t(params.layout_batch()) * params.seqlen_q * params.heads_q * chunks_per_row;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
     // Chunk order (b, i, h, d) follows dq's own layout, so consecutive threads write consecutive bytes.

@@ -43,12 +43,14 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   extern __shared__ __align__(128) char smem[];
 
   // Longest (causal) query blocks first: they start early and the short ones fill in at the end.
-  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const TileCoord tile = schedule_tile<kBlockM, TileAxis::kQuery>(params, /*reverse=*/true);
+  if (tile.bidb < 0) return;
+  const int m_block = tile.block;
+  const int bidb = tile.bidb;
   const int bidh = blockIdx.y;
-  const int bidb = blockIdx.z;
   const int tidx = threadIdx.x;
 
-  const SeqlenInfo seq = SeqlenInfo::dense(params);
+  const SeqlenInfo seq = SeqlenInfo::make(params, bidb);
   if (m_block * kBlockM >= seq.seqlen_q) return;
   const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
   int n_min, n_max;

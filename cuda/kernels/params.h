@@ -3,6 +3,9 @@
 // Tensors are addressed through element strides (int64: a tensor may pass 2^31 elements).
 // Dense layout is BSHD: q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv), out (B, Sq, Hq, Dv),
 // lse (B, Hq, Sq) float32.
+// Packed (varlen, THD) layout: q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv), out (Tq, Hq, Dv), lse (Hq, Tq);
+// `batch` is then the number of sequences N, seqlen_q / seqlen_k the token totals Tq / Tk, the batch
+// strides 0, and sequence b lives at the rows cu_seqlens[b] ... (block_info.h reads them on the device).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +36,17 @@ struct AttnFwdParams {
   // keys in [p - window_left, p + window_right] are visible; -1 means unbounded on that side.
   // causal is expressed as window_right = 0.
   int window_left, window_right;
+
+  // Packed layout only (all null for dense): (N + 1,) and (N,) int32 device arrays. Sequence b owns rows
+  // [cu_seqlens[b], cu_seqlens[b + 1]) and uses the first seqused[b] of them.
+  const int* __restrict__ cu_seqlens_q;
+  const int* __restrict__ cu_seqlens_k;
+  const int* __restrict__ seqused_q;
+  const int* __restrict__ seqused_k;
+
+  __host__ __device__ bool packed() const { return cu_seqlens_q != nullptr; }
+  // Leading dim of the (batch, heads, rows) scratch and of the row-wise kernels: 1 when packed.
+  __host__ __device__ int layout_batch() const { return packed() ? 1 : batch; }
 };
 
 struct AttnBwdParams : AttnFwdParams {

@@ -164,4 +164,6 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise TypeError(f"{name} must be a static Python int >= 0 (an upper bound), got {m!r}")
+        if m > 2**31 - 1:
+            raise ValueError(f"{name} must fit in int32, got {m}")
     return config

@@ -1,15 +1,20 @@
-"""Variable-length packed (THD) attention: argument checks and implementation choice.
+"""Variable-length packed (THD) attention: argument checks, implementation choice, and the CUDA path's
+custom_vjp.
 
-Only the reference implementation exists so far; the CUDA kernels take packed sequences in a later
-step (their SeqlenInfo has the hook), and asking for them is an error until then.
+The kernels are the dense ones: a packed call only changes where each sequence's rows live and how
+CTAs find their tiles (cuda/kernels/block_info.h).
 """
 
 from __future__ import annotations
 
-from jax_flash import reference
-from jax_flash.ops._config import check_flags, check_varlen
+import functools
 
-_CUDA_NOT_YET = "the CUDA kernels do not take packed (varlen) sequences yet; use implementation='xla'"
+import jax
+import jax.numpy as jnp
+
+from jax_flash import _ffi, reference
+from jax_flash.ops._config import check_flags, check_varlen
+from jax_flash.ops._implementation import choose_implementation
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
@@ -19,29 +24,65 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
     Args:
       q: (Tq, Hq, D); k: (Tk, Hk, D); v: (Tk, Hk, Dv); bfloat16 or float16, Hq a multiple of Hk.
-      cu_seqlens_q, cu_seqlens_k: (N + 1,) int32 device arrays: sequence i owns query rows
-        [cu_seqlens_q[i], cu_seqlens_q[i + 1]) and key rows likewise.
-      max_seqlen_q, max_seqlen_k: Python ints, static upper bounds on the sequence lengths.
+      cu_seqlens_q, cu_seqlens_k: (N + 1,) int32 device arrays, non-decreasing: sequence i owns query
+        rows [cu_seqlens_q[i], cu_seqlens_q[i + 1]) and key rows likewise. Values are read on the device
+        and clamped to [0, T]; decreasing offsets give unspecified (but memory-safe) results.
+      max_seqlen_q, max_seqlen_k: Python ints, static upper bounds on the sequence lengths. A different
+        value compiles a different executable; the kernels never rely on it, so a wrong bound cannot
+        make them skip rows or read out of bounds.
       seqused_q, seqused_k: optional (N,) int32: rows of sequence i actually used, counted from
         cu_seqlens[i]; the rest of its span is padding.
       causal, window, softcap, scale, deterministic: as in flash_attention, per sequence (masks are
         bottom-right aligned with each sequence's used lengths).
       return_lse: also return lse (Hq, Tq) float32.
-      implementation: "xla" (the reference) or None; "cuda" is not available for packed input yet.
+      implementation: "cuda", "xla" (the reference) or None (cuda when available), as in flash_attention.
 
     Returns:
-      out (Tq, Hq, Dv) [, lse]. Padding rows, rows after cu_seqlens_q[-1] and rows with no visible key
-      get out 0, lse -inf and zero gradients.
+      out (Tq, Hq, Dv) [, lse]. Padding rows, rows before cu_seqlens_q[0] or after cu_seqlens_q[-1] and
+      rows with no visible key get out 0, lse -inf and zero gradients; so do key rows outside every
+      sequence (zero dk, dv).
     """
     config = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           seqused_q=seqused_q, seqused_k=seqused_k, causal=causal, window=window,
                           softcap=softcap, scale=scale)
     check_flags(return_lse=return_lse, deterministic=deterministic)
-    if implementation == "cuda":
-        raise ValueError(f"implementation='cuda' cannot run: {_CUDA_NOT_YET}")
-    if implementation not in (None, "xla"):
-        raise ValueError(f"implementation must be None, 'cuda' or 'xla', got {implementation!r}")
-    out, lse = reference.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q=seqused_q,
-                                          seqused_k=seqused_k, window=config.window,
-                                          softcap=config.softcap, scale=config.scale, return_lse=True)
+    impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
+    if impl == "xla":
+        out, lse = reference.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q=seqused_q,
+                                              seqused_k=seqused_k, window=config.window,
+                                              softcap=config.softcap, scale=config.scale, return_lse=True)
+    else:
+        # The kernels always take seqused; a sequence's whole span is the same as no seqused.
+        used_q = _spans(cu_seqlens_q) if seqused_q is None else seqused_q
+        used_k = _spans(cu_seqlens_k) if seqused_k is None else seqused_k
+        static = (config, max_seqlen_q, max_seqlen_k, deterministic)
+        out, lse = _cuda_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, used_q, used_k, static)
     return (out, lse) if return_lse else out
+
+
+def _spans(cu_seqlens):
+    return cu_seqlens[1:] - cu_seqlens[:-1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _cuda_varlen(q, k, v, cu_q, cu_k, used_q, used_k, static):
+    config, max_q, max_k, _ = static
+    return tuple(_ffi.attn_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k))
+
+
+def _cuda_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, static):
+    out, lse = _cuda_varlen(q, k, v, cu_q, cu_k, used_q, used_k, static)
+    return (out, lse), (q, k, v, out, lse, cu_q, cu_k, used_q, used_k)
+
+
+def _cuda_varlen_bwd(static, residuals, cotangents):
+    config, max_q, max_k, deterministic = static
+    q, k, v, out, lse, cu_q, cu_k, used_q, used_k = residuals
+    dout, dlse = cotangents
+    dq, dk, dv = _ffi.attn_varlen_bwd(q, k, v, out, lse, dout.astype(out.dtype), dlse.astype(jnp.float32),
+                                      cu_q, cu_k, used_q, used_k, config, deterministic, max_q, max_k)
+    # The index arrays are integers: no cotangent.
+    return dq, dk, dv, None, None, None, None
+
+
+_cuda_varlen.defvjp(_cuda_varlen_fwd, _cuda_varlen_bwd)
