@@ -14,6 +14,7 @@
 #include <string>
 
 #include "host/launch.h"
+#include "host/smem_opt_in.h"
 #include "kernels/block_info.h"
 #include "kernels/bwd_dkdv_kernel.cuh"
 #include "kernels/bwd_dq_kernel.cuh"
@@ -32,14 +33,10 @@ inline Status check_launch(const char* kernel) {
   return error(std::string(kernel) + " launch failed: " + cudaGetErrorString(err));
 }
 
-// Kernels over 48 KB of dynamic shared memory must opt in (a host-side attribute, no stream work).
 template <class Kernel>
 Status allow_smem(Kernel kernel, int smem_bytes, const char* name) {
-  if (smem_bytes <= 48 * 1024) return {};
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-  if (err == cudaSuccess) return {};
-  return error(std::string(name) + ": cannot get " + std::to_string(smem_bytes) +
-               " bytes of shared memory: " + cudaGetErrorString(err));
+  Status s = opt_in_dynamic_smem(kernel, smem_bytes, name);
+  return s.ok() ? s : error(s.message);
 }
 
 template <class Cfg, bool kAtomicDq>

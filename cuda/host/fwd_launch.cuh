@@ -8,6 +8,7 @@
 #include <string>
 
 #include "host/launch.h"
+#include "host/smem_opt_in.h"
 #include "kernels/fwd_kernel.cuh"
 #include "kernels/tile_config.h"
 
@@ -24,7 +25,6 @@ inline bool fwd_operands_aligned(const AttnFwdParams& p) {
          strides_ok(p.out_batch_stride, p.out_row_stride, p.out_head_stride);
 }
 
-// Shared memory over 48 KB needs an explicit opt-in per kernel.
 template <class Cfg>
 Status launch_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
   if (params.head_dim > Cfg::kHeadDim || params.head_dim_v > Cfg::kHeadDimV) {
@@ -48,13 +48,7 @@ Status launch_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
   }
   auto kernel = params.softcap > 0.f ? &attn_fwd_kernel<Cfg, true> : &attn_fwd_kernel<Cfg, false>;
   constexpr int kSmem = Cfg::kSmemBytes;
-  if (kSmem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (err != cudaSuccess) {
-      return Status{"attn_fwd: cudaFuncSetAttribute(" + std::to_string(kSmem) +
-                    " B dynamic smem): " + cudaGetErrorString(err)};
-    }
-  }
+  if (Status s = opt_in_dynamic_smem(kernel, kSmem, "attn_fwd"); !s.ok()) return s;
   kernel<<<grid, Cfg::kNThreads, kSmem, stream>>>(params);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
