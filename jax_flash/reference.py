@@ -13,8 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["attention", "attention_varlen", "attention_with_lse", "naive_attention", "varlen_mask",
-           "visible_mask"]
+__all__ = ["attention", "attention_varlen", "attention_with_lse", "naive_attention", "naive_attention_varlen",
+           "varlen_mask", "visible_mask"]
 
 
 def _window_bounds(causal, window):
@@ -202,3 +202,16 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=None, seq
                        compute_dtype=compute_dtype, precision=jax.lax.Precision.HIGHEST, mask=mask)
     out = out[0].astype(q.dtype)
     return (out, lse[0]) if return_lse else out
+
+
+def naive_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=None, seqused_k=None,
+                           causal=False, window=None, softcap=None, scale=None, return_lse=False):
+    """attention_varlen carried out in the input dtype at default precision: the "naive" term of the test
+    oracle for packed sequences, as naive_attention is for dense. Same arguments, mask and padding rules
+    as attention_varlen; lse is returned as float32."""
+    mask = varlen_mask(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], seqused_q=seqused_q,
+                       seqused_k=seqused_k, causal=causal, window=window)
+    out, lse = _attend(q[None], k[None], v[None], causal=False, window=None, softcap=softcap, scale=scale,
+                       compute_dtype=q.dtype, precision=None, mask=mask)
+    out = out[0].astype(q.dtype)
+    return (out, lse[0].astype(jnp.float32)) if return_lse else out

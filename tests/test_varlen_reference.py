@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jax_flash
-from jax_flash import reference
+from jax_flash import _ffi, reference
 
 
 def _packing(rng, lengths_q, lengths_k, pad):
@@ -89,7 +89,9 @@ def test_padding_rows_get_zero_gradient_and_shapes_reuse_one_executable():
     (dict(q=np.zeros((1, 8, 4, 16), np.float16)), ValueError, "q must have rank 3"),
     (dict(implementation="cuda"), ValueError, "implementation='cuda' cannot run"),
 ])
-def test_bad_varlen_arguments(change, error, match):
+def test_bad_varlen_arguments(change, error, match, monkeypatch):
+    # implementation="cuda" must fail with the reason where the kernels cannot run; simulate that here.
+    monkeypatch.setattr(_ffi, "unavailable_reason", lambda: "no GPU in this test")
     args = dict(q=np.zeros((8, 4, 16), np.float16), k=np.zeros((8, 2, 16), np.float16),
                 v=np.zeros((8, 2, 16), np.float16), cu_seqlens_q=np.array([0, 8], np.int32),
                 cu_seqlens_k=np.array([0, 8], np.int32), max_seqlen_q=8, max_seqlen_k=8)
