@@ -153,7 +153,10 @@ def naive_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
 
 
 def _token_positions(cu_seqlens, seqused, total):
-    """For each of `total` packed rows: (sequence id, index inside the sequence, is it a used row)."""
+    """For each of `total` packed rows: (sequence id, index inside the sequence, is it a used row).
+
+    Offsets are clamped to [0, total], as the kernels clamp them on the device."""
+    cu_seqlens = jnp.clip(cu_seqlens, 0, total)
     rows = jnp.arange(total)
     seq = jnp.clip(jnp.searchsorted(cu_seqlens, rows, side="right") - 1, 0, cu_seqlens.shape[0] - 2)
     index = rows - cu_seqlens[seq]

@@ -37,8 +37,12 @@ for step in $steps; do
       grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest.log" | tail -40
       ;;
     memcheck)
+      # Dense forward+backward cases, then packed inputs with out-of-range offsets and lengths.
       (cd tests && compute-sanitizer --tool memcheck --error-exitcode 9 \
-        python3 gpu_subprocess_cases.py /tmp/memcheck.npz --small) > "$OUT/memcheck.log" 2>&1
+        python3 gpu_subprocess_cases.py /tmp/memcheck.npz --small &&
+       compute-sanitizer --tool memcheck --error-exitcode 9 python3 -c \
+        "import test_gpu_varlen as t; t.test_out_of_range_offsets_are_clamped_and_max_seqlen_is_only_a_bound(); print('packed out-of-range case: ok')") \
+        > "$OUT/memcheck.log" 2>&1
       rc=$?
       tail -5 "$OUT/memcheck.log"
       ;;

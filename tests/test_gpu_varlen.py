@@ -242,3 +242,25 @@ def _segment_step(case, max_segments):
                 segment_ids=ids, max_segments=max_segments, return_lse=True, implementation=IMPL)
         return with_grads(attn, q, k, v, dout)
     return jax.jit(step)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Device data out of range: offsets and used lengths are clamped on the device; max_seqlen is never trusted
+
+@gpu
+def test_out_of_range_offsets_are_clamped_and_max_seqlen_is_only_a_bound():
+    """cu_seqlens outside [0, T], seqused negative or past the span, and a max_seqlen far below the real
+    lengths give exactly the clamped packing's answer (DESIGN.md); `scripts/gpu_cycle.sh memcheck` runs this
+    test under compute-sanitizer, which shows no access leaves the tensors."""
+    case = dict(dtype="bfloat16", head_dims=(64, 64), heads=(6, 2), causal=True, softcap=None, window=None)
+    raw = Packing(cu_q=np.array([-50, 100, 250, 400], np.int32), cu_k=np.array([0, 120, 120, 10**9], np.int32),
+                  used_q=np.array([-3, 1000, 40], np.int32), used_k=np.array([100, 7, 2**31 - 1], np.int32),
+                  total_q=300, total_k=300, pass_seqused=True)
+    clamped = Packing(cu_q=np.array([0, 100, 250, 300], np.int32), cu_k=np.array([0, 120, 120, 300], np.int32),
+                      used_q=np.array([0, 150, 40], np.int32), used_k=np.array([100, 0, 180], np.int32),
+                      total_q=300, total_k=300, pass_seqused=True)
+    inputs = make_inputs(case, 300, 300, seed=3)
+    poison_device_memory()
+    ours = run_ours(case, raw, inputs, max_seqlen=(16, 16))
+    ref, naive = reference_and_naive(case, clamped, inputs)
+    check_case(ours, ref, naive, clamped, softcap=None)
