@@ -2,17 +2,19 @@
 
 Public API (see README.md and each function's docstring for shapes and semantics):
   flash_attention(q, k, v, ...)      dense BSHD attention, forward and backward
-  flash_attention_varlen(...)        packed (THD) sequences; reference implementation only so far
+  flash_attention_varlen(...)        packed (THD) sequences, forward and backward
   segment_ids_to_varlen(ids, n)      (B, S) segment ids -> cu_seqlens / seqused of the flattened rows
   reference                          the pure-JAX definition of every op (CPU/TPU path, test oracle)
+  parallel                           context parallelism on shard_map: ring and all-to-all (Ulysses) attention
   cuda_available()                   can the kernels run here?
 """
 
 from jax_flash import reference
 from jax_flash._ffi import unavailable_reason as _unavailable_reason
 from jax_flash.ops import flash_attention, flash_attention_varlen, segment_ids_to_varlen
+from jax_flash import parallel  # noqa: E402  (after ops: it builds on them)
 
-__all__ = ["flash_attention", "flash_attention_varlen", "segment_ids_to_varlen", "reference",
+__all__ = ["flash_attention", "flash_attention_varlen", "segment_ids_to_varlen", "reference", "parallel",
            "cuda_available"]
 __version__ = "0.1.0"
 
