@@ -106,8 +106,6 @@ def test_ulysses_on_gpus(layout):
 
 
 def test_packed_ring_on_gpus():
-    if not hasattr(_ffi, "attn_varlen_fwd"):
-        pytest.skip("this build has no packed (varlen) kernels")
     size = max(_sizes(), default=2)
     mesh = _mesh(size)
     hq, hk = HEADS

@@ -3,8 +3,6 @@ packed attn_varlen_fwd / attn_varlen_bwd) are stood in for by float32 functions 
 and the ring must reproduce the reference through them, calling them on local blocks only."""
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from jax_flash import _ffi, reference
@@ -79,11 +77,3 @@ def test_ring_through_the_kernel_entry_points(packed):
     local = arrays[0].shape[0 if packed else 1] // size
     for _, q_shape, _ in CALLS:  # blocks of local rows only: nothing was gathered
         assert q_shape[0 if packed else 1] <= local
-
-
-def test_packed_cuda_is_an_error_without_the_varlen_kernels(monkeypatch):
-    monkeypatch.delattr(_ffi, "attn_varlen_fwd")
-    with pytest.raises(ValueError, match="no packed"):
-        _blocks.choose("cuda", jnp.bfloat16, 128, 128, packed=True)
-    assert _blocks.choose(None, jnp.bfloat16, 128, 128, packed=True) == "xla"
-    np.testing.assert_equal(_blocks.choose(None, jnp.bfloat16, 128, 128, packed=False), "cuda")

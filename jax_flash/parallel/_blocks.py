@@ -20,17 +20,12 @@ from jax_flash import _ffi, reference
 from jax_flash.ops._implementation import choose_implementation
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-_VARLEN_CUDA = ("attn_varlen_fwd", "attn_varlen_bwd")
 
 
 def choose(implementation, dtype, head_dim: int, head_dim_v: int, packed: bool) -> str:
-    """"cuda" or "xla", as jax_flash.ops chooses; packed blocks need the varlen kernels in the build."""
-    impl = choose_implementation(implementation, dtype, head_dim, head_dim_v)
-    if impl == "cuda" and packed and not all(hasattr(_ffi, name) for name in _VARLEN_CUDA):
-        if implementation == "cuda":
-            raise ValueError("implementation='cuda' cannot run: this build has no packed (varlen) kernels")
-        return "xla"
-    return impl
+    """"cuda" or "xla", as jax_flash.ops chooses (dense and packed blocks run on the same kernels)."""
+    del packed
+    return choose_implementation(implementation, dtype, head_dim, head_dim_v)
 
 
 def block_fwd(q, k, v, config, implementation):
