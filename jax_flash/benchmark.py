@@ -250,13 +250,18 @@ def plot(records, path):
     print(f"plot written to {path}")
 
 
+def write_json(path, device, args, records):
+    """Every measurement, with the device and the command-line arguments that produced it."""
+    with open(path, "w") as f:
+        json.dump({"device": device, "args": vars(args), "results": records}, f, indent=1)
+    print(f"results written to {path}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     device, records = run(args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "args": vars(args), "results": records}, f, indent=1)
-        print(f"results written to {args.json}")
+        write_json(args.json, device, args, records)
     if args.plot:
         plot(records, args.plot)
 

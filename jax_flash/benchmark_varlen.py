@@ -23,12 +23,10 @@ jax and jax_flash's kernels are imported only once the arguments are parsed, so 
 from __future__ import annotations
 
 import argparse
-import json
-
 import numpy as np
 
 from jax_flash.benchmark import (DTYPES, attention_flops, make_inputs, print_errors, short_error, time_ms,
-                                 timed_fn)
+                                 timed_fn, write_json)
 
 BASELINES = ("dense", "cudnn")
 # cuDNN rejects some sequence lengths (odd ones in its backward); padding to a multiple of 64 avoids that and
@@ -239,9 +237,7 @@ def main(argv=None):
     args = parse_args(argv)
     device, records = run(args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "args": vars(args), "results": records}, f, indent=1)
-        print(f"results written to {args.json}")
+        write_json(args.json, device, args, records)
 
 
 if __name__ == "__main__":
