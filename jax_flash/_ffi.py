@@ -16,6 +16,14 @@ FWD_TARGET = "jax_flash_attn_fwd"
 BWD_TARGET = "jax_flash_attn_bwd"
 VARLEN_FWD_TARGET = "jax_flash_attn_varlen_fwd"
 VARLEN_BWD_TARGET = "jax_flash_attn_varlen_bwd"
+PAGED_FWD_TARGET = "jax_flash_paged_fwd"
+PAGED_VARLEN_FWD_TARGET = "jax_flash_paged_varlen_fwd"
+
+# Tile of the paged kernel (cuda/kernels/paged_tile_config.h): query rows per CTA, after the query heads of
+# one kv head are packed along rows (GQA packing), and keys per mainloop step. Static facts of the build, used
+# to pick num_splits from static shapes.
+PAGED_BLOCK_M = 64
+PAGED_BLOCK_N = 64
 
 
 @functools.cache
@@ -127,3 +135,39 @@ def attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, s
                           deterministic=np.bool_(deterministic),
                           **_varlen_attributes(config, max_seqlen_q, max_seqlen_k))
     return dq, dk, dv_
+
+
+def paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits: int,
+              max_seqlen_q=None):
+    """Attention of new queries over a paged KV cache (forward only).
+
+    q (B, Sq, Hq, D), or (Tq, Hq, D) with cu_seqlens_q (B + 1,) int32; k_cache (P, page_size, Hk, D),
+    v_cache (P, page_size, Hk, Dv); page_table (B, max_pages) int32; cache_seqlens (B,) int32.
+    num_splits >= 1: the key range of each query tile is split this many ways and combined in fp32.
+    Returns out like q with Dv, lse (B, Hq, Sq) or (Hq, Tq) float32.
+    """
+    _registered()
+    hq, dv = q.shape[-2], v_cache.shape[-1]
+    if cu_seqlens_q is None:
+        batch, sq = q.shape[:2]
+        rows = batch * sq
+        out_types = [jax.ShapeDtypeStruct((batch, sq, hq, dv), q.dtype),
+                     jax.ShapeDtypeStruct((batch, hq, sq), jnp.float32)]
+    else:
+        rows = q.shape[0]
+        out_types = [jax.ShapeDtypeStruct((rows, hq, dv), q.dtype), jax.ShapeDtypeStruct((hq, rows), jnp.float32)]
+    # fp32 partial outputs and LSEs of the splits (scratch, from XLA's allocator); a placeholder without splits.
+    split = num_splits > 1
+    out_types += [jax.ShapeDtypeStruct((num_splits, rows, hq, dv) if split else (1,), jnp.float32),
+                  jax.ShapeDtypeStruct((num_splits, rows, hq) if split else (1,), jnp.float32)]
+    attributes = dict(_attributes(config), num_splits=np.int32(num_splits))
+    if cu_seqlens_q is None:
+        call = jax.ffi.ffi_call(PAGED_FWD_TARGET, out_types, vmap_method="sequential")
+        out, lse, _, _ = call(q, k_cache, v_cache, page_table, cache_seqlens, **attributes)
+    else:
+        # max_seqlen_q never sizes work (the tiles come from Tq); it keys the executable like a static arg.
+        call = jax.ffi.ffi_call(PAGED_VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
+        out, lse, _, _ = call(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q,
+                              max_seqlen_q=np.int32(max_seqlen_q if max_seqlen_q is not None else -1),
+                              **attributes)
+    return out, lse
