@@ -13,8 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["attention", "attention_varlen", "attention_with_lse", "naive_attention", "naive_attention_varlen",
-           "varlen_mask", "visible_mask"]
+__all__ = ["attention", "attention_varlen", "attention_with_lse", "gather_pages", "naive_attention",
+           "naive_attention_varlen", "naive_paged_attention", "paged_attention", "varlen_mask", "visible_mask"]
 
 
 def _window_bounds(causal, window):
@@ -218,3 +218,106 @@ def naive_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=Non
                        compute_dtype=q.dtype, precision=None, mask=mask)
     out = out[0].astype(q.dtype)
     return (out, lse[0].astype(jnp.float32)) if return_lse else out
+
+
+def gather_pages(cache, page_table):
+    """A paged cache read as contiguous sequences: (P, page_size, H, D) and (B, max_pages) page indices ->
+    (B, max_pages * page_size, H, D), key j of sequence b being cache[page_table[b, j // page_size],
+    j % page_size]. A page index outside [0, P) reads as a page of zeros (never out of bounds)."""
+    num_pages, page_size = cache.shape[:2]
+    batch, max_pages = page_table.shape
+    valid = (page_table >= 0) & (page_table < num_pages)
+    # Index P is out of range for every P (even 0) and is not a negative index JAX would wrap around.
+    pages = jnp.asarray(cache).at[jnp.where(valid, page_table, num_pages)].get(mode="fill", fill_value=0)
+    return pages.reshape(batch, max_pages * page_size, *cache.shape[2:])
+
+
+def _paged_key_lengths(cache_seqlens, capacity):
+    return jnp.clip(cache_seqlens, 0, capacity)
+
+
+def _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, *, causal, window, softcap, scale,
+           compute_dtype, precision):
+    """out (like q, last dim Dv) in compute_dtype and lse: the definition behind paged_attention."""
+    left, right = _window_bounds(causal, window)
+    capacity = page_table.shape[1] * k_cache.shape[1]
+    seqlen_k = _paged_key_lengths(cache_seqlens, capacity)
+    keys = jnp.arange(capacity)
+    attend = lambda q, k, v, mask: _attend(q, k, v, causal=False, window=None, softcap=softcap,  # noqa: E731
+                                           scale=scale, compute_dtype=compute_dtype, precision=precision,
+                                           mask=mask)
+    if cu_seqlens_q is None:
+        # Every sequence has Sq queries: one batched call with a per-sequence mask (B, 1, Sq, capacity).
+        sq = q.shape[1]
+        sk = seqlen_k[:, None, None]
+        mask = (keys < sk) & _is_visible(jnp.arange(sq)[:, None], keys[None, :], sq, sk, left, right)
+        return attend(q, gather_pages(k_cache, page_table), gather_pages(v_cache, page_table), mask[:, None])
+
+    # Packed: one sequence at a time, all Tq rows against that sequence's keys with the rows of other
+    # sequences masked, so memory stays at one (Hq, Tq, capacity) score matrix.
+    total = q.shape[0]
+    seq, index, valid, used = _token_positions(cu_seqlens_q, None, total)
+
+    def one_sequence(carry, xs):
+        out, lse = carry
+        b, table_row, sk = xs
+        rows = valid & (seq == b)
+        mask = (rows[:, None] & (keys[None, :] < sk)
+                & _is_visible(index[:, None], keys[None, :], used[b], sk, left, right))
+        out_b, lse_b = attend(q[None], gather_pages(k_cache, table_row[None]),
+                              gather_pages(v_cache, table_row[None]), mask)
+        out = jnp.where(rows[:, None, None], out_b[0], out)
+        lse = jnp.where(rows[None, :], lse_b[0], lse)
+        return (out, lse), None
+
+    hq, dv = q.shape[1], v_cache.shape[-1]
+    init = (jnp.zeros((total, hq, dv), compute_dtype), jnp.full((hq, total), -jnp.inf, compute_dtype))
+    batch = page_table.shape[0]
+    (out, lse), _ = jax.lax.scan(one_sequence, init, (jnp.arange(batch), page_table, seqlen_k))
+    return out[None], lse[None]
+
+
+def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, causal=True,
+                    window=None, softcap=None, scale=None, return_lse=False):
+    """Reference attention of new queries over a paged KV cache, float32 math at HIGHEST precision.
+
+    Args:
+      q: (B, Sq, Hq, D), every sequence having Sq queries; or packed (Tq, Hq, D) with cu_seqlens_q.
+      k_cache: (P, page_size, Hk, D); v_cache: (P, page_size, Hk, Dv); Hq % Hk == 0.
+      page_table: (B, max_pages) integer page indices of each sequence.
+      cache_seqlens: (B,) valid tokens in each sequence's cache, the new queries' own keys included.
+        seqlen_k(b) = clip(cache_seqlens[b], 0, max_pages * page_size).
+      cu_seqlens_q: optional (B + 1,) int32: sequence b's queries are the packed rows [cu[b], cu[b + 1]),
+        offsets clamped to [0, Tq]; rows outside every sequence get out 0 and lse -inf.
+      causal: mask keys after each query's position (default True: new tokens attend to the cache).
+      window, softcap, scale: as in attention().
+      return_lse: also return lse, (B, Hq, Sq) for dense q or (Hq, Tq) for packed q.
+
+    Key j < seqlen_k(b) of sequence b is k_cache[page_table[b, j // page_size], j % page_size] (v
+    likewise); a page index outside [0, P) reads as a page of zeros, whose keys stay visible (score 0).
+    Masks are bottom-right aligned per sequence: query i of a sequence with sq queries sits at key
+    position i + seqlen_k(b) - sq. A query that sees no key gets out 0 and lse -inf.
+
+    Returns:
+      out (B, Sq, Hq, Dv) or (Tq, Hq, Dv) in q.dtype [, lse in float32 (float64 for float64 inputs)].
+    """
+    compute_dtype = jnp.promote_types(jnp.float32, q.dtype)
+    out, lse = _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, causal=causal,
+                      window=window, softcap=softcap, scale=scale, compute_dtype=compute_dtype,
+                      precision=jax.lax.Precision.HIGHEST)
+    if cu_seqlens_q is not None:
+        out, lse = out[0], lse[0]
+    out = out.astype(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def naive_paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, causal=True,
+                          window=None, softcap=None, scale=None, return_lse=False):
+    """paged_attention carried out in the input dtype at default precision: the "naive" term of the test
+    oracle for the paged cache. Same arguments and semantics; lse is returned as float32."""
+    out, lse = _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, causal=causal,
+                      window=window, softcap=softcap, scale=scale, compute_dtype=q.dtype, precision=None)
+    if cu_seqlens_q is not None:
+        out, lse = out[0], lse[0]
+    out = out.astype(q.dtype)
+    return (out, lse.astype(jnp.float32)) if return_lse else out

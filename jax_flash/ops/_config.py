@@ -167,3 +167,106 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
         if m > 2**31 - 1:
             raise ValueError(f"{name} must fit in int32, got {m}")
     return config
+
+
+MAX_PAGE_SIZE = 256
+MAX_NUM_SPLITS = 256
+
+
+def _check_static_int(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a static Python int in [{low}, {high}], got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def _check_cache(k_cache, v_cache) -> str:
+    """k_cache (P, page_size, Hk, D) and v_cache (P, page_size, Hk, Dv) agree; returns their shapes."""
+    shapes = f"k_cache {shape_of(k_cache)}, v_cache {shape_of(v_cache)}"
+    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if len(shape_of(x)) != 4:
+            raise ValueError(f"{name} must have rank 4 (num_pages, page_size, heads, head_dim), got shape "
+                             f"{shape_of(x)}")
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(f"k_cache and v_cache must agree on (num_pages, page_size, heads): {shapes}")
+    page_size = k_cache.shape[1]
+    if page_size % 8 or not 8 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size (axis 1 of k_cache) must be a multiple of 8 in [8, {MAX_PAGE_SIZE}], "
+                         f"got {page_size} ({shapes})")
+    return shapes
+
+
+def _check_page_table(page_table, cache_seqlens, batch: int | None) -> int:
+    """page_table (B, max_pages) and cache_seqlens (B,) int32; batch None takes B from the page table
+    (packed q). Returns B."""
+    shape = shape_of(page_table)
+    if len(shape) != 2 or (batch is not None and shape[0] != batch):
+        want = "(B, max_pages)" if batch is None else f"(B, max_pages) = ({batch}, max_pages)"
+        raise ValueError(f"page_table must have shape {want}, got {shape}")
+    if jnp.dtype(page_table.dtype) != jnp.dtype(jnp.int32):
+        raise TypeError(f"page_table must be int32, got {jnp.dtype(page_table.dtype)}")
+    _check_index_array("cache_seqlens", cache_seqlens, shape[0])
+    return shape[0]
+
+
+def _check_cu_seqlens(name, cu_seqlens, batch: int) -> None:
+    if batch < 1:
+        raise ValueError(f"page_table must have at least one row (sequence) with {name}, got {batch} rows")
+    _check_index_array(name, cu_seqlens, batch + 1)
+
+
+def check_paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, num_splits, *,
+                causal, window, softcap, scale) -> AttentionConfig:
+    """Checks q (B, Sq, Hq, D) or packed (Tq, Hq, D) with cu_seqlens_q (B + 1,) int32 and a static
+    max_seqlen_q; k_cache (P, page_size, Hk, D), v_cache (P, page_size, Hk, Dv); page_table (B, max_pages)
+    and cache_seqlens (B,) int32; num_splits None or a static int."""
+    packed = cu_seqlens_q is not None
+    if packed != (max_seqlen_q is not None):
+        raise ValueError("cu_seqlens_q and max_seqlen_q go together: give both for packed q (Tq, Hq, D), "
+                         f"neither for dense q (B, Sq, Hq, D); got cu_seqlens_q "
+                         f"{'None' if cu_seqlens_q is None else shape_of(cu_seqlens_q)}, max_seqlen_q "
+                         f"{max_seqlen_q!r}")
+    rank = 3 if packed else 4
+    if len(shape_of(q)) != rank:
+        layout = "(total_tokens, heads, head_dim) with cu_seqlens_q" if packed else "(batch, seq, heads, head_dim)"
+        raise ValueError(f"q must have rank {rank} {layout}, got shape {shape_of(q)}")
+    shapes = f"q {shape_of(q)}, " + _check_cache(k_cache, v_cache)
+    config = _check_heads_and_attributes(q, k_cache, v_cache, shapes, causal=causal, window=window,
+                                         softcap=softcap, scale=scale)
+    batch = _check_page_table(page_table, cache_seqlens, None if packed else q.shape[0])
+    if packed:
+        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, batch)
+        _check_static_int("max_seqlen_q", max_seqlen_q, 0, 2**31 - 1)
+    if num_splits is not None:
+        _check_static_int("num_splits", num_splits, 1, MAX_NUM_SPLITS)
+    return config
+
+
+def check_paged_update(k_cache, v_cache, k_new, v_new, page_table, cache_seqlens, cu_seqlens_new) -> None:
+    """Checks the caches as check_paged does, new tokens (B, S_new, Hk, D/Dv) or packed (T_new, Hk, D/Dv)
+    with cu_seqlens_new (B + 1,) int32, all four arrays of one dtype."""
+    _check_cache(k_cache, v_cache)
+    if jnp.dtype(k_cache.dtype) != jnp.dtype(v_cache.dtype):
+        raise TypeError(f"k_cache and v_cache must share one dtype, got {jnp.dtype(k_cache.dtype)} and "
+                        f"{jnp.dtype(v_cache.dtype)}")
+    packed = cu_seqlens_new is not None
+    rank = 3 if packed else 4
+    for name, x, cache in (("k_new", k_new, k_cache), ("v_new", v_new, v_cache)):
+        shape = shape_of(x)
+        if len(shape) != rank:
+            layout = "(total_tokens, heads, head_dim) with cu_seqlens_new" if packed else \
+                "(batch, seq, heads, head_dim)"
+            raise ValueError(f"{name} must have rank {rank} {layout}, got shape {shape}")
+        cache_name = "k_cache" if name == "k_new" else "v_cache"
+        if shape[-2:] != cache.shape[-2:]:
+            raise ValueError(f"{name} must end in (heads, head_dim) = {cache.shape[-2:]} like {cache_name}, "
+                             f"got shape {shape}")
+        if jnp.dtype(x.dtype) != jnp.dtype(cache.dtype):
+            raise TypeError(f"{name} must have {cache_name}'s dtype {jnp.dtype(cache.dtype)}, got "
+                            f"{jnp.dtype(x.dtype)}")
+    if k_new.shape[:-1] != v_new.shape[:-1]:
+        raise ValueError(f"k_new and v_new must agree on all but the head dim: k_new {shape_of(k_new)}, "
+                         f"v_new {shape_of(v_new)}")
+    batch = _check_page_table(page_table, cache_seqlens, None if packed else k_new.shape[0])
+    if packed:
+        _check_cu_seqlens("cu_seqlens_new", cu_seqlens_new, batch)

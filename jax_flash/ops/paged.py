@@ -1,0 +1,141 @@
+"""Attention over a paged KV cache (decode and chunked prefill) and the cache update: argument checks,
+implementation choice and the split-KV heuristic.
+
+Forward only: serving needs no gradient. The "xla" path is the differentiable reference; differentiating
+the "cuda" path fails in jax.ffi.ffi_call, which has no JVP rule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from jax_flash import _ffi, reference
+from jax_flash.ops._config import check_flags, check_paged, check_paged_update
+from jax_flash.ops._implementation import choose_implementation
+
+# Two resident CTAs on each of the 132 SMs of an H100/H200: fewer CTAs than this leave the GPU part idle,
+# so the key range is split until the grid reaches it.
+_TARGET_CTAS = 2 * 132
+_MAX_AUTO_SPLITS = 64
+
+
+def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, max_seqlen_q=None,
+                    causal=True, window=None, softcap=None, scale=None, num_splits=None, return_lse=False,
+                    implementation=None):
+    """Attention of new queries over a paged KV cache (forward only).
+
+    Args:
+      q: (B, Sq, Hq, D), Sq queries for every sequence (Sq = 1 for decode); or packed (Tq, Hq, D) with
+        cu_seqlens_q and max_seqlen_q (chunked prefill, sequences of different lengths). bfloat16 or float16.
+      k_cache: (P, page_size, Hk, D); v_cache: (P, page_size, Hk, Dv); q's dtype; page_size a multiple of 8
+        in [8, 256]; Hq a multiple of Hk (query head h reads kv head h // (Hq // Hk)).
+      page_table: (B, max_pages) int32: key j of sequence b is k_cache[page_table[b, j // page_size],
+        j % page_size] (v likewise). A page index outside [0, P) reads as a page of zeros (those keys
+        stay visible, with score 0); it is never read out of bounds. Pages may be shared by sequences.
+      cache_seqlens: (B,) int32: valid tokens in each sequence's cache, the new queries' own keys
+        included (write them first with paged_kv_update). Clamped to [0, max_pages * page_size].
+      cu_seqlens_q: (B + 1,) int32 device array: sequence b's queries are rows [cu[b], cu[b + 1]) of q,
+        offsets clamped to [0, Tq]; rows outside every sequence get out 0 and lse -inf.
+      max_seqlen_q: static Python int, required with cu_seqlens_q (an upper bound; the kernel schedules
+        from Tq, so a wrong bound cannot make it skip rows; each value compiles its own executable).
+      causal: mask keys after each query's position (default True). Masks are bottom-right aligned per
+        sequence: query i of a sequence with sq queries sits at key position i + seqlen_k - sq.
+      window, softcap, scale: as in flash_attention.
+      num_splits: None (choose_num_splits) or a static int in [1, 256]: the kernel splits each query
+        tile's key range this many ways and combines the parts in fp32. Ignored by the reference.
+      return_lse: also return the log-sum-exp, (B, Hq, Sq) or packed (Hq, Tq) float32.
+      implementation: "cuda", "xla" (the reference) or None (cuda when available), as in flash_attention.
+
+    Returns:
+      out (B, Sq, Hq, Dv) or (Tq, Hq, Dv) in q's dtype [, lse]. A query that sees no key gets out 0 and
+      lse -inf.
+    """
+    config = check_paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, num_splits,
+                         causal=causal, window=window, softcap=softcap, scale=scale)
+    check_flags(return_lse=return_lse)
+    impl = choose_implementation(implementation, q.dtype, q.shape[-1], v_cache.shape[-1])
+    if impl == "xla":
+        # config.window already holds the causal bound.
+        out, lse = reference.paged_attention(q, k_cache, v_cache, page_table, cache_seqlens,
+                                             cu_seqlens_q=cu_seqlens_q, causal=False, window=config.window,
+                                             softcap=config.softcap, scale=config.scale, return_lse=True)
+    else:
+        if num_splits is None:
+            packed = cu_seqlens_q is not None
+            num_splits = choose_num_splits(
+                batch=page_table.shape[0], seqlen_q=q.shape[0] if packed else q.shape[1],
+                num_heads_q=q.shape[-2], num_heads_k=k_cache.shape[2], max_pages=page_table.shape[1],
+                page_size=k_cache.shape[1], packed=packed)
+        out, lse = _ffi.paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config,
+                                  num_splits, max_seqlen_q)
+    return (out, lse) if return_lse else out
+
+
+def choose_num_splits(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_k: int, max_pages: int,
+                      page_size: int, packed: bool = False) -> int:
+    """Split-KV factor for the paged kernel, from static shapes only (the same shapes always launch the
+    same grid).
+
+    seqlen_q is Sq for dense q, or Tq (total packed rows) with packed=True. The query heads of one kv head
+    are packed along rows, so a CTA covers PAGED_BLOCK_M (query, head) rows of one kv head; splitting the
+    key range raises the CTA count towards two per SM, while keeping each split at least 4 key blocks long
+    (the combine costs a pass over fp32 partials) and at most 64 splits.
+    """
+    group = num_heads_q // num_heads_k
+    if packed:
+        # Each sequence may start a partial tile: at most ceil(rows / BLOCK_M) + B tiles.
+        m_tiles = math.ceil(seqlen_q * group / _ffi.PAGED_BLOCK_M) + batch
+    else:
+        m_tiles = batch * math.ceil(seqlen_q * group / _ffi.PAGED_BLOCK_M)
+    ctas = m_tiles * num_heads_k
+    n_blocks = math.ceil(max_pages * page_size / _ffi.PAGED_BLOCK_N)
+    if ctas == 0:
+        return 1
+    return max(1, min(math.ceil(_TARGET_CTAS / ctas), max(n_blocks // 4, 1), _MAX_AUTO_SPLITS))
+
+
+def paged_kv_update(k_cache, v_cache, k_new, v_new, page_table, cache_seqlens, *, cu_seqlens_new=None):
+    """Writes new tokens' keys and values into a paged cache; returns (k_cache, v_cache).
+
+    Args:
+      k_cache: (P, page_size, Hk, D); v_cache: (P, page_size, Hk, Dv), as in paged_attention.
+      k_new: (B, S_new, Hk, D), v_new: (B, S_new, Hk, Dv); or packed (T_new, Hk, D) / (T_new, Hk, Dv) with
+        cu_seqlens_new (B + 1,) int32 (sequence b's new tokens are rows [cu[b], cu[b + 1]), offsets clamped
+        to [0, T_new]). The caches' dtype.
+      page_table: (B, max_pages) int32; cache_seqlens: (B,) int32, tokens already in each cache (the
+        lengths before this update).
+
+    Token t of sequence b goes to position p = clip(cache_seqlens[b], 0, capacity) + t, capacity =
+    max_pages * page_size: page page_table[b, p // page_size], slot p % page_size. A write is dropped when
+    p >= capacity, when that page index is outside [0, P), or (packed) when the row lies outside every
+    sequence. When two writes land on one slot (pages shared between sequences), which one wins is
+    unspecified. The caller advances cache_seqlens (by S_new, or by each packed sequence's length).
+
+    A pure-JAX scatter: jit it with the caches donated, e.g.
+    jax.jit(paged_kv_update, donate_argnums=(0, 1)), and XLA updates them in place instead of copying the
+    whole cache. Works under jit, vmap and grad (a scatter).
+    """
+    check_paged_update(k_cache, v_cache, k_new, v_new, page_table, cache_seqlens, cu_seqlens_new)
+    num_pages, page_size = k_cache.shape[:2]
+    batch = page_table.shape[0]
+    capacity = page_table.shape[1] * page_size
+    start = jnp.clip(cache_seqlens, 0, capacity)
+    if cu_seqlens_new is None:
+        steps = k_new.shape[1]
+        seq = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, steps))
+        position = start[:, None] + jnp.arange(steps)[None, :]
+        valid = jnp.ones(position.shape, bool)
+    else:
+        seq, index, valid, _ = reference._token_positions(cu_seqlens_new, None, k_new.shape[0])
+        position = start[seq] + index
+    # Positions at or past the capacity fall outside the page table and read -1: dropped below.
+    page = jnp.asarray(page_table).at[seq, position // page_size].get(mode="fill", fill_value=-1)
+    valid = valid & (page >= 0) & (page < num_pages)
+    # A dropped write targets page P: out of range, so mode="drop" skips it.
+    page = jnp.where(valid, page, num_pages)
+    slot = position % page_size
+    k_cache = jnp.asarray(k_cache).at[page, slot].set(k_new, mode="drop")
+    v_cache = jnp.asarray(v_cache).at[page, slot].set(v_new, mode="drop")
+    return k_cache, v_cache
