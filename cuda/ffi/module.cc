@@ -30,6 +30,8 @@ NB_MODULE(_jax_flash_cuda, m) {
     targets["jax_flash_attn_bwd"] = capsule(jax_flash::ffi_glue::AttnBwd);
     targets["jax_flash_attn_varlen_fwd"] = capsule(jax_flash::ffi_glue::AttnVarlenFwd);
     targets["jax_flash_attn_varlen_bwd"] = capsule(jax_flash::ffi_glue::AttnVarlenBwd);
+    targets["jax_flash_paged_fwd"] = capsule(jax_flash::ffi_glue::PagedFwd);
+    targets["jax_flash_paged_varlen_fwd"] = capsule(jax_flash::ffi_glue::PagedVarlenFwd);
     return targets;
   });
   m.def(

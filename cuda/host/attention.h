@@ -33,4 +33,8 @@ size_t attn_bwd_workspace_bytes(int batch, int seqlen_q, int seqlen_k, int heads
 // Backward: writes dq, dk, dv in full (dk/dv summed over the query heads of each kv head).
 Status attn_bwd(const AttnBwdParams& params, DType dtype, cudaStream_t stream);
 
+// Paged KV cache forward: writes out and lse for every query row (with num_splits > 1 through the partial
+// buffers and a combine; packed rows outside every sequence: 0 and -inf).
+Status paged_fwd(const PagedFwdParams& params, DType dtype, cudaStream_t stream);
+
 }  // namespace jax_flash

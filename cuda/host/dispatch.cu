@@ -56,6 +56,13 @@ struct BwdLaunch {
   Status run() const { return run_attn_bwd<Element, kD, kDv>(params, stream); }
 };
 
+struct PagedLaunch {
+  const PagedFwdParams& params;
+  cudaStream_t stream;
+  template <typename Element, int kD, int kDv>
+  Status run() const { return run_paged_fwd<Element, kD, kDv>(params, stream); }
+};
+
 template <typename Visitor>
 bool visit_element(DType dtype, Visitor&& visit) {
   switch (dtype) {
@@ -113,6 +120,13 @@ Status attn_fwd(const AttnFwdParams& params, DType dtype, cudaStream_t stream) {
 Status attn_bwd(const AttnBwdParams& params, DType dtype, cudaStream_t stream) {
   Status status = dispatch(dtype, params.head_dim, params.head_dim_v, BwdLaunch{params, stream});
   if (status.ok() && params.packed()) status = fill_bwd_padding(params, stream);
+  return status;
+}
+
+Status paged_fwd(const PagedFwdParams& params, DType dtype, cudaStream_t stream) {
+  Status status = dispatch(dtype, params.head_dim, params.head_dim_v, PagedLaunch{params, stream});
+  if (status.ok() && params.num_splits > 1) status = paged_combine(params, dtype, stream);
+  if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);
   return status;
 }
 

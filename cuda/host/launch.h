@@ -17,6 +17,12 @@ Status run_attn_fwd(const AttnFwdParams& params, cudaStream_t stream);
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream);
 
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_paged_fwd(const PagedFwdParams& params, cudaStream_t stream);
+
+// Split-KV combine of the paged forward (host/paged_combine.cu): partials -> out, lse.
+Status paged_combine(const PagedFwdParams& params, DType dtype, cudaStream_t stream);
+
 // Packed layouts (host/packed_padding.cu): the rows outside every sequence get out 0 / lse -inf, and
 // dq, dk, dv 0. The attention kernels write the other rows.
 Status fill_fwd_padding(const AttnFwdParams& params, cudaStream_t stream);

@@ -12,6 +12,7 @@ DTYPES = {"bf16": "cutlass::bfloat16_t", "fp16": "cutlass::half_t"}
 DIRECTIONS = {
     "fwd": ("host/fwd_launch.cuh", "run_attn_fwd", "AttnFwdParams"),
     "bwd": ("host/bwd_launch.cuh", "run_attn_bwd", "AttnBwdParams"),
+    "paged_fwd": ("host/paged_launch.cuh", "run_paged_fwd", "PagedFwdParams"),
 }
 
 TEMPLATE = """\

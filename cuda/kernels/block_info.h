@@ -83,8 +83,10 @@ namespace block_info_detail {
 // Packed grids: tile `tile` of the sequences' tiles laid end to end (sequence-major, each sequence's blocks
 // last first, so its most expensive causal block starts early). One full warp runs this: each lane counts
 // one sequence's tiles per 32-sequence chunk, a warp scan finds the chunk and sequence that hold `tile`.
+// rows_per_token: tile rows per token of the axis (the paged kernel packs the query heads of one kv head
+// along rows, so a sequence of L queries spans L * kv_group rows).
 template <int kBlock, TileAxis kAxis>
-__device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile) {
+__device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile, int rows_per_token = 1) {
   const int lane = threadIdx.x % 32;
   const int* cu = kAxis == TileAxis::kQuery ? p.cu_seqlens_q : p.cu_seqlens_k;
   const int* used = kAxis == TileAxis::kQuery ? p.seqused_q : p.seqused_k;
@@ -93,7 +95,8 @@ __device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile) {
 #pragma unroll 1
   for (int first = 0; first < p.batch; first += 32) {
     const int b = first + lane;
-    const int tiles = b < p.batch ? ceil_div(PackedSpan::load(cu, used, b, total).length, kBlock) : 0;
+    const int tiles =
+        b < p.batch ? ceil_div(PackedSpan::load(cu, used, b, total).length * rows_per_token, kBlock) : 0;
     int inclusive = tiles;
 #pragma unroll
     for (int offset = 1; offset < 32; offset *= 2) {

@@ -43,7 +43,12 @@ struct AttnMask {
   template <int kBlockM, int kBlockN>
   __device__ void n_block_range(int m_block, int& n_min, int& n_max) const {
     const int row_first = m_block * kBlockM;
-    const int row_last = min(row_first + kBlockM, seqlen_q) - 1;
+    n_block_range_of_rows<kBlockN>(row_first, min(row_first + kBlockM, seqlen_q) - 1, n_min, n_max);
+  }
+
+  // The same for the query rows [row_first, row_last] (empty when row_last < row_first).
+  template <int kBlockN>
+  __device__ void n_block_range_of_rows(int row_first, int row_last, int& n_min, int& n_max) const {
     const int begin = key_begin(row_first);
     const int end = key_end(row_last);
     if (row_last < row_first || end <= begin) {
@@ -101,10 +106,18 @@ struct AttnMask {
   template <class ScoreTensor, class CoordTensor>
   __device__ __forceinline__ void apply(ScoreTensor& scores, CoordTensor const& coords, int row0,
                                         int col0) const {
+    apply_to_rows(scores, coords, [row0](int tile_row) { return row0 + tile_row; }, col0);
+  }
+
+  // apply() for tiles whose rows are not consecutive queries: query_of(tile-local row) gives each row's
+  // query index (the paged kernel's rows are (query, head of the kv group) pairs).
+  template <class ScoreTensor, class CoordTensor, class QueryOf>
+  __device__ __forceinline__ void apply_to_rows(ScoreTensor& scores, CoordTensor const& coords,
+                                                QueryOf query_of, int col0) const {
     static_assert(decltype(cute::rank(scores))::value == 2, "scores must be a (row, col) view");
     CUTE_UNROLL
     for (int r = 0; r < cute::size<0>(scores); ++r) {
-      const int row = row0 + cute::get<0>(coords(r, 0));
+      const int row = query_of(cute::get<0>(coords(r, 0)));
       const int begin = key_begin(row) - col0;
       const int end = key_end(row) - col0;
       CUTE_UNROLL

@@ -71,4 +71,27 @@ struct AttnBwdParams : AttnFwdParams {
   bool deterministic;  // bitwise-repeatable gradients
 };
 
+// New queries over a paged KV cache (forward only). The AttnFwdParams part describes q, out, lse (dense BSHD,
+// or packed THD with cu_seqlens_q; seqused_q / cu_seqlens_k / seqused_k are null) and the per-token / per-head
+// strides of the caches: k points at k_cache (num_pages, page_size, Hk, D), k_row_stride steps one token
+// inside a page, k_head_stride one head; likewise v. seqlen_k is the table's capacity max_pages * page_size.
+struct PagedFwdParams : AttnFwdParams {
+  int64_t k_page_stride, v_page_stride;  // elements between consecutive pages
+  int num_pages, page_size;
+  // (batch, max_pages) int32 page indices and (batch,) int32 valid tokens per sequence (new keys included).
+  // Read on the device and never trusted: lengths are clamped to [0, capacity], and a page index outside
+  // [0, num_pages) reads as a page of zeros.
+  const int* __restrict__ page_table;
+  int64_t page_table_stride;
+  int max_pages;
+  const int* __restrict__ cache_seqlens;
+
+  // Split-KV: each query tile's key range is cut into num_splits parts whose normalized fp32 outputs and
+  // LSEs go to out_partial (num_splits, rows, Hq, Dv) / lse_partial (num_splits, rows, Hq), rows = B * Sq or
+  // Tq; a combine kernel merges them. num_splits == 1: the kernel writes out / lse itself (partials null).
+  int num_splits;
+  float* __restrict__ out_partial;
+  float* __restrict__ lse_partial;
+};
+
 }  // namespace jax_flash

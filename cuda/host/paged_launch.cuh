@@ -1,0 +1,63 @@
+// Launcher of the paged-KV forward kernel for one (Element, kHeadDim, kHeadDimV) instantiation.
+// Included only by the generated instantiation files; host code elsewhere sees launch.h alone.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "host/fwd_launch.cuh"
+#include "host/launch.h"
+#include "host/smem_opt_in.h"
+#include "kernels/paged_fwd_kernel.cuh"
+#include "kernels/paged_tile_config.h"
+
+namespace jax_flash {
+
+template <class Cfg>
+Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
+  auto fail = [](const std::string& what) { return Status{"paged_fwd: " + what}; };
+  if (params.head_dim > Cfg::kHeadDim || params.head_dim_v > Cfg::kHeadDimV) {
+    return fail("head dims (" + std::to_string(params.head_dim) + ", " + std::to_string(params.head_dim_v) +
+                ") exceed the tile (" + std::to_string(Cfg::kHeadDim) + ", " + std::to_string(Cfg::kHeadDimV) + ")");
+  }
+  if (params.kv_group < 1 || params.heads_q != params.heads_k * params.kv_group) {
+    return fail("heads_q (" + std::to_string(params.heads_q) + ") must equal heads_k (" +
+                std::to_string(params.heads_k) + ") * kv_group (" + std::to_string(params.kv_group) + ")");
+  }
+  if (!fwd_operands_aligned(params) || params.k_page_stride % 8 != 0 || params.v_page_stride % 8 != 0) {
+    return fail("q/caches/out need 16-byte aligned base pointers and strides that are multiples of 8 elements");
+  }
+  if (params.page_size <= 0 || params.max_pages < 0 || params.num_splits < 1) {
+    return fail("page_size, max_pages and num_splits must be positive");
+  }
+  if (params.batch == 0 || params.heads_q == 0 || params.seqlen_q == 0) return Status{};
+  // Rows are (query, head of the kv group) pairs: dense (row blocks, Hk, B * splits); packed (the tile
+  // bound over Tq * kv_group rows, Hk, splits), see schedule_paged_tile.
+  const int64_t pair_rows = int64_t(params.seqlen_q) * params.kv_group;
+  const int64_t grid_x = (pair_rows + Cfg::kBlockM - 1) / Cfg::kBlockM + (params.packed() ? params.batch : 0);
+  const int64_t grid_z = int64_t(params.packed() ? 1 : params.batch) * params.num_splits;
+  if (grid_x > INT32_MAX || params.heads_k > 65535 || grid_z > 65535) {
+    return fail("grid too large: " + std::to_string(grid_x) + " row blocks, " + std::to_string(params.heads_k) +
+                " kv heads, " + std::to_string(grid_z) + " (sequence, split) pairs (at most 65535)");
+  }
+  const dim3 grid(unsigned(grid_x), params.heads_k, unsigned(grid_z));
+  auto kernel = params.softcap > 0.f ? &paged_fwd_kernel<Cfg, true> : &paged_fwd_kernel<Cfg, false>;
+  constexpr int kSmem = Cfg::kSmemBytes;
+  if (Status s = opt_in_dynamic_smem(kernel, kSmem, "paged_fwd"); !s.ok()) return s;
+  kernel<<<grid, Cfg::kNThreads, kSmem, stream>>>(params);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return fail("launch (head dims " + std::to_string(Cfg::kHeadDim) + "/" + std::to_string(Cfg::kHeadDimV) +
+                ", grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" + std::to_string(grid.z) +
+                "): " + cudaGetErrorString(err));
+  }
+  return Status{};
+}
+
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
+  return launch_paged_fwd<typename PagedDefaultConfig<Element, kHeadDim, kHeadDimV>::type>(params, stream);
+}
+
+}  // namespace jax_flash

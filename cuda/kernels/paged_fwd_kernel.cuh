@@ -1,0 +1,311 @@
+// Attention of new queries over a paged KV cache (forward only): decode, multi-token decode and chunked
+// prefill, split-KV. Built from the dense forward's pieces (mask, online softmax, GEMMs, tile config).
+//
+// Rows of a tile are (query, query head) pairs of ONE kv head, query-major: row = query * kv_group + g for
+// query head bidhk * kv_group + g (GQA packing). A decode step of a G-way group is G rows, so each page of
+// K and V is read once per kv head, not once per query head. Warps whose 16 rows hold no pair skip their
+// MMAs (decode fills one warp) but still load and synchronize.
+//
+// Keys come from the pages of the sequence's page-table row: key j lives in page page_table[b, j / page_size]
+// at slot j % page_size. Every K / V tile row is gathered on its own (paged_copy.h), so any page size that is
+// a multiple of 8 works and tiles may straddle pages. Device data is clamped: seqlen_k = cache_seqlens[b] in
+// [0, capacity]; a page index outside [0, num_pages) reads as zeros.
+//
+// CTA = (row block, kv head, sequence, split). Split s walks its share of the tile's visible key blocks and
+// writes the normalized fp32 output and LSE to the partial buffers (paged_combine.cuh merges them); without
+// splits the CTA writes out and lse directly. Work never depends on max_seqlen: the grid is a shape bound
+// (block_info.h) and every length is read on the device.
+//
+// Pipeline as in fwd_kernel.cuh (K and V in kStages buffers, one cp.async group per tile, V[t] landing under
+// QK^T of step t and K[t+1] under the softmax and PV of step t).
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "kernels/block_info.h"
+#include "kernels/fragment.h"
+#include "kernels/gemm.h"
+#include "kernels/mask.h"
+#include "kernels/paged_copy.h"
+#include "kernels/params.h"
+#include "kernels/softmax.h"
+
+namespace jax_flash {
+
+// Lengths of sequence b and where its queries start.
+struct PagedSeqInfo {
+  int seqlen_q, seqlen_k;
+  int64_t q_start;  // packed: first token of the sequence; dense: 0
+
+  __device__ static PagedSeqInfo make(const PagedFwdParams& p, int bidb) {
+    const int capacity = p.max_pages * p.page_size;
+    const int seqlen_k = min(max(p.cache_seqlens[bidb], 0), capacity);
+    if (!p.packed()) return {p.seqlen_q, seqlen_k, 0};
+    const PackedSpan q = PackedSpan::load(p.cu_seqlens_q, nullptr, bidb, p.seqlen_q);
+    return {q.length, seqlen_k, q.start};
+  }
+
+  // Row of query `query` in the (B * Sq) or (Tq) query-row axis shared by out / lse / the partials.
+  __device__ int64_t query_row(const PagedFwdParams& p, int bidb, int query) const {
+    return p.packed() ? q_start + query : int64_t(bidb) * p.seqlen_q + query;
+  }
+  // Index of (query, head) in lse: dense (B, Hq, Sq), packed (Hq, Tq).
+  __device__ int64_t lse_index(const PagedFwdParams& p, int bidb, int head, int query) const {
+    return (p.packed() ? q_start : int64_t(bidb) * p.lse_batch_stride) + int64_t(head) * p.lse_head_stride + query;
+  }
+};
+
+// The (sequence, row block) of this CTA. Dense grid: (row blocks, Hk, B * num_splits). Packed grid:
+// (ceil(Tq * kv_group / kBlockM) + B, Hk, num_splits), mapped to tiles by the lengths on the device.
+template <int kBlockM>
+__device__ TileCoord schedule_paged_tile(const PagedFwdParams& p) {
+  if (!p.packed()) return {int(blockIdx.z) / p.num_splits, int(blockIdx.x)};
+  __shared__ TileCoord shared_coord;
+  if (threadIdx.x < 32) {
+    const TileCoord coord =
+        block_info_detail::find_packed_tile<kBlockM, TileAxis::kQuery>(p, int(blockIdx.x), p.kv_group);
+    if (threadIdx.x == 0) shared_coord = coord;
+  }
+  __syncthreads();
+  return shared_coord;
+}
+
+template <class Cfg, bool kSoftcap>
+__global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
+    paged_fwd_kernel(const __grid_constant__ PagedFwdParams params) {
+  using namespace cute;
+  using Element = typename Cfg::Element;
+  constexpr int kBlockM = Cfg::kBlockM;
+  constexpr int kBlockN = Cfg::kBlockN;
+  constexpr int kHeadDim = Cfg::kHeadDim;
+  constexpr int kHeadDimV = Cfg::kHeadDimV;
+  constexpr int kStages = Cfg::kStages;
+  constexpr int kGroupsInFlight = 2 * kStages - 2;
+
+  extern __shared__ __align__(128) char smem[];
+
+  const TileCoord tile = schedule_paged_tile<kBlockM>(params);
+  if (tile.bidb < 0) return;
+  const int bidb = tile.bidb;
+  const int bidhk = blockIdx.y;
+  const int split = params.packed() ? int(blockIdx.z) : int(blockIdx.z) % params.num_splits;
+  const int tidx = threadIdx.x;
+  const int group = params.kv_group;
+
+  const PagedSeqInfo seq = PagedSeqInfo::make(params, bidb);
+  const int rows = seq.seqlen_q * group;  // (query, head) pairs of this sequence and kv head
+  const int row0 = tile.block * kBlockM;
+  if (row0 >= rows) return;
+  const int rows_left = rows - row0;
+  const int query_first = row0 / group;
+  const int query_last = (row0 + min(kBlockM, rows_left) - 1) / group;
+
+  // This split's share of the key blocks any row of the tile can see, last block first.
+  const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
+  int n_min, n_max;
+  mask.n_block_range_of_rows<kBlockN>(query_first, query_last, n_min, n_max);
+  const int per_split = ceil_div(n_max - n_min, params.num_splits);
+  const int n_begin = min(n_min + split * per_split, n_max);
+  const int n_end = min(n_begin + per_split, n_max);
+  const int n_tiles = n_end - n_begin;
+  auto tile_fully_visible = [&](int n_block) {
+    const int key_first = n_block * kBlockN;
+    const int key_last = key_first + kBlockN - 1;
+    return key_last < seq.seqlen_k && key_first >= mask.key_begin(query_last) &&
+           key_last < mask.key_end(query_first);
+  };
+
+  // ---- Row addresses ------------------------------------------------------------------------------------
+  // Tile row r -> element offset of its (query, head) row in a q-like tensor, or -1 past the pairs.
+  auto pair_offset = [&](int r, int64_t row_stride, int64_t head_stride) -> int64_t {
+    const int pair = row0 + r;
+    if (pair >= rows) return -1;
+    const int query = pair / group;
+    const int head = bidhk * group + (pair - query * group);
+    return seq.query_row(params, bidb, query) * row_stride + int64_t(head) * head_stride;
+  };
+  const int* page_row = params.page_table + int64_t(bidb) * params.page_table_stride;
+  // Key `key` -> element offset of its row in the cache (head bidhk included), or -1: past the sequence
+  // (masked anyway) or in a page outside the cache (reads as zeros).
+  auto key_offset = [&](int key, int64_t page_stride, int64_t row_stride, int64_t head_stride) -> int64_t {
+    if (key >= seq.seqlen_k) return -1;
+    const int page_slot = key / params.page_size;
+    const int page = page_row[page_slot];
+    if (page < 0 || page >= params.num_pages) return -1;
+    return int64_t(page) * page_stride + int64_t(key - page_slot * params.page_size) * row_stride +
+           int64_t(bidhk) * head_stride;
+  };
+
+  // ---- Shared tiles -------------------------------------------------------------------------------------
+  Element* smem_q = reinterpret_cast<Element*>(smem);
+  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});
+  Tensor sO = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutO{});
+  Tensor sK = make_tensor(make_smem_ptr(smem_q + Cfg::kSmemQOElems), typename Cfg::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_q + Cfg::kSmemQOElems + Cfg::kSmemKElems), typename Cfg::SmemLayoutV{});
+  Tensor sVt = make_tensor(sV.data(), typename Cfg::SmemLayoutVt{});
+
+  // ---- Global -> shared copies (gathered rows, cp.async, zero fill) ---------------------------------------
+  typename Cfg::GmemCopyQK gmem_copy_qk;
+  typename Cfg::GmemCopyV gmem_copy_v;
+  auto gmem_thr_qk = gmem_copy_qk.get_thread_slice(tidx);
+  auto gmem_thr_v = gmem_copy_v.get_thread_slice(tidx);
+  Tensor tQsQ = gmem_thr_qk.partition_D(sQ);
+  Tensor tKsK = gmem_thr_qk.partition_D(sK);  // (CPY, CPY_N, CPY_K, stage)
+  Tensor tVsV = gmem_thr_v.partition_D(sV);
+  Tensor tQcQ = gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tKcK = gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  Tensor tVcV = gmem_thr_v.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDimV>>{}));
+
+  const auto* q_base = static_cast<const Element*>(params.q);
+  const auto* k_base = static_cast<const Element*>(params.k);
+  const auto* v_base = static_cast<const Element*>(params.v);
+  // Key tile of step t is n_end - 1 - t.
+  auto load_k = [&](int t) {
+    const int key0 = (n_end - 1 - t) * kBlockN;
+    load_rows_gather(k_base, tKsK(_, _, _, t % kStages), tKcK, [&](int r) {
+      return key_offset(key0 + r, params.k_page_stride, params.k_row_stride, params.k_head_stride);
+    }, params.head_dim);
+  };
+  auto load_v = [&](int t) {
+    const int key0 = (n_end - 1 - t) * kBlockN;
+    load_rows_gather(v_base, tVsV(_, _, _, t % kStages), tVcV, [&](int r) {
+      return key_offset(key0 + r, params.v_page_stride, params.v_row_stride, params.v_head_stride);
+    }, params.head_dim_v);
+  };
+
+  load_rows_gather(q_base, tQsQ, tQcQ, [&](int r) { return pair_offset(r, params.q_row_stride, params.q_head_stride); },
+                   params.head_dim);
+  cute::cp_async_fence();
+  CUTE_UNROLL
+  for (int s = 0; s < kStages; ++s) {
+    if (s < n_tiles) load_k(s);
+    cute::cp_async_fence();
+    if (s + 1 < kStages) {
+      if (s < n_tiles) load_v(s);
+      cute::cp_async_fence();
+    }
+  }
+
+  // ---- MMA partitions -------------------------------------------------------------------------------------
+  typename Cfg::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tidx);
+  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
+  Tensor tSrK = thr_mma.partition_fragment_B(sK(_, _, 0));
+  Tensor tOrVt = thr_mma.partition_fragment_B(sVt(_, _, 0));
+  Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDimV>>{});
+  clear(acc_o);
+
+  auto smem_copy_q = make_tiled_copy_A(typename Cfg::SmemCopyAtomQK{}, tiled_mma);
+  auto smem_copy_k = make_tiled_copy_B(typename Cfg::SmemCopyAtomQK{}, tiled_mma);
+  auto smem_copy_v = make_tiled_copy_B(typename Cfg::SmemCopyAtomVt{}, tiled_mma);
+  Tensor tSsQ = smem_copy_q.get_thread_slice(tidx).partition_S(sQ);
+  Tensor tSsK = smem_copy_k.get_thread_slice(tidx).partition_S(sK);
+  Tensor tOsVt = smem_copy_v.get_thread_slice(tidx).partition_S(sVt);
+
+  Tensor tScS_rc = rowcol_view(thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+  auto query_of_row = [&](int r) { return (row0 + r) / group; };
+
+  const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
+  constexpr int kRows = decltype(size<0>(rowcol_layout(acc_o.layout())))::value;
+  OnlineSoftmax<kRows> softmax(score_scale.log2_scale);
+  Tensor acc_o_rc = rowcol_view(acc_o);
+  // Warp w owns tile rows [16 w, 16 w + 16): without a (query, head) pair there, its math is skipped.
+  const bool warp_has_rows = (tidx / 32) * 16 < rows_left;
+
+  // ---- Mainloop ---------------------------------------------------------------------------------------------
+#pragma unroll 1
+  for (int t = 0; t < n_tiles; ++t) {
+    const int n_block = n_end - 1 - t;
+    const int stage = t % kStages;
+
+    cute::cp_async_wait<kGroupsInFlight>();
+    __syncthreads();
+    if (t + kStages - 1 < n_tiles) load_v(t + kStages - 1);
+    cute::cp_async_fence();
+
+    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    if (warp_has_rows) {
+      gemm_ss</*kZeroInit=*/true>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_copy_q,
+                                  smem_copy_k);
+      if constexpr (kSoftcap) apply_softcap(acc_s, score_scale.pre_tanh);
+    }
+
+    cute::cp_async_wait<kGroupsInFlight>();
+    __syncthreads();
+    if (t + kStages < n_tiles) load_k(t + kStages);
+    cute::cp_async_fence();
+
+    if (warp_has_rows) {
+      Tensor scores = rowcol_view(acc_s);
+      if (!tile_fully_visible(n_block)) mask.apply_to_rows(scores, tScS_rc, query_of_row, n_block * kBlockN);
+      softmax.step(scores, acc_o_rc);
+      Tensor p = convert_fragment<Element>(acc_s);
+      Tensor tOrP = make_tensor(p.data(), acc_as_a_layout(p.layout()));
+      gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), tiled_mma, smem_copy_v);
+    }
+  }
+
+  // ---- Epilogue ---------------------------------------------------------------------------------------------
+  // A split (or a tile) that saw no key leaves out 0 and lse -inf, which the combine treats as "no weight".
+  float lse[kRows];
+  softmax.finalize(acc_o_rc, score_scale.natural, lse);
+  Tensor tOcO_rc = rowcol_view(thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{})));
+  // (query, head) of tile row r, or query -1 past the pairs.
+  auto pair_of_row = [&](int r, int& query, int& head) {
+    const int pair = row0 + r;
+    query = pair < rows ? pair / group : -1;
+    head = bidhk * group + (pair - (pair / group) * group);
+  };
+
+  if (params.num_splits > 1) {
+    // fp32 partials straight from the accumulators: (split, query row, head, Dv) and (split, query row, head).
+    const int64_t query_rows = int64_t(params.layout_batch()) * params.seqlen_q;
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      int query, head;
+      pair_of_row(get<0>(tOcO_rc(r, 0)), query, head);
+      if (query < 0) continue;
+      const int64_t row = (split * query_rows + seq.query_row(params, bidb, query)) * params.heads_q + head;
+      if (get<1>(tOcO_rc(r, 0)) == 0) params.lse_partial[row] = lse[r];
+      float* out_row = params.out_partial + row * params.head_dim_v;
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(acc_o_rc); ++c) {
+        const int col = get<1>(tOcO_rc(r, c));
+        if (col < params.head_dim_v) out_row[col] = acc_o_rc(r, c);
+      }
+    }
+    return;
+  }
+
+  // sO aliases sQ: wait for every warp's last read of Q (and, with no key tile at all, for Q's own load).
+  cute::cp_async_wait<0>();
+  __syncthreads();
+  Tensor o = convert_fragment<Element>(acc_o);
+  auto smem_copy_o = make_tiled_copy_C(typename Cfg::SmemCopyAtomO{}, tiled_mma);
+  auto smem_thr_o = smem_copy_o.get_thread_slice(tidx);
+  copy(smem_copy_o, smem_thr_o.retile_S(o), smem_thr_o.partition_D(sO));
+
+  // One thread per row (the one holding column 0) writes the row's LSE.
+  if (get<1>(tOcO_rc(0, 0)) == 0) {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      int query, head;
+      pair_of_row(get<0>(tOcO_rc(r, 0)), query, head);
+      if (query < 0) continue;
+      params.lse[seq.lse_index(params, bidb, head, query)] = lse[r];
+    }
+  }
+
+  __syncthreads();
+  typename Cfg::GmemCopyO gmem_copy_o;
+  auto gmem_thr_o = gmem_copy_o.get_thread_slice(tidx);
+  Tensor tOsO = gmem_thr_o.partition_S(sO);
+  Tensor tOrO = make_tensor<Element>(shape(tOsO));
+  copy(gmem_copy_o, tOsO, tOrO);
+  Tensor tOcO = gmem_thr_o.partition_D(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{}));
+  store_rows_gather(static_cast<Element*>(params.out), tOrO, tOcO,
+                    [&](int r) { return pair_offset(r, params.out_row_stride, params.out_head_stride); },
+                    params.head_dim_v);
+}
+
+}  // namespace jax_flash
