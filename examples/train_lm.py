@@ -69,6 +69,18 @@ def adam_update(params, grads, state, lr, b1=0.9, b2=0.99, eps=1e-8):
     return params, {"step": step, "m": m, "v": v}
 
 
+def make_train_step(cfg: Config, *, batch, seq, period, lr, implementation=None):
+    """Jitted (params, opt_state, key) -> (params, opt_state, loss): one Adam step on a fresh copy-task batch."""
+
+    def train_step(params, opt_state, key):
+        tokens, mask = copy_task_batch(key, batch, seq, period, cfg.vocab)
+        value, grads = jax.value_and_grad(loss_fn)(params, tokens, mask, cfg, implementation=implementation)
+        params, opt_state = adam_update(params, grads, opt_state, lr)
+        return params, opt_state, value
+
+    return jax.jit(train_step)
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = Config(vocab=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
@@ -78,14 +90,8 @@ def main(argv=None):
     opt_state = adam_init(params)
     batch_fn = lambda key: copy_task_batch(key, args.batch, args.seq, args.period, args.vocab)
     loss = lambda params, tokens, mask: loss_fn(params, tokens, mask, cfg, implementation=args.implementation)
-
-    @jax.jit
-    def train_step(params, opt_state, key):
-        tokens, mask = batch_fn(key)
-        value, grads = jax.value_and_grad(loss)(params, tokens, mask)
-        params, opt_state = adam_update(params, grads, opt_state, args.lr)
-        return params, opt_state, value
-
+    train_step = make_train_step(cfg, batch=args.batch, seq=args.seq, period=args.period, lr=args.lr,
+                                 implementation=args.implementation)
     eval_loss = jax.jit(loss)
     eval_batch = batch_fn(key_eval)
     initial = float(eval_loss(params, *eval_batch))
