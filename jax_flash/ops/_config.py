@@ -231,6 +231,7 @@ def check_paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, ma
         layout = "(total_tokens, heads, head_dim) with cu_seqlens_q" if packed else "(batch, seq, heads, head_dim)"
         raise ValueError(f"q must have rank {rank} {layout}, got shape {shape_of(q)}")
     shapes = f"q {shape_of(q)}, " + _check_cache(k_cache, v_cache)
+    check_dtypes(q=q, k_cache=k_cache, v_cache=v_cache)  # before the shared check, which says k and v
     config = _check_heads_and_attributes(q, k_cache, v_cache, shapes, causal=causal, window=window,
                                          softcap=softcap, scale=scale)
     batch = _check_page_table(page_table, cache_seqlens, None if packed else q.shape[0])
