@@ -258,6 +258,8 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   };
 
   if (params.num_splits > 1) {
+    cute::cp_async_wait<0>();  // no copy may land in shared memory after the CTA exits (a split without keys
+                               // never waited for Q)
     // fp32 partials straight from the accumulators: (split, query row, head, Dv) and (split, query row, head).
     const int64_t query_rows = int64_t(params.layout_batch()) * params.seqlen_q;
     CUTE_UNROLL
