@@ -37,11 +37,14 @@ for step in $steps; do
       grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest.log" | tail -40
       ;;
     memcheck)
-      # Dense forward+backward cases, then packed inputs with out-of-range offsets and lengths.
+      # Dense forward+backward cases, then packed inputs with out-of-range offsets and lengths, then paged
+      # caches with out-of-range page indices, cache lengths and query offsets.
       (cd tests && compute-sanitizer --tool memcheck --error-exitcode 9 \
         python3 gpu_subprocess_cases.py /tmp/memcheck.npz --small &&
        compute-sanitizer --tool memcheck --error-exitcode 9 python3 -c \
-        "import test_gpu_varlen as t; t.test_out_of_range_offsets_are_clamped_and_max_seqlen_is_only_a_bound(); print('packed out-of-range case: ok')") \
+        "import test_gpu_varlen as t; t.test_out_of_range_offsets_are_clamped_and_max_seqlen_is_only_a_bound(); print('packed out-of-range case: ok')" &&
+       compute-sanitizer --tool memcheck --error-exitcode 9 python3 -c \
+        "import test_gpu_paged as t; t.run_out_of_range_cases()") \
         > "$OUT/memcheck.log" 2>&1
       rc=$?
       tail -5 "$OUT/memcheck.log"
