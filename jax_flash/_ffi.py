@@ -65,7 +65,9 @@ def _registered():
 def supported(dtype, head_dim: int, head_dim_v: int) -> bool:
     """True when this build has a kernel for the dtype and head dims (False without the extension)."""
     module, _ = _load_module()
-    return module is not None and module.supported(jnp.dtype(dtype).name, head_dim, head_dim_v)
+    name = jnp.dtype(dtype).name
+    # The kernels take float16 / bfloat16 only; other dtypes are "no kernel", never an error from the module.
+    return module is not None and name in ("bfloat16", "float16") and module.supported(name, head_dim, head_dim_v)
 
 
 def _attributes(config) -> dict:
