@@ -143,7 +143,7 @@ def test_explicit_xla_never_asks_for_the_kernels(monkeypatch):
 
 @pytest.mark.parametrize("kw, want", [
     # The examples: 32k tokens of cache, GQA 4 (32 query heads on 8 kv heads), decode.
-    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 2),
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 1),
     (dict(batch=1, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 33),
     (dict(batch=128, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 1),
     # One CTA in all: capped at 64 splits.
@@ -151,12 +151,12 @@ def test_explicit_xla_never_asks_for_the_kernels(monkeypatch):
     # Short cache: each split keeps at least 4 key blocks (8 blocks -> 2 splits; 3 blocks -> 1).
     (dict(batch=1, seqlen_q=1, num_heads_q=8, num_heads_k=8, max_pages=32, page_size=16), 2),
     (dict(batch=1, seqlen_q=1, num_heads_q=8, num_heads_k=8, max_pages=12, page_size=16), 1),
-    # Query tiles of prefill: B * ceil(Sq * G / 64) * Hk = 2 * 8 * 8 = 128 CTAs -> 3 splits; 2048 CTAs -> 1.
-    (dict(batch=2, seqlen_q=128, num_heads_q=32, num_heads_k=8, max_pages=512, page_size=64), 3),
+    # Query tiles of prefill: B * ceil(Sq * G / 64) * Hk = 2 * 8 * 8 = 128 CTAs -> 2 splits; 2048 CTAs -> 1.
+    (dict(batch=2, seqlen_q=128, num_heads_q=32, num_heads_k=8, max_pages=512, page_size=64), 2),
     (dict(batch=8, seqlen_q=512, num_heads_q=32, num_heads_k=8, max_pages=512, page_size=64), 1),
-    # Packed: ceil(Tq * G / 64) + B tiles = ceil(4 * 4 / 64) + 4 = 5 -> 40 CTAs -> ceil(264 / 40) = 7.
-    (dict(batch=4, seqlen_q=4, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), 7),
-    (dict(batch=4, seqlen_q=0, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), 9),
+    # Packed: ceil(Tq * G / 64) + B tiles = ceil(4 * 4 / 64) + 4 = 5 -> 40 CTAs -> 264 // 40 = 6.
+    (dict(batch=4, seqlen_q=4, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), 6),
+    (dict(batch=4, seqlen_q=0, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), 8),
     # No work at all (empty q): one split.
     (dict(batch=4, seqlen_q=0, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64), 1),
     (dict(batch=4, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=0, page_size=64), 1),

@@ -52,7 +52,7 @@ def test_dense_call_chooses_num_splits_from_shapes():
     args = _inputs(sq=40)
     out, lse = jax_flash.paged_attention(*args, return_lse=True)
     (call,) = CALLS
-    # B * ceil(40 * 2 / 64) * HK = 8 CTAs; 256 key blocks: ceil(264 / 8) = 33 splits.
+    # B * ceil(40 * 2 / 64) * HK = 8 CTAs; 256 key blocks: 264 // 8 = 33 splits.
     want = choose_num_splits(batch=B, seqlen_q=40, num_heads_q=HQ, num_heads_k=HK, max_pages=MAX_PAGES,
                              page_size=PAGE)
     assert call["num_splits"] == want == 33
@@ -67,8 +67,8 @@ def test_packed_call_passes_offsets_and_the_static_bound():
     cu = jnp.array([0, 30, 77], jnp.int32)
     out = jax_flash.paged_attention(*args, cu_seqlens_q=cu, max_seqlen_q=47)
     (call,) = CALLS
-    # ceil(80 * 2 / 64) + B = 5 tiles, 10 CTAs: ceil(264 / 10) = 27 splits.
-    assert call["num_splits"] == 27 == choose_num_splits(batch=B, seqlen_q=80, num_heads_q=HQ, num_heads_k=HK,
+    # ceil(80 * 2 / 64) + B = 5 tiles, 10 CTAs: 264 // 10 = 26 splits.
+    assert call["num_splits"] == 26 == choose_num_splits(batch=B, seqlen_q=80, num_heads_q=HQ, num_heads_k=HK,
                                                          max_pages=MAX_PAGES, page_size=PAGE, packed=True)
     assert call["cu_seqlens_q"] is cu and call["max_seqlen_q"] == 47
     assert out.shape == (80, HQ, DV)
