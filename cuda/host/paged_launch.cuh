@@ -37,6 +37,8 @@ Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
   const int64_t pair_rows = int64_t(params.seqlen_q) * params.kv_group;
   const int64_t grid_x = (pair_rows + Cfg::kBlockM - 1) / Cfg::kBlockM + (params.packed() ? params.batch : 0);
   const int64_t grid_z = int64_t(params.packed() ? 1 : params.batch) * params.num_splits;
+  // The kernel counts (query, head) rows in int.
+  if (pair_rows > INT32_MAX) return fail("query rows x kv_group (" + std::to_string(pair_rows) + ") beyond int32");
   if (grid_x > INT32_MAX || params.heads_k > 65535 || grid_z > 65535) {
     return fail("grid too large: " + std::to_string(grid_x) + " row blocks, " + std::to_string(params.heads_k) +
                 " kv heads, " + std::to_string(grid_z) + " (sequence, split) pairs (at most 65535)");
