@@ -1,9 +1,13 @@
 """Running one dense case on the GPU: ours, the fp32 reference and the naive attention, forward and
-gradients, in one jitted function per case, checked by the oracle rule."""
+gradients, in one jitted function per case, checked by the oracle rule. Also what every GPU test file shares:
+poisoned memory, bitwise comparisons, and a child process under XLA command buffers."""
 
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +23,34 @@ def poison_device_memory(nbytes: int = 1 << 30):
     junk = jnp.full((nbytes // 4,), jnp.nan, jnp.float32)
     junk.block_until_ready()
     del junk
+
+
+def assert_bitwise(names, a, b, what):
+    """The arrays of `a` and `b` (named `names`, in order) are bitwise equal."""
+    for name, x, y in zip(names, a, b):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.shape == y.shape, f"{what}: {name} shapes {x.shape} vs {y.shape}"
+        differ = x.view(f"u{x.itemsize}") != y.view(f"u{y.itemsize}")
+        count = int(differ.sum())
+        gap = float(np.abs(x[differ].astype(np.float64) - y[differ].astype(np.float64)).max()) if count else 0.0
+        assert count == 0, f"{what}: {name} differs in {count} of {x.size} elements (max |diff| {gap:.3g})"
+
+
+COMMAND_BUFFER_FLAGS = "--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
+
+
+def assert_same_bits_under_command_buffers(script, out_path, without):
+    """Runs tests/<script> <out_path> in a child process with XLA command buffers (CUDA graphs) on, and checks
+    that the arrays it saves are bitwise the `without` ({name: array}) computed here without them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, XLA_FLAGS=COMMAND_BUFFER_FLAGS, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    child = subprocess.run([sys.executable, os.path.join(here, script), str(out_path)], env=env, cwd=here,
+                           capture_output=True, text=True)
+    assert child.returncode == 0, f"child failed:\n{child.stdout[-4000:]}\n{child.stderr[-4000:]}"
+    with_graphs = np.load(out_path)
+    assert set(with_graphs.files) == set(without)
+    for name, want in without.items():
+        assert np.array_equal(with_graphs[name].view(np.uint8), want.view(np.uint8)), name
 
 
 def make_inputs(case, seed=0, batch=None):

@@ -8,17 +8,13 @@ paged_harness.py); the `gpu` marker still decides whether a test runs, so on a m
 (--noconftest drops conftest.py's skip of `gpu` tests).
 """
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jax_flash
-from gpu_harness import poison_device_memory
+from gpu_harness import assert_same_bits_under_command_buffers, poison_device_memory
 from gpu_subprocess_paged import run as run_trials
 from paged_harness import (FACTORS, IMPL, INT32_MAX, INT32_MIN, Layout, assert_bitwise, case_id, case_layout,
                            check_case, clamped_equivalent, make_inputs, pages_needed, paginate, pairwise_cases,
@@ -297,24 +293,12 @@ def test_pages_beyond_2_to_the_31_elements():
 # ---------------------------------------------------------------------------------------------------------
 # Command buffers: one decode step replayed with new page tables and lengths, one executable
 
-COMMAND_BUFFER_FLAGS = "--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
-
-
 @gpu
 def test_command_buffers_with_new_tables_and_lengths_every_call(tmp_path):
-    here = os.path.dirname(__file__)
-    env = dict(os.environ, XLA_FLAGS=COMMAND_BUFFER_FLAGS, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    out = tmp_path / "paged_cmdbuf.npz"
-    # The child checks every call against the reference and the executable count (see its docstring).
-    child = subprocess.run([sys.executable, os.path.join(here, "gpu_subprocess_paged.py"), str(out)],
-                           env=env, cwd=here, capture_output=True, text=True)
-    assert child.returncode == 0, f"child failed:\n{child.stdout[-4000:]}\n{child.stderr[-4000:]}"
-    with_graphs = np.load(out)
-    without = run_trials(check=False)
-    assert set(with_graphs.files) == set(without)
-    for name, want in without.items():
-        # The forward has no atomics: bitwise equal, whatever launches the kernels.
-        assert np.array_equal(with_graphs[name].view(np.uint8), want.view(np.uint8)), name
+    # The child checks every call against the reference and the executable count (see its docstring);
+    # the forward has no atomics: bitwise equal, whatever launches the kernels.
+    assert_same_bits_under_command_buffers("gpu_subprocess_paged.py", tmp_path / "paged_cmdbuf.npz",
+                                           run_trials(check=False))
 
 
 # ---------------------------------------------------------------------------------------------------------

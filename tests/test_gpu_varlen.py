@@ -5,16 +5,12 @@ JAX_FLASH_TEST_IMPL=xla runs the same code with the reference standing in for th
 varlen_harness.py); the `gpu` marker still decides whether a test runs.
 """
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 import jax_flash
-from gpu_harness import poison_device_memory
+from gpu_harness import assert_bitwise, assert_same_bits_under_command_buffers, poison_device_memory
 from gpu_subprocess_varlen import run as run_trials
 from varlen_harness import (DOCUMENTS, EDGE_LENGTHS, FACTORS, IMPL, Packing, case_id, case_packing, check_case,
                             make_inputs, pack, pairwise_cases, reference_and_naive, run_case, run_ours,
@@ -75,24 +71,12 @@ def test_grid_covers_the_issue():
 # ---------------------------------------------------------------------------------------------------------
 # Command buffers: new cu_seqlens every call, one executable; a new max_seqlen, a new executable
 
-COMMAND_BUFFER_FLAGS = "--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
-
-
 @gpu
 def test_command_buffers_with_new_cu_seqlens_every_call(tmp_path):
-    here = os.path.dirname(__file__)
-    env = dict(os.environ, XLA_FLAGS=COMMAND_BUFFER_FLAGS, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    out = tmp_path / "varlen_cmdbuf.npz"
-    # The child checks every call against the reference and the executable count (see its docstring).
-    child = subprocess.run([sys.executable, os.path.join(here, "gpu_subprocess_varlen.py"), str(out)],
-                           env=env, cwd=here, capture_output=True, text=True)
-    assert child.returncode == 0, f"child failed:\n{child.stdout[-4000:]}\n{child.stderr[-4000:]}"
-    with_graphs = np.load(out)
-    without = run_trials(check=False)
-    assert set(with_graphs.files) == set(without)
-    for name, want in without.items():
-        # deterministic=True: bitwise equal, whatever launches the kernels.
-        assert np.array_equal(with_graphs[name].view(np.uint8), want.view(np.uint8)), name
+    # The child checks every call against the reference and the executable count (see its docstring);
+    # deterministic=True: bitwise equal, whatever launches the kernels.
+    assert_same_bits_under_command_buffers("gpu_subprocess_varlen.py", tmp_path / "varlen_cmdbuf.npz",
+                                           run_trials(check=False))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,13 +117,7 @@ def _per_document(results, slots, packing):
 
 
 def _assert_bitwise(a, b, what):
-    for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), a, b):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.shape == y.shape, f"{what}: {name} shapes {x.shape} vs {y.shape}"
-        differ = x.view(f"u{x.itemsize}") != y.view(f"u{y.itemsize}")
-        count = int(differ.sum())
-        gap = float(np.abs(x[differ].astype(np.float64) - y[differ].astype(np.float64)).max()) if count else 0.0
-        assert count == 0, f"{what}: {name} differs in {count} of {x.size} elements (max |diff| {gap:.3g})"
+    assert_bitwise(("out", "lse", "dq", "dk", "dv"), a, b, what)
 
 
 @gpu

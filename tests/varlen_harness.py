@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import os
-import random
 import zlib
 
 import jax
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_flash
+import covering
 from gpu_harness import poison_device_memory
 from jax_flash import reference
 from oracle import check_oracle
@@ -177,33 +176,8 @@ FACTORS = {
 
 
 def pairwise_cases(factors=FACTORS, total: int = 80, seed: int = 0) -> list[dict]:
-    """Greedy all-pairs covering array over `factors`, topped up with distinct random cases to `total`."""
-    rng = random.Random(seed)
-    names = list(factors)
-
-    def pairs(case):
-        return {(a, repr(case[a]), b, repr(case[b])) for a, b in itertools.combinations(names, 2)}
-
-    uncovered = {(a, repr(va), b, repr(vb)) for a, b in itertools.combinations(names, 2)
-                 for va in factors[a] for vb in factors[b]}
-    cases = []
-    while uncovered:
-        candidates = [{n: rng.choice(factors[n]) for n in names} for _ in range(60)]
-        # One candidate holds an uncovered pair, so every round makes progress.
-        a, va, b, vb = min(uncovered)
-        seeded = {n: rng.choice(factors[n]) for n in names}
-        seeded[a] = next(v for v in factors[a] if repr(v) == va)
-        seeded[b] = next(v for v in factors[b] if repr(v) == vb)
-        best = max(candidates + [seeded], key=lambda c: len(pairs(c) & uncovered))
-        uncovered -= pairs(best)
-        cases.append(best)
-    seen = {case_id(c) for c in cases}
-    while len(cases) < total:
-        case = {n: rng.choice(factors[n]) for n in names}
-        if case_id(case) not in seen:
-            seen.add(case_id(case))
-            cases.append(case)
-    return cases
+    """The grid: covering.pairwise_cases over `factors`."""
+    return covering.pairwise_cases(factors, case_id, total, seed)
 
 
 def case_id(case) -> str:
