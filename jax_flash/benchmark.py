@@ -37,14 +37,19 @@ def parse_args(argv=None):
     p.add_argument("--no-cudnn", action="store_true", help="skip the cuDNN baseline")
     p.add_argument("--implementation", default="cuda",
                    help='jax_flash implementation timed as "ours" (default "cuda")')
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
-    p.add_argument("--iters", type=int, default=None,
-                   help="calls per repeat (default: enough for about 50 ms of work)")
     p.add_argument("--input-sets", type=int, default=3,
                    help="distinct input sets to rotate through, so small shapes do not run out of L2")
     p.add_argument("--plot", metavar="PNG", help="TFLOP/s vs seqlen per head dim, ours vs cudnn (needs matplotlib)")
-    p.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+    add_timing_arguments(p)
     return p.parse_args(argv)
+
+
+def add_timing_arguments(p):
+    """--repeats, --iters and --json: how every jax_flash benchmark times and records its measurements."""
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
+    p.add_argument("--iters", type=int, default=None,
+                   help="calls per repeat (default: enough for about 50 ms of work)")
+    p.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
 
 
 # ---------------------------------------------------------------------------------------------------------

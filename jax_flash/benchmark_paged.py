@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from jax_flash.benchmark import DTYPES, print_errors, short_error, time_ms, write_json
+from jax_flash.benchmark import DTYPES, add_timing_arguments, print_errors, short_error, time_ms, write_json
 
 L2_BYTES = 256 << 20  # input sets rotate through at least this many cache bytes, well beyond any L2
 KEY_SHAPE = (32, 32768, 128)  # (B, S, page size)
@@ -48,14 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--implementation", default="cuda", help='jax_flash implementation timed as "ours"')
     p.add_argument("--no-cudnn", action="store_true", help="skip cuDNN on the contiguous cache")
     p.add_argument("--copy-gib", type=float, default=1.0, help="size of the copy-bandwidth measurement")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
-    p.add_argument("--iters", type=int, default=None,
-                   help="calls per repeat (default: enough for about 50 ms of work)")
     p.add_argument("--max-input-sets", type=int, default=16,
                    help="caches to rotate through for small shapes (at least 256 MiB of them in all)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes and one short repeat: checks the script runs (e.g. on a CPU with xla)")
-    p.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+    add_timing_arguments(p)
     args = p.parse_args(argv)
     if args.key_shape:
         args.batch, args.seqlens, args.page_sizes = [KEY_SHAPE[0]], [KEY_SHAPE[1]], [KEY_SHAPE[2]]

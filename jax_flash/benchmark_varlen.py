@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import numpy as np
 
-from jax_flash.benchmark import (DTYPES, attention_flops, make_inputs, print_errors, short_error, time_ms,
-                                 timed_fn, write_json)
+from jax_flash.benchmark import (DTYPES, add_timing_arguments, attention_flops, make_inputs, print_errors,
+                                 short_error, time_ms, timed_fn, write_json)
 
 BASELINES = ("dense", "cudnn")
 # cuDNN rejects some sequence lengths (odd ones in its backward); padding to a multiple of 64 avoids that and
@@ -51,14 +51,11 @@ def parse_args(argv=None):
                    help='jax_flash implementation timed as "ours" and as dense@mean (default "cuda")')
     p.add_argument("--no-dense", action="store_true", help="skip the dense kernel at the mean length")
     p.add_argument("--no-cudnn", action="store_true", help="skip cuDNN on the padded documents")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
-    p.add_argument("--iters", type=int, default=None,
-                   help="calls per repeat (default: enough for about 50 ms of work)")
     p.add_argument("--input-sets", type=int, default=3,
                    help="distinct input sets to rotate through, so small shapes do not run out of L2")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes and one short repeat: checks the script runs (e.g. on a CPU with xla)")
-    p.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+    add_timing_arguments(p)
     args = p.parse_args(argv)
     if args.smoke:
         args.tokens, args.heads, args.d = 512, 2, 64
