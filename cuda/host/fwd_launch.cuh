@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <string>
 
+#include "host/device_arch.h"
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
 #include "kernels/fwd_kernel.cuh"
 #include "kernels/tile_config.h"
+#include "kernels/tile_config_sm90.h"
 
 namespace jax_flash {
 
@@ -59,8 +61,16 @@ Status launch_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
   return Status{};
 }
 
+// The wgmma kernel where this build has sm_90a code, the head dims have a Hopper config and the device is a
+// Hopper; the portable mma.sync kernel everywhere else.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
+#ifdef JAX_FLASH_HAS_SM90A
+  using Sm90 = Sm90FwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
+  if constexpr (Sm90::kAvailable) {
+    if (current_device_is_sm90()) return launch_attn_fwd<typename Sm90::type>(params, stream);
+  }
+#endif
   return launch_attn_fwd<typename FwdDefaultConfig<Element, kHeadDim, kHeadDimV>::type>(params, stream);
 }
 

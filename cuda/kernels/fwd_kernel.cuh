@@ -1,4 +1,5 @@
-// Dense attention forward, FlashAttention-2 style, for sm_80 and later (mma.sync, cp.async, ldmatrix).
+// Dense attention forward, FlashAttention-2 style: cp.async loads, and the two products as mma.sync (sm_80
+// and later, tile_config.h) or as wgmma (sm_90a, tile_config_sm90.h), see fwd_gemms.h.
 //
 // One CTA computes one (query block, head, batch) tile: O = softmax(s(Q K^T)) V and the row LSE. It streams
 // the visible key blocks from last to first (mask.h gives the range; the diagonal / seqlen-k tiles that need
@@ -17,7 +18,7 @@
 #include "kernels/block_info.h"
 #include "kernels/copy.h"
 #include "kernels/fragment.h"
-#include "kernels/gemm.h"
+#include "kernels/fwd_gemms.h"
 #include "kernels/mask.h"
 #include "kernels/params.h"
 #include "kernels/softmax.h"
@@ -28,8 +29,7 @@ namespace jax_flash {
 // kSoftcap: scores pass through softcap * tanh(. / softcap) (a separate instantiation keeps the tanh out of
 // the uncapped kernel's mainloop).
 template <class Cfg, bool kSoftcap>
-__global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
-    attn_fwd_kernel(const __grid_constant__ AttnFwdParams params) {
+__device__ __forceinline__ void attn_fwd_tile(const AttnFwdParams& params) {
   using namespace cute;
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM;
@@ -132,23 +132,17 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   }
 
   // ---- MMA partitions -------------------------------------------------------------------------------------
-  typename Cfg::TiledMma tiled_mma;
+  auto qk_gemm = make_qk_gemm<Cfg>(sQ, sK, tidx);
+  auto pv_gemm = make_pv_gemm<Cfg>(sVt, tidx);
+  typename Cfg::TiledMma tiled_mma;  // the O product: its accumulator partition
   auto thr_mma = tiled_mma.get_thread_slice(tidx);
-  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
-  Tensor tSrK = thr_mma.partition_fragment_B(sK(_, _, 0));
-  Tensor tOrVt = thr_mma.partition_fragment_B(sVt(_, _, 0));
   Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDimV>>{});
   clear(acc_o);
-
-  auto smem_copy_q = make_tiled_copy_A(typename Cfg::SmemCopyAtomQK{}, tiled_mma);
-  auto smem_copy_k = make_tiled_copy_B(typename Cfg::SmemCopyAtomQK{}, tiled_mma);
-  auto smem_copy_v = make_tiled_copy_B(typename Cfg::SmemCopyAtomVt{}, tiled_mma);
-  Tensor tSsQ = smem_copy_q.get_thread_slice(tidx).partition_S(sQ);
-  Tensor tSsK = smem_copy_k.get_thread_slice(tidx).partition_S(sK);    // (CPY, N, K, stage)
-  Tensor tOsVt = smem_copy_v.get_thread_slice(tidx).partition_S(sVt);  // (CPY, Dv, N, stage)
+  typename Cfg::TiledMmaS tiled_mma_s;
+  auto thr_mma_s = tiled_mma_s.get_thread_slice(tidx);
 
   // Tile-local (row, col) of each score this thread holds, for masking.
-  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  Tensor tScS = thr_mma_s.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
   Tensor tScS_rc = rowcol_view(tScS);
 
   const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
@@ -164,25 +158,26 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     const int stage = t % kStages;
 
     cute::cp_async_wait<kGroupsInFlight>();
+    publish_smem_writes_to_tensor_cores<Cfg>();
     __syncthreads();
     if (t + kStages - 1 < n_tiles) load_v(t + kStages - 1, masked_tag);
     cute::cp_async_fence();
 
-    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    gemm_ss</*kZeroInit=*/true>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_copy_q, smem_copy_k);
+    Tensor acc_s = partition_fragment_C(tiled_mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    qk_gemm(acc_s, stage);
     if constexpr (kSoftcap) apply_softcap(acc_s, score_scale.pre_tanh);
     Tensor scores = rowcol_view(acc_s);
     if constexpr (kMasked) mask.apply(scores, tScS_rc, m_block * kBlockM, n_block * kBlockN);
 
     cute::cp_async_wait<kGroupsInFlight>();
+    publish_smem_writes_to_tensor_cores<Cfg>();
     __syncthreads();
     if (t + kStages < n_tiles) load_k(t + kStages, masked_tag);
     cute::cp_async_fence();
 
     softmax.step(scores, acc_o_rc);
     Tensor p = convert_fragment<Element>(acc_s);
-    Tensor tOrP = make_tensor(p.data(), acc_as_a_layout(p.layout()));
-    gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), tiled_mma, smem_copy_v);
+    pv_gemm(acc_o, p, stage);
   };
 
   // Tiles run from the last key block down. Three phases: masked tiles at the seqlen-k / right-window edge,
@@ -239,6 +234,17 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   copy(gmem_copy_o, tOsO, tOrO);
   Tensor tOcO = gmem_thr_o.partition_D(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{}));
   store_tile(gmem_copy_o, tOrO, tOgO, tOcO, rows_left, params.head_dim_v);
+}
+
+template <class Cfg, bool kSoftcap>
+__global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
+    attn_fwd_kernel(const __grid_constant__ AttnFwdParams params) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // wgmma configs exist only in sm_90a code; the launcher never picks them elsewhere.
+  if constexpr (Cfg::kWgmma) return;
+  else
+#endif
+    attn_fwd_tile<Cfg, kSoftcap>(params);
 }
 
 }  // namespace jax_flash

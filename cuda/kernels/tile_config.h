@@ -42,6 +42,7 @@ template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kB
           int kStages_, int kMinBlocksPerSm_>
 struct FwdTileConfig {
   using Element = Element_;
+  static constexpr bool kWgmma = false;         // mma.sync products (fwd_gemms.h)
   static constexpr int kHeadDim = kHeadDim_;    // tile of q/k head dim (real head_dim <= this)
   static constexpr int kHeadDimV = kHeadDimV_;  // tile of v/out head dim
   static constexpr int kBlockM = kBlockM_;      // queries per CTA
@@ -63,6 +64,7 @@ struct FwdTileConfig {
   // B operand is read with 4-matrix ldmatrix.
   using TiledMma = cute::TiledMMA<Sm80MmaAtom<Element>, cute::Layout<cute::Shape<cute::Int<kNWarps>, cute::_1, cute::_1>>,
                                   cute::Tile<cute::Int<16 * kNWarps>, cute::_16, cute::_16>>;
+  using TiledMmaS = TiledMma;  // S = Q K^T and O += P V share one tiled mma
 
   using SmemLayoutQ = decltype(cute::tile_to_shape(typename SmemTileAtom<Element, kHeadDim>::Layout{},
                                                    cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
