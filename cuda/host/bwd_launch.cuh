@@ -13,10 +13,12 @@
 #include <cstdint>
 #include <string>
 
+#include "host/device_arch.h"
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
 #include "kernels/block_info.h"
 #include "kernels/bwd_dkdv_kernel.cuh"
+#include "kernels/bwd_dkdv_kernel_sm90.cuh"
 #include "kernels/bwd_dq_kernel.cuh"
 #include "kernels/bwd_preprocess.cuh"
 #include "kernels/bwd_tile_config.h"
@@ -49,6 +51,15 @@ Status launch_dkdv(const AttnBwdParams& params, const float* delta, float* dq_ac
 }
 
 template <class Cfg>
+Status launch_dkdv_sm90(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
+  auto kernel = bwd_dkdv_kernel_sm90<Cfg>;
+  if (Status s = allow_smem(kernel, Cfg::kSmemBytes, "bwd_dkdv_kernel_sm90"); !s.ok()) return s;
+  const dim3 grid(tile_grid_x(params, params.seqlen_k, Cfg::kBlockN), params.heads_k, params.layout_batch());
+  kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(params, delta, dq_accum);
+  return check_launch("bwd_dkdv_kernel_sm90");
+}
+
+template <class Cfg>
 Status launch_dq(const AttnBwdParams& params, const float* delta, cudaStream_t stream) {
   auto kernel = bwd_dq_kernel<Cfg>;
   if (Status s = allow_smem(kernel, Cfg::kSmemBytes, "bwd_dq_kernel"); !s.ok()) return s;
@@ -76,6 +87,21 @@ inline bool operands_aligned(const AttnBwdParams& p) {
 // Grid for a grid-stride elementwise kernel over `items` items of one thread (or warp) each.
 inline unsigned elementwise_blocks(int64_t items, int items_per_block) {
   return unsigned(std::min<int64_t>((items + items_per_block - 1) / items_per_block, int64_t(1) << 20));
+}
+
+// dK, dV and the atomic dQ sums: the wgmma kernel where this build has sm_90a code, the head dims have a
+// Hopper config and the device is a Hopper; the portable kernel everywhere else.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status launch_dkdv_atomic_dq(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                             cudaStream_t stream) {
+#ifdef JAX_FLASH_HAS_SM90A
+  using Sm90 = Sm90BwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
+  if constexpr (Sm90::kAvailable) {
+    if (current_device_is_sm90()) return launch_dkdv_sm90<typename Sm90::DkDv>(params, delta, dq_accum, stream);
+  }
+#endif
+  return launch_dkdv<typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv, true>(params, delta, dq_accum,
+                                                                                       stream);
 }
 
 }  // namespace bwd_launch_detail
@@ -128,7 +154,7 @@ Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream) {
   if (params.seqlen_k > 0) {
     Status s;
     if constexpr (kHeadDim <= 128) {
-      s = atomic_dq ? launch_dkdv<DkDv, true>(params, delta, dq_accum, stream)
+      s = atomic_dq ? launch_dkdv_atomic_dq<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream)
                     : launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
     } else {
       s = launch_dkdv<DkDv, false>(params, delta, nullptr, stream);

@@ -8,37 +8,12 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/arch/barrier.h>
 
 #include "kernels/fragment.h"
 #include "kernels/gemm.h"
+#include "kernels/wgmma.h"
 
 namespace jax_flash {
-
-// acc (+)= A B^T over every k slice as one wgmma batch of the calling warpgroup, waited for before return.
-// kZeroInit: the first slice overwrites acc. A register A operand is fenced by the caller.
-template <bool kZeroInit, class TiledMma, class FragA, class FragB, class Acc>
-__device__ __forceinline__ void wgmma_gemm(TiledMma& mma, FragA const& a, FragB const& b, Acc& acc) {
-  using namespace cute;
-  warpgroup_fence_operand(acc);
-  warpgroup_arrive();
-  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(a); ++k) {
-    cute::gemm(mma, a(_, _, k), b(_, _, k), acc);
-    mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  warpgroup_wait<0>();
-  warpgroup_fence_operand(acc);
-}
-
-// Tensor-core reads of shared memory (wgmma) are async-proxy accesses: a thread's completed cp.async writes
-// must be fenced before the barrier that publishes them. No-op for mma.sync.
-template <class Cfg>
-__device__ __forceinline__ void publish_smem_writes_to_tensor_cores() {
-  if constexpr (Cfg::kWgmma) cutlass::arch::fence_view_async_shared();
-}
 
 // Returns qk(acc_s, stage): acc_s = Q K[stage]^T. sQ: (kBlockM, kHeadDim); sK: (kBlockN, kHeadDim, stages).
 template <class Cfg, class SQ, class SK>

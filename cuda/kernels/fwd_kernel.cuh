@@ -40,7 +40,7 @@ __device__ __forceinline__ void attn_fwd_tile(const AttnFwdParams& params) {
   // Groups allowed in flight when waiting for the oldest tile still needed (see the pipeline above).
   constexpr int kGroupsInFlight = 2 * kStages - 2;
 
-  extern __shared__ __align__(128) char smem[];
+  extern __shared__ __align__(1024) char smem[];  // the wgmma swizzle is on absolute addresses
 
   // Longest (causal) query blocks first: they start early and the short ones fill in at the end.
   const TileCoord tile = schedule_tile<kBlockM, TileAxis::kQuery>(params, /*reverse=*/true);
@@ -158,7 +158,7 @@ __device__ __forceinline__ void attn_fwd_tile(const AttnFwdParams& params) {
     const int stage = t % kStages;
 
     cute::cp_async_wait<kGroupsInFlight>();
-    publish_smem_writes_to_tensor_cores<Cfg>();
+    publish_smem_writes<Cfg::kWgmma>();
     __syncthreads();
     if (t + kStages - 1 < n_tiles) load_v(t + kStages - 1, masked_tag);
     cute::cp_async_fence();
@@ -170,7 +170,7 @@ __device__ __forceinline__ void attn_fwd_tile(const AttnFwdParams& params) {
     if constexpr (kMasked) mask.apply(scores, tScS_rc, m_block * kBlockM, n_block * kBlockN);
 
     cute::cp_async_wait<kGroupsInFlight>();
-    publish_smem_writes_to_tensor_cores<Cfg>();
+    publish_smem_writes<Cfg::kWgmma>();
     __syncthreads();
     if (t + kStages < n_tiles) load_k(t + kStages, masked_tag);
     cute::cp_async_fence();

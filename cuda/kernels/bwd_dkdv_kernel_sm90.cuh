@@ -1,0 +1,222 @@
+// Backward dK / dV (and atomic dQ) on Hopper: the algorithm of bwd_dkdv_kernel.cuh, one CTA per (key block,
+// kv head, sequence) walking every (query head of the group, query block) step, with the five products as
+// wgmma batches reading shared memory directly (bwd_tile_config_sm90.h says how the two warpgroups split them).
+//
+// Per step (Q, dO double-buffered; K, V resident):
+//   barrier  | prefetch Q, dO of the next step
+//   S = Q K^T, dP = dO V^T           one batch
+//   P, dS (bwd_math.h)  -> shared memory
+//   barrier  | dV += P^T dO, dK += dS^T Q   one batch;  dQ = dS K -> fp32 atomics
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "kernels/block_info.h"
+#include "kernels/bwd_epilogue.h"
+#include "kernels/bwd_math.h"
+#include "kernels/bwd_tile_config_sm90.h"
+#include "kernels/copy.h"
+#include "kernels/fragment.h"
+#include "kernels/mask.h"
+#include "kernels/params.h"
+#include "kernels/softmax.h"
+#include "kernels/wgmma.h"
+
+namespace jax_flash {
+
+template <class Cfg>
+__device__ __forceinline__ void bwd_dkdv_tile_sm90(const AttnBwdParams& params, const float* __restrict__ delta,
+                                                   float* __restrict__ dq_accum) {
+  using namespace cute;
+  using Element = typename Cfg::Element;
+  constexpr int kBlockM = Cfg::kBlockM;
+  constexpr int kBlockN = Cfg::kBlockN;
+  constexpr int kHeadDim = Cfg::kHeadDim;
+  constexpr int kHeadDimV = Cfg::kHeadDimV;
+  using TileMN = Shape<Int<kBlockM>, Int<kBlockN>>;
+
+  extern __shared__ __align__(1024) char smem_raw[];
+  Element* smem = reinterpret_cast<Element*>(smem_raw);
+
+  const int tid = threadIdx.x;
+  const TileCoord tile = schedule_tile<kBlockN, TileAxis::kKey>(params, /*reverse=*/false);
+  if (tile.bidb < 0) return;
+  const int n_block = tile.block;
+  const int bidb = tile.bidb;
+  const int bidhk = blockIdx.y;
+
+  const SeqlenInfo seq = SeqlenInfo::make(params, bidb);
+  const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
+  const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
+  int m_min, m_max;
+  mask.template m_block_range<kBlockM, kBlockN>(n_block, m_min, m_max);
+  const int blocks_m = m_max - m_min;
+  const int steps = blocks_m * params.kv_group;  // (query head, query block) pairs, head-major
+  const int n0 = n_block * kBlockN;
+  const int keys_left = seq.seqlen_k - n0;
+
+  Tensor sQ = make_tensor(make_smem_ptr(smem), typename Cfg::SmemLayoutQ{});  // (M, D, stage)
+  Tensor sQt = make_tensor(make_smem_ptr(smem), typename Cfg::SmemLayoutQt{});
+  Tensor sDo = make_tensor(make_smem_ptr(smem + Cfg::kOffDo), typename Cfg::SmemLayoutDo{});
+  Tensor sDot = make_tensor(make_smem_ptr(smem + Cfg::kOffDo), typename Cfg::SmemLayoutDot{});
+  Tensor sK = make_tensor(make_smem_ptr(smem + Cfg::kOffK), typename Cfg::SmemLayoutK{});
+  Tensor sKt = make_tensor(make_smem_ptr(smem + Cfg::kOffK), typename Cfg::SmemLayoutKt{});
+  Tensor sV = make_tensor(make_smem_ptr(smem + Cfg::kOffV), typename Cfg::SmemLayoutV{});
+  Tensor sP = make_tensor(make_smem_ptr(smem + Cfg::kOffP), typename Cfg::SmemLayoutPdS{});
+  Tensor sPt = make_tensor(make_smem_ptr(smem + Cfg::kOffP), typename Cfg::SmemLayoutPdSt{});
+  Tensor sDs = make_tensor(make_smem_ptr(smem + Cfg::kOffDs), typename Cfg::SmemLayoutPdS{});
+  Tensor sDst = make_tensor(make_smem_ptr(smem + Cfg::kOffDs), typename Cfg::SmemLayoutPdSt{});
+
+  // ---- Global -> shared copies (zero-filled past the sequence and the real head dims) --------------------
+  typename Cfg::GmemCopyQK gmem_copy_qk;
+  typename Cfg::GmemCopyV gmem_copy_v;
+  auto gmem_thr_qk = gmem_copy_qk.get_thread_slice(tid);
+  auto gmem_thr_v = gmem_copy_v.get_thread_slice(tid);
+  Tensor tQcQ = gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tDocDo = gmem_thr_v.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{}));
+
+  auto load_q_do = [&](int step, int stage) {
+    const int g = step / blocks_m;
+    const int m_block = m_min + step - g * blocks_m;
+    const int bidh = bidhk * params.kv_group + g;
+    const int rows_left = seq.seqlen_q - m_block * kBlockM;
+    const Element* q = static_cast<const Element*>(params.q) +
+                       seq.q_offset(params.q_batch_stride, params.q_row_stride, bidb) +
+                       int64_t(m_block) * kBlockM * params.q_row_stride + int64_t(bidh) * params.q_head_stride;
+    const Element* dout = static_cast<const Element*>(params.dout) +
+                          seq.q_offset(params.dout_batch_stride, params.dout_row_stride, bidb) +
+                          int64_t(m_block) * kBlockM * params.dout_row_stride +
+                          int64_t(bidh) * params.dout_head_stride;
+    Tensor gQ = make_tensor(make_gmem_ptr(q), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                            make_stride(params.q_row_stride, _1{}));
+    Tensor gDo = make_tensor(make_gmem_ptr(dout), Shape<Int<kBlockM>, Int<kHeadDimV>>{},
+                             make_stride(params.dout_row_stride, _1{}));
+    load_tile_zfill<true>(gmem_copy_qk, gmem_thr_qk.partition_S(gQ), gmem_thr_qk.partition_D(sQ(_, _, stage)),
+                          tQcQ, rows_left, params.head_dim);
+    load_tile_zfill<true>(gmem_copy_v, gmem_thr_v.partition_S(gDo), gmem_thr_v.partition_D(sDo(_, _, stage)),
+                          tDocDo, rows_left, params.head_dim_v);
+  };
+
+  if (steps > 0) {
+    const Element* k = static_cast<const Element*>(params.k) +
+                       seq.k_offset(params.k_batch_stride, params.k_row_stride, bidb) +
+                       int64_t(n0) * params.k_row_stride + int64_t(bidhk) * params.k_head_stride;
+    const Element* v = static_cast<const Element*>(params.v) +
+                       seq.k_offset(params.v_batch_stride, params.v_row_stride, bidb) +
+                       int64_t(n0) * params.v_row_stride + int64_t(bidhk) * params.v_head_stride;
+    Tensor gK = make_tensor(make_gmem_ptr(k), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                            make_stride(params.k_row_stride, _1{}));
+    Tensor gV = make_tensor(make_gmem_ptr(v), Shape<Int<kBlockN>, Int<kHeadDimV>>{},
+                            make_stride(params.v_row_stride, _1{}));
+    load_tile_zfill<true>(gmem_copy_qk, gmem_thr_qk.partition_S(gK), gmem_thr_qk.partition_D(sK(_, _, 0)),
+                          gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{})),
+                          keys_left, params.head_dim);
+    load_tile_zfill<true>(gmem_copy_v, gmem_thr_v.partition_S(gV), gmem_thr_v.partition_D(sV(_, _, 0)),
+                          gmem_thr_v.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDimV>>{})),
+                          keys_left, params.head_dim_v);
+    load_q_do(0, 0);
+    cp_async_fence();
+  }
+
+  // ---- Products (descriptors over shared memory) ------------------------------------------------------------
+  typename Cfg::TiledMmaSdP mma_sdp;
+  auto thr_sdp = mma_sdp.get_thread_slice(tid);
+  Tensor tSrQ = thr_sdp.partition_fragment_A(sQ);     // (MMA, M, K, stage)
+  Tensor tSrK = thr_sdp.partition_fragment_B(sK(_, _, 0));
+  Tensor tSrDo = thr_sdp.partition_fragment_A(sDo);   // (MMA, M, K, stage)
+  Tensor tSrV = thr_sdp.partition_fragment_B(sV(_, _, 0));
+  Tensor tScS = rowcol_view(thr_sdp.partition_C(make_identity_tensor(TileMN{})));
+  constexpr int kRows = decltype(size<0>(tScS))::value;
+
+  auto smem_store_pds = make_tiled_copy_C(typename Cfg::SmemStoreAtomPdS{}, mma_sdp);
+  auto thr_store_pds = smem_store_pds.get_thread_slice(tid);
+  Tensor tPsP = thr_store_pds.partition_D(sP(_, _, 0));
+  Tensor tPsDs = thr_store_pds.partition_D(sDs(_, _, 0));
+
+  typename Cfg::TiledMmaDkDv mma_dkdv;
+  auto thr_dkdv = mma_dkdv.get_thread_slice(tid);
+  Tensor tdVrPt = thr_dkdv.partition_fragment_A(sPt(_, _, 0));
+  Tensor tdKrDst = thr_dkdv.partition_fragment_A(sDst(_, _, 0));
+  Tensor tdVrDot = thr_dkdv.partition_fragment_B(sDot);  // (MMA, Dv, M, stage)
+  Tensor tdKrQt = thr_dkdv.partition_fragment_B(sQt);    // (MMA, D, M, stage)
+  Tensor acc_dv = partition_fragment_C(mma_dkdv, Shape<Int<kBlockN>, Int<kHeadDimV>>{});
+  Tensor acc_dk = partition_fragment_C(mma_dkdv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  clear(acc_dv);
+  clear(acc_dk);
+
+  typename Cfg::TiledMmaDq mma_dq;
+  auto thr_dq = mma_dq.get_thread_slice(tid);
+  Tensor tdQrDs = thr_dq.partition_fragment_A(sDs(_, _, 0));
+  Tensor tdQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));
+  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
+  for (int step = 0; step < steps; ++step) {
+    const int stage = step & 1;
+    const int g = step / blocks_m;
+    const int m_block = m_min + step - g * blocks_m;
+    const int bidh = bidhk * params.kv_group + g;
+    const int row0 = m_block * kBlockM;
+
+    BwdRowStats<kRows> stats;
+    stats.load(tScS, params.lse + seq.lse_offset(params.lse_batch_stride, params.lse_head_stride, bidb, bidh),
+               delta + seq.scratch_row(params, bidb, bidh), row0, seq.seqlen_q);
+
+    cp_async_wait<0>();
+    publish_smem_writes<true>();
+    __syncthreads();  // this step's tiles landed; every warpgroup is done with the other stage and P / dS
+    if (step + 1 < steps) {
+      load_q_do(step + 1, stage ^ 1);
+      cp_async_fence();
+    }
+
+    Tensor acc_s = partition_fragment_C(mma_sdp, TileMN{});
+    Tensor acc_dp = partition_fragment_C(mma_sdp, TileMN{});
+    wgmma_batch([&] {
+      wgmma_issue<true>(mma_sdp, tSrQ(_, _, _, stage), tSrK, acc_s);
+      wgmma_issue<true>(mma_sdp, tSrDo(_, _, _, stage), tSrV, acc_dp);
+    }, acc_s, acc_dp);
+
+    Tensor scores = rowcol_view(acc_s);
+    Tensor dscores = rowcol_view(acc_dp);
+    const bool needs_mask = !mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, n_block);
+    probs_and_dscores(scores, dscores, tScS, stats, score_scale, mask, needs_mask, row0, n0);
+
+    Tensor rP = convert_fragment<Element>(acc_s);
+    Tensor rDs = convert_fragment<Element>(acc_dp);
+    copy(smem_store_pds, thr_store_pds.retile_S(rP), tPsP);
+    copy(smem_store_pds, thr_store_pds.retile_S(rDs), tPsDs);
+    publish_smem_writes<true>();
+    __syncthreads();
+
+    wgmma_batch([&] {
+      wgmma_issue<false>(mma_dkdv, tdVrPt, tdVrDot(_, _, _, stage), acc_dv);
+      wgmma_issue<false>(mma_dkdv, tdKrDst, tdKrQt(_, _, _, stage), acc_dk);
+    }, acc_dv, acc_dk);
+
+    // dQ(kBlockM, kHeadDim) += dS K, accumulated in fp32 by atomics across the key blocks.
+    Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    wgmma_gemm<true>(mma_dq, tdQrDs, tdQrKt, acc_dq);
+    float* dq_rows = dq_accum + (seq.scratch_row(params, bidb, bidh) + row0) * params.head_dim;
+    atomic_add_acc(acc_dq, tdQcdQ, dq_rows, params.head_dim, seq.seqlen_q - row0, params.head_dim);
+  }
+
+  // Every row of the CTA's keys is written: keys no query sees keep their zero accumulators.
+  Tensor tdKVc = thr_dkdv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  Tensor tdVc = thr_dkdv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDimV>>{}));
+  Element* dk = static_cast<Element*>(params.dk) + seq.k_offset(params.dk_batch_stride, params.dk_row_stride, bidb) +
+                int64_t(n0) * params.dk_row_stride + int64_t(bidhk) * params.dk_head_stride;
+  Element* dv = static_cast<Element*>(params.dv) + seq.k_offset(params.dv_batch_stride, params.dv_row_stride, bidb) +
+                int64_t(n0) * params.dv_row_stride + int64_t(bidhk) * params.dv_head_stride;
+  store_acc_rows(acc_dk, tdKVc, dk, params.dk_row_stride, keys_left, params.head_dim, params.scale);
+  store_acc_rows(acc_dv, tdVc, dv, params.dv_row_stride, keys_left, params.head_dim_v, 1.f);
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kNThreads, 1)
+    bwd_dkdv_kernel_sm90(const AttnBwdParams params, const float* __restrict__ delta, float* __restrict__ dq_accum) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  bwd_dkdv_tile_sm90<Cfg>(params, delta, dq_accum);
+#endif
+}
+
+}  // namespace jax_flash
