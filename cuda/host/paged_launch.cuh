@@ -44,7 +44,13 @@ Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
                 " kv heads, " + std::to_string(grid_z) + " (sequence, split) pairs (at most 65535)");
   }
   const dim3 grid(unsigned(grid_x), params.heads_k, unsigned(grid_z));
-  auto kernel = params.softcap > 0.f ? &paged_fwd_kernel<Cfg, true> : &paged_fwd_kernel<Cfg, false>;
+  // Decode-like shapes (every sequence's (query, head) pairs of a kv head fit one warp's 16 rows) split the
+  // keys of a tile across the warps instead of the rows: a static choice from the shapes (the packed layout,
+  // whose rows per sequence are bounded by the data only, keeps the row split). The grid is the same.
+  const bool keys_across_warps = !params.packed() && pair_rows <= 16;
+  auto kernel = keys_across_warps
+                    ? (params.softcap > 0.f ? &paged_fwd_kernel<Cfg, true, true> : &paged_fwd_kernel<Cfg, false, true>)
+                    : (params.softcap > 0.f ? &paged_fwd_kernel<Cfg, true, false> : &paged_fwd_kernel<Cfg, false, false>);
   constexpr int kSmem = Cfg::kSmemBytes;
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, "paged_fwd"); !s.ok()) return s;
   kernel<<<grid, Cfg::kNThreads, kSmem, stream>>>(params);

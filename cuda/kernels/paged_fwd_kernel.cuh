@@ -18,6 +18,12 @@
 //
 // Pipeline as in fwd_kernel.cuh (K and V in kStages buffers, one cp.async group per tile, V[t] landing under
 // QK^T of step t and K[t+1] under the softmax and PV of step t).
+//
+// Two ways to share a tile among the 4 warps (kKeysAcrossWarps, chosen by the launcher from static shapes):
+//   false: 64 rows, warp w owns rows [16 w, 16 w + 16) and every key of the tile (prefill, long query runs);
+//   true:  16 rows (decode: at most 16 (query, head) pairs per sequence and kv head), warp w owns keys
+//          [16 w, 16 w + 16) of every key tile with its own online softmax; the 4 partial results are merged
+//          through shared memory at the end. All warps compute instead of one.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -70,17 +76,73 @@ __device__ TileCoord schedule_paged_tile(const PagedFwdParams& p) {
   return shared_coord;
 }
 
-template <class Cfg, bool kSoftcap>
+// Keys split across warps: every warp holds the online-softmax state and output accumulator of the same 16 rows
+// over its own keys, in the same per-lane layout. Warps 1.. publish theirs through shared memory (the K / V
+// buffers, free once every copy landed) and warp 0 folds them into its own, as if it had seen every key.
+template <class Cfg, int kRows, class Acc>
+__device__ __forceinline__ void merge_warp_partials(char* smem, OnlineSoftmax<kRows>& softmax, Acc& acc_o,
+                                                    int tidx) {
+  constexpr int kAcc = decltype(cute::size(acc_o))::value;
+  constexpr int kPerLane = kAcc + 2 * kRows;  // acc_o, row_max, row_sum
+  static_assert((Cfg::kNWarps - 1) * kPerLane * 32 * int(sizeof(float)) <=
+                    (Cfg::kSmemKElems + Cfg::kSmemVElems) * int(sizeof(typename Cfg::Element)),
+                "the partials fit in the K / V buffers");
+  float* partials = reinterpret_cast<float*>(smem + Cfg::kSmemQOElems * sizeof(typename Cfg::Element));
+  const int warp = tidx / 32, lane = tidx % 32;
+  cute::cp_async_wait<0>();
+  __syncthreads();  // every warp is done with K / V
+  if (warp > 0) {
+    float* mine = partials + (warp - 1) * kPerLane * 32 + lane;  // value i of this lane at mine[32 i]
+    CUTE_UNROLL
+    for (int i = 0; i < kAcc; ++i) mine[32 * i] = acc_o(i);
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      mine[32 * (kAcc + r)] = softmax.row_max[r];
+      mine[32 * (kAcc + kRows + r)] = softmax.row_sum[r];
+    }
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  auto acc_o_rc = rowcol_view(acc_o);
+  for (int w = 1; w < Cfg::kNWarps; ++w) {
+    const float* theirs = partials + (w - 1) * kPerLane * 32 + lane;
+    float scale_mine[kRows], scale_theirs[kRows];
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const float their_max = theirs[32 * (kAcc + r)];
+      const float m = fmaxf(softmax.row_max[r], their_max);
+      const float offset = m == -INFINITY ? 0.f : m * softmax.log2_scale;  // as in OnlineSoftmax::step
+      scale_mine[r] = fast_exp2(softmax.row_max[r] * softmax.log2_scale - offset);
+      scale_theirs[r] = fast_exp2(their_max * softmax.log2_scale - offset);
+      softmax.row_max[r] = m;
+      softmax.row_sum[r] = softmax.row_sum[r] * scale_mine[r] + theirs[32 * (kAcc + kRows + r)] * scale_theirs[r];
+    }
+    // Element (r, c) of the row-col view is value value_of(r, c) of the fragment, stored in value order.
+    constexpr auto value_of = rowcol_layout(decltype(acc_o.layout()){});
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      CUTE_UNROLL
+      for (int c = 0; c < cute::size<1>(acc_o_rc); ++c) {
+        acc_o_rc(r, c) = acc_o_rc(r, c) * scale_mine[r] + theirs[32 * value_of(r, c)] * scale_theirs[r];
+      }
+    }
+  }
+}
+
+template <class Cfg, bool kSoftcap, bool kKeysAcrossWarps>
 __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     paged_fwd_kernel(const __grid_constant__ PagedFwdParams params) {
   using namespace cute;
   using Element = typename Cfg::Element;
-  constexpr int kBlockM = Cfg::kBlockM;
+  // Rows of the tile: the 4 warps' 16-row slices, or one slice shared by the 4 warps (see above).
+  constexpr int kBlockM = kKeysAcrossWarps ? 16 : Cfg::kBlockM;
   constexpr int kBlockN = Cfg::kBlockN;
   constexpr int kHeadDim = Cfg::kHeadDim;
   constexpr int kHeadDimV = Cfg::kHeadDimV;
   constexpr int kStages = Cfg::kStages;
   constexpr int kGroupsInFlight = 2 * kStages - 2;
+  constexpr int kWarps = Cfg::kNWarps;
+  static_assert(!kKeysAcrossWarps || Cfg::kBlockN == 16 * kWarps, "each warp owns 16 keys of a tile");
 
   extern __shared__ __align__(128) char smem[];
 
@@ -119,7 +181,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   // Tile row r -> element offset of its (query, head) row in a q-like tensor, or -1 past the pairs.
   auto pair_offset = [&](int r, int64_t row_stride, int64_t head_stride) -> int64_t {
     const int pair = row0 + r;
-    if (pair >= rows) return -1;
+    if (r >= kBlockM || pair >= rows) return -1;
     const int query = pair / group;
     const int head = bidhk * group + (pair - query * group);
     return seq.query_row(params, bidb, query) * row_stride + int64_t(head) * head_stride;
@@ -152,7 +214,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   Tensor tQsQ = gmem_thr_qk.partition_D(sQ);
   Tensor tKsK = gmem_thr_qk.partition_D(sK);  // (CPY, CPY_N, CPY_K, stage)
   Tensor tVsV = gmem_thr_v.partition_D(sV);
-  Tensor tQcQ = gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tQcQ = gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<Cfg::kBlockM>, Int<kHeadDim>>{}));
   Tensor tKcK = gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
   Tensor tVcV = gmem_thr_v.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDimV>>{}));
 
@@ -187,30 +249,50 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   }
 
   // ---- MMA partitions -------------------------------------------------------------------------------------
-  typename Cfg::TiledMma tiled_mma;
+  // Products of this thread's warp: the (Cfg::kBlockM)-row tiled mma over all keys, or one warp's mma over its
+  // 16 rows x 16 keys. acc_o has the same per-thread layout either way (one 16-row slice per warp).
+  const int warp = tidx / 32;
+  typename Cfg::TiledMma tiled_mma;  // the epilogue's view of acc_o
   auto thr_mma = tiled_mma.get_thread_slice(tidx);
-  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
-  Tensor tSrK = thr_mma.partition_fragment_B(sK(_, _, 0));
-  Tensor tOrVt = thr_mma.partition_fragment_B(sVt(_, _, 0));
-  Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDimV>>{});
+  using WarpMma = TiledMMA<Sm80MmaAtom<Element>, Layout<Shape<_1, _1, _1>>, Tile<_16, _16, _16>>;
+  using Mma = std::conditional_t<kKeysAcrossWarps, WarpMma, typename Cfg::TiledMma>;
+  constexpr int kMmaRows = kKeysAcrossWarps ? 16 : Cfg::kBlockM;
+  constexpr int kMmaKeys = kKeysAcrossWarps ? 16 : kBlockN;
+  const int mma_tidx = kKeysAcrossWarps ? tidx % 32 : tidx;
+  const int warp_key0 = kKeysAcrossWarps ? 16 * warp : 0;  // first key of this warp's products in a tile
+  Mma mma;
+  auto thr = mma.get_thread_slice(mma_tidx);
+  Tensor sQm = local_tile(sQ, Shape<Int<kMmaRows>, Int<kHeadDim>>{}, make_coord(0, 0));
+  Tensor sKm = local_tile(sK, Shape<Int<kMmaKeys>, Int<kHeadDim>, Int<kStages>>{},
+                          make_coord(kKeysAcrossWarps ? warp : 0, 0, 0));
+  Tensor sVtm = local_tile(sVt, Shape<Int<kHeadDimV>, Int<kMmaKeys>, Int<kStages>>{},
+                           make_coord(0, kKeysAcrossWarps ? warp : 0, 0));
+  Tensor tSrQ = thr.partition_fragment_A(sQm);
+  Tensor tSrK = thr.partition_fragment_B(sKm(_, _, 0));
+  Tensor tOrVt = thr.partition_fragment_B(sVtm(_, _, 0));
+  Tensor acc_o = partition_fragment_C(mma, Shape<Int<kMmaRows>, Int<kHeadDimV>>{});
+  static_assert(std::is_same_v<decltype(acc_o.layout()),
+                               decltype(partition_fragment_C(tiled_mma, Shape<Int<Cfg::kBlockM>, Int<kHeadDimV>>{})
+                                            .layout())>,
+                "the epilogue reads acc_o through the tile's mma");
   clear(acc_o);
 
-  auto smem_copy_q = make_tiled_copy_A(typename Cfg::SmemCopyAtomQK{}, tiled_mma);
-  auto smem_copy_k = make_tiled_copy_B(typename Cfg::SmemCopyAtomQK{}, tiled_mma);
-  auto smem_copy_v = make_tiled_copy_B(typename Cfg::SmemCopyAtomVt{}, tiled_mma);
-  Tensor tSsQ = smem_copy_q.get_thread_slice(tidx).partition_S(sQ);
-  Tensor tSsK = smem_copy_k.get_thread_slice(tidx).partition_S(sK);
-  Tensor tOsVt = smem_copy_v.get_thread_slice(tidx).partition_S(sVt);
+  auto smem_copy_q = make_tiled_copy_A(typename Cfg::SmemCopyAtomQK{}, mma);
+  auto smem_copy_k = make_tiled_copy_B(typename Cfg::SmemCopyAtomQK{}, mma);
+  auto smem_copy_v = make_tiled_copy_B(typename Cfg::SmemCopyAtomVt{}, mma);
+  Tensor tSsQ = smem_copy_q.get_thread_slice(mma_tidx).partition_S(sQm);
+  Tensor tSsK = smem_copy_k.get_thread_slice(mma_tidx).partition_S(sKm);
+  Tensor tOsVt = smem_copy_v.get_thread_slice(mma_tidx).partition_S(sVtm);
 
-  Tensor tScS_rc = rowcol_view(thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+  Tensor tScS_rc = rowcol_view(thr.partition_C(make_identity_tensor(Shape<Int<kMmaRows>, Int<kMmaKeys>>{})));
   auto query_of_row = [&](int r) { return (row0 + r) / group; };
 
   const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
   constexpr int kRows = decltype(size<0>(rowcol_layout(acc_o.layout())))::value;
   OnlineSoftmax<kRows> softmax(score_scale.log2_scale);
   Tensor acc_o_rc = rowcol_view(acc_o);
-  // Warp w owns tile rows [16 w, 16 w + 16): without a (query, head) pair there, its math is skipped.
-  const bool warp_has_rows = (tidx / 32) * 16 < rows_left;
+  // Without a (query, head) pair in its rows a warp skips its math (row split only: decode fills one warp).
+  const bool warp_has_rows = kKeysAcrossWarps || warp * 16 < rows_left;
 
   // ---- Mainloop ---------------------------------------------------------------------------------------------
 #pragma unroll 1
@@ -223,10 +305,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     if (t + kStages - 1 < n_tiles) load_v(t + kStages - 1);
     cute::cp_async_fence();
 
-    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor acc_s = partition_fragment_C(mma, Shape<Int<kMmaRows>, Int<kMmaKeys>>{});
     if (warp_has_rows) {
-      gemm_ss</*kZeroInit=*/true>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_copy_q,
-                                  smem_copy_k);
+      gemm_ss</*kZeroInit=*/true>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), mma, smem_copy_q, smem_copy_k);
       if constexpr (kSoftcap) apply_softcap(acc_s, score_scale.pre_tanh);
     }
 
@@ -237,23 +318,27 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
 
     if (warp_has_rows) {
       Tensor scores = rowcol_view(acc_s);
-      if (!tile_fully_visible(n_block)) mask.apply_to_rows(scores, tScS_rc, query_of_row, n_block * kBlockN);
+      if (!tile_fully_visible(n_block)) {
+        mask.apply_to_rows(scores, tScS_rc, query_of_row, n_block * kBlockN + warp_key0);
+      }
       softmax.step(scores, acc_o_rc);
       Tensor p = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(p.data(), acc_as_a_layout(p.layout()));
-      gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), tiled_mma, smem_copy_v);
+      gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), mma, smem_copy_v);
     }
   }
 
   // ---- Epilogue ---------------------------------------------------------------------------------------------
+  if constexpr (kKeysAcrossWarps) merge_warp_partials<Cfg>(smem, softmax, acc_o, tidx);
   // A split (or a tile) that saw no key leaves out 0 and lse -inf, which the combine treats as "no weight".
   float lse[kRows];
   softmax.finalize(acc_o_rc, score_scale.natural, lse);
-  Tensor tOcO_rc = rowcol_view(thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{})));
+  Tensor tOcO_rc =
+      rowcol_view(thr_mma.partition_C(make_identity_tensor(Shape<Int<Cfg::kBlockM>, Int<kHeadDimV>>{})));
   // (query, head) of tile row r, or query -1 past the pairs.
   auto pair_of_row = [&](int r, int& query, int& head) {
     const int pair = row0 + r;
-    query = pair < rows ? pair / group : -1;
+    query = r < kBlockM && pair < rows ? pair / group : -1;
     head = bidhk * group + (pair - (pair / group) * group);
   };
 
@@ -304,7 +389,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   Tensor tOsO = gmem_thr_o.partition_S(sO);
   Tensor tOrO = make_tensor<Element>(shape(tOsO));
   copy(gmem_copy_o, tOsO, tOrO);
-  Tensor tOcO = gmem_thr_o.partition_D(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{}));
+  Tensor tOcO = gmem_thr_o.partition_D(make_identity_tensor(Shape<Int<Cfg::kBlockM>, Int<kHeadDimV>>{}));
   store_rows_gather(static_cast<Element*>(params.out), tOrO, tOcO,
                     [&](int r) { return pair_offset(r, params.out_row_stride, params.out_head_stride); },
                     params.head_dim_v);
