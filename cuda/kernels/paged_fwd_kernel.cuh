@@ -3,8 +3,8 @@
 //
 // Rows of a tile are (query, query head) pairs of ONE kv head, query-major: row = query * kv_group + g for
 // query head bidhk * kv_group + g (GQA packing). A decode step of a G-way group is G rows, so each page of
-// K and V is read once per kv head, not once per query head. Warps whose 16 rows hold no pair skip their
-// MMAs (decode fills one warp) but still load and synchronize.
+// K and V is read once per kv head, not once per query head. With the rows split across warps, warps whose
+// 16 rows hold no pair skip their MMAs but still load and synchronize; decode splits the keys instead (below).
 //
 // Keys come from the pages of the sequence's page-table row: key j lives in page page_table[b, j / page_size]
 // at slot j % page_size. Every K / V tile row is gathered on its own (paged_copy.h), so any page size that is
