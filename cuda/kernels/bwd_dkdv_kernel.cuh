@@ -13,8 +13,7 @@
 #include <cute/tensor.hpp>
 
 #include "kernels/block_info.h"
-#include "kernels/bwd_copy.h"
-#include "kernels/bwd_epilogue.h"
+#include "kernels/bwd_dkdv_tiles.h"
 #include "kernels/bwd_math.h"
 #include "kernels/bwd_tile_config.h"
 #include "kernels/copy.h"
@@ -55,7 +54,6 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   const int blocks_m = m_max - m_min;
   const int steps = blocks_m * params.kv_group;  // (query head, query block) pairs, head-major
   const int n0 = n_block * kBlockN;
-  const int keys_left = seq.seqlen_k - n0;
 
   // Shared-memory tiles (stage 0 of Q / dO; shifted() reaches stage 1).
   Tensor sQ = make_tensor(make_smem_ptr(smem), typename Cfg::SmemLayoutQ{});
@@ -70,55 +68,15 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   Tensor sDs = make_tensor(make_smem_ptr(smem + Cfg::kOffDs), typename Cfg::SmemLayoutPdS{});
   Tensor sDst = make_tensor(make_smem_ptr(smem + Cfg::kOffDs), typename Cfg::SmemLayoutPdSt{});
 
-  // Global -> shared copies (zero-filled past the sequence and the real head dims).
-  typename Cfg::GmemCopyQK gmem_copy_qk;
-  typename Cfg::GmemCopyV gmem_copy_v;
-  auto gmem_thr_qk = gmem_copy_qk.get_thread_slice(tid);
-  auto gmem_thr_v = gmem_copy_v.get_thread_slice(tid);
-  Tensor tQcQ = gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-  Tensor tDocDo = gmem_thr_v.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{}));
-
+  // Global -> shared copies: bwd_dkdv_tiles.h.
   auto load_q_do = [&](int step, int stage) {
     const int g = step / blocks_m;
-    const int m_block = m_min + step - g * blocks_m;
-    const int bidh = bidhk * params.kv_group + g;
-    const int rows_left = seq.seqlen_q - m_block * kBlockM;
-    const Element* q = static_cast<const Element*>(params.q) +
-                       seq.q_offset(params.q_batch_stride, params.q_row_stride, bidb) +
-                       int64_t(m_block) * kBlockM * params.q_row_stride + int64_t(bidh) * params.q_head_stride;
-    const Element* dout = static_cast<const Element*>(params.dout) +
-                          seq.q_offset(params.dout_batch_stride, params.dout_row_stride, bidb) +
-                          int64_t(m_block) * kBlockM * params.dout_row_stride +
-                          int64_t(bidh) * params.dout_head_stride;
-    Tensor gQ = make_tensor(make_gmem_ptr(q), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                            make_stride(params.q_row_stride, _1{}));
-    Tensor gDo = make_tensor(make_gmem_ptr(dout), Shape<Int<kBlockM>, Int<kHeadDimV>>{},
-                             make_stride(params.dout_row_stride, _1{}));
-    const bool whole = rows_left >= kBlockM && params.head_dim == kHeadDim && params.head_dim_v == kHeadDimV;
-    load_tile(gmem_copy_qk, gmem_thr_qk.partition_S(gQ), gmem_thr_qk.partition_D(shifted(sQ, stage * Cfg::kQElems)),
-              tQcQ, rows_left, params.head_dim, whole);
-    load_tile(gmem_copy_v, gmem_thr_v.partition_S(gDo),
-              gmem_thr_v.partition_D(shifted(sDo, stage * Cfg::kDoElems)), tDocDo, rows_left, params.head_dim_v,
-              whole);
+    load_q_do_tiles<Cfg>(params, seq, bidb, bidhk * params.kv_group + g, m_min + step - g * blocks_m,
+                         shifted(sQ, stage * Cfg::kQElems), shifted(sDo, stage * Cfg::kDoElems), tid);
   };
 
   if (steps > 0) {
-    const Element* k = static_cast<const Element*>(params.k) +
-                       seq.k_offset(params.k_batch_stride, params.k_row_stride, bidb) +
-                       int64_t(n0) * params.k_row_stride + int64_t(bidhk) * params.k_head_stride;
-    const Element* v = static_cast<const Element*>(params.v) +
-                       seq.k_offset(params.v_batch_stride, params.v_row_stride, bidb) +
-                       int64_t(n0) * params.v_row_stride + int64_t(bidhk) * params.v_head_stride;
-    Tensor gK = make_tensor(make_gmem_ptr(k), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                            make_stride(params.k_row_stride, _1{}));
-    Tensor gV = make_tensor(make_gmem_ptr(v), Shape<Int<kBlockN>, Int<kHeadDimV>>{},
-                            make_stride(params.v_row_stride, _1{}));
-    load_tile_zfill<true>(gmem_copy_qk, gmem_thr_qk.partition_S(gK), gmem_thr_qk.partition_D(sK),
-                    gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{})),
-                    keys_left, params.head_dim);
-    load_tile_zfill<true>(gmem_copy_v, gmem_thr_v.partition_S(gV), gmem_thr_v.partition_D(sV),
-                    gmem_thr_v.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDimV>>{})),
-                    keys_left, params.head_dim_v);
+    load_k_v_tiles<Cfg>(params, seq, bidb, bidhk, n0, sK, sV, tid);
     load_q_do(0, 0);
     cp_async_fence();
   }
@@ -230,15 +188,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
     }
   }
 
-  // Every row of the CTA's keys is written: keys no query sees keep their zero accumulators.
-  Tensor tdKVc = thr_dkdv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  Tensor tdVc = thr_dkdv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDimV>>{}));
-  Element* dk = static_cast<Element*>(params.dk) + seq.k_offset(params.dk_batch_stride, params.dk_row_stride, bidb) +
-                int64_t(n0) * params.dk_row_stride + int64_t(bidhk) * params.dk_head_stride;
-  Element* dv = static_cast<Element*>(params.dv) + seq.k_offset(params.dv_batch_stride, params.dv_row_stride, bidb) +
-                int64_t(n0) * params.dv_row_stride + int64_t(bidhk) * params.dv_head_stride;
-  store_acc_rows(acc_dk, tdKVc, dk, params.dk_row_stride, keys_left, params.head_dim, params.scale);
-  store_acc_rows(acc_dv, tdVc, dv, params.dv_row_stride, keys_left, params.head_dim_v, 1.f);
+  store_dk_dv<Cfg>(params, seq, bidb, bidhk, n0, thr_dkdv, acc_dk, acc_dv);
 }
 
 }  // namespace jax_flash
