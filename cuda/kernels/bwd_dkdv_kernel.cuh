@@ -71,8 +71,10 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   // Global -> shared copies: bwd_dkdv_tiles.h.
   auto load_q_do = [&](int step, int stage) {
     const int g = step / blocks_m;
-    load_q_do_tiles<Cfg>(params, seq, bidb, bidhk * params.kv_group + g, m_min + step - g * blocks_m,
-                         shifted(sQ, stage * Cfg::kQElems), shifted(sDo, stage * Cfg::kDoElems), tid);
+    const int m_block = m_min + step - g * blocks_m;
+    load_q_do_tiles<Cfg, /*kSkipChecksOnWholeTiles=*/true>(params, seq, bidb, bidhk * params.kv_group + g, m_block,
+                                                           shifted(sQ, stage * Cfg::kQElems),
+                                                           shifted(sDo, stage * Cfg::kDoElems), tid);
   };
 
   if (steps > 0) {

@@ -69,8 +69,9 @@ __device__ __forceinline__ void bwd_dkdv_tile_sm90(const AttnBwdParams& params, 
   // Global -> shared copies: bwd_dkdv_tiles.h.
   auto load_q_do = [&](int step, int stage) {
     const int g = step / blocks_m;
-    load_q_do_tiles<Cfg>(params, seq, bidb, bidhk * params.kv_group + g, m_min + step - g * blocks_m,
-                         sQ(_, _, stage), sDo(_, _, stage), tid);
+    const int m_block = m_min + step - g * blocks_m;
+    load_q_do_tiles<Cfg, /*kSkipChecksOnWholeTiles=*/false>(params, seq, bidb, bidhk * params.kv_group + g, m_block,
+                                                            sQ(_, _, stage), sDo(_, _, stage), tid);
   };
 
   if (steps > 0) {
