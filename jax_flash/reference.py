@@ -220,16 +220,22 @@ def naive_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=Non
     return (out, lse[0].astype(jnp.float32)) if return_lse else out
 
 
-def gather_pages(cache, page_table):
+def gather_pages(cache, page_table, lengths=None):
     """A paged cache read as contiguous sequences: (P, page_size, H, D) and (B, max_pages) page indices ->
     (B, max_pages * page_size, H, D), key j of sequence b being cache[page_table[b, j // page_size],
-    j % page_size]. A page index outside [0, P) reads as a page of zeros (never out of bounds)."""
+    j % page_size]. A page index outside [0, P) reads as a page of zeros (never out of bounds). With
+    lengths (B,), keys j >= lengths[b] read as zeros too: slots a serving loop never wrote may hold anything,
+    NaN included, and a masked key times a NaN value would still be NaN."""
     num_pages, page_size = cache.shape[:2]
     batch, max_pages = page_table.shape
     valid = (page_table >= 0) & (page_table < num_pages)
     # Index P is out of range for every P (even 0) and is not a negative index JAX would wrap around.
     pages = jnp.asarray(cache).at[jnp.where(valid, page_table, num_pages)].get(mode="fill", fill_value=0)
-    return pages.reshape(batch, max_pages * page_size, *cache.shape[2:])
+    pages = pages.reshape(batch, max_pages * page_size, *cache.shape[2:])
+    if lengths is None:
+        return pages
+    written = jnp.arange(max_pages * page_size)[None, :] < jnp.asarray(lengths).reshape(batch, 1)
+    return jnp.where(written[:, :, None, None], pages, 0)
 
 
 def _paged_key_lengths(cache_seqlens, capacity):
@@ -251,7 +257,8 @@ def _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, *, caus
         sq = q.shape[1]
         sk = seqlen_k[:, None, None]
         mask = (keys < sk) & _is_visible(jnp.arange(sq)[:, None], keys[None, :], sq, sk, left, right)
-        return attend(q, gather_pages(k_cache, page_table), gather_pages(v_cache, page_table), mask[:, None])
+        return attend(q, gather_pages(k_cache, page_table, seqlen_k), gather_pages(v_cache, page_table, seqlen_k),
+                      mask[:, None])
 
     # Packed: one sequence at a time, all Tq rows against that sequence's keys with the rows of other
     # sequences masked, so memory stays at one (Hq, Tq, capacity) score matrix.
@@ -264,8 +271,8 @@ def _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, *, caus
         rows = valid & (seq == b)
         mask = (rows[:, None] & (keys[None, :] < sk)
                 & _is_visible(index[:, None], keys[None, :], used[b], sk, left, right))
-        out_b, lse_b = attend(q[None], gather_pages(k_cache, table_row[None]),
-                              gather_pages(v_cache, table_row[None]), mask)
+        out_b, lse_b = attend(q[None], gather_pages(k_cache, table_row[None], sk[None]),
+                              gather_pages(v_cache, table_row[None], sk[None]), mask)
         out = jnp.where(rows[:, None, None], out_b[0], out)
         lse = jnp.where(rows[None, :], lse_b[0], lse)
         return (out, lse), None

@@ -134,6 +134,33 @@ def test_zero_pages_are_visible_keys_with_score_zero():
     np.testing.assert_allclose(lse, np.log(seqlens)[:, None, None] * np.ones((2, 4, 1)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_slots_past_the_lengths_may_hold_nan(packed):
+    """Slots a serving loop never wrote (past cache_seqlens) hold anything, NaN included: the answer is the
+    same as with any finite values there."""
+    rng = np.random.default_rng(8)
+    table = _table(rng, 3, 4, NUM_PAGES, shared=False, out_of_range=False)
+    k_cache, v_cache = _cache(rng, 8, 2, 16, 8)
+    seqlens = np.array([5, 17, 32], np.int32)
+    k_nan, v_nan = k_cache.copy(), v_cache.copy()
+    for b, n in enumerate(seqlens):
+        for j in range(n, table.shape[1] * 8):
+            k_nan[table[b, j // 8], j % 8] = np.nan
+            v_nan[table[b, j // 8], j % 8] = np.nan
+    assert np.isnan(v_nan).any()
+    if packed:
+        q = rng.standard_normal((9, 4, 16)).astype(np.float32)
+        kw = dict(cu_seqlens_q=np.array([0, 2, 2, 9], np.int32), return_lse=True)
+    else:
+        q = rng.standard_normal((3, 2, 4, 16)).astype(np.float32)
+        kw = dict(return_lse=True)
+    want = reference.paged_attention(q, k_cache, v_cache, table, seqlens, **kw)
+    got = reference.paged_attention(q, k_nan, v_nan, table, seqlens, **kw)
+    for w, g in zip(want, got):
+        assert np.all(np.isfinite(np.asarray(g)) | np.isneginf(np.asarray(g)))
+        np.testing.assert_array_equal(g, w)
+
+
 def test_rows_without_keys_and_gradients_are_finite():
     rng = np.random.default_rng(5)
     table = _table(rng, 3, 4, NUM_PAGES, out_of_range=False)
