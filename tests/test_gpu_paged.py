@@ -171,6 +171,41 @@ def test_same_answer_whatever_the_page_size_order_and_splits(name):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Slots past a sequence's length: a serving loop never wrote them, so they may hold anything (NaN included).
+# They must change no bit of the answer. The decode kernel on Hopper loads whole boxes of 8..64 slots with the
+# TMA unit and zeroes the values past the length itself (paged_fwd_kernel.cuh); the cp.async path never loads
+# them.
+
+NAN_TAIL_CASES = [_case(queries="decode", page_size=64, table="sequential"),
+                  _case(queries="decode", page_size=8, table="sequential", heads=(6, 2), num_splits=3),
+                  _case(queries="multi", page_size=16, table="sequential", causal=False, heads=(4, 1)),
+                  _case(queries="chunked", page_size=64, table="sequential")]
+
+
+@gpu
+@pytest.mark.parametrize("case", NAN_TAIL_CASES, ids=[case_id(c) for c in NAN_TAIL_CASES])
+def test_slots_past_the_length_never_reach_the_output(case):
+    layout = case_layout(case)
+    q, k_cache, v_cache = make_inputs(case, layout, seed=3)
+    # Sequential tables share no page, so every slot past a length (and every unused page) belongs to nobody.
+    unused = np.ones(k_cache.shape[:2], bool)
+    for b, n in enumerate(layout.seqlens_k()):
+        pages = layout.page_table[b, :pages_needed(n, layout.page_size)]
+        unused[pages] = False
+        if n % layout.page_size:
+            unused[pages[-1], n % layout.page_size:] = True
+    assert unused.any() and not unused.all()
+    nan_k, nan_v = (np.where(unused[:, :, None, None], np.nan, np.asarray(c)).astype(c.dtype)
+                    for c in (k_cache, v_cache))
+    poison_device_memory()
+    ours = run_ours(case, layout, (q, k_cache, v_cache))
+    ref, naive = reference_and_naive(case, layout, (q, k_cache, v_cache))
+    check_case(ours, ref, naive, layout, case)
+    poison_device_memory()
+    assert_bitwise(run_ours(case, layout, (q, nan_k, nan_v)), ours, "NaN in the slots past the lengths")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Out-of-range device data: page indices outside [0, P), cache_seqlens outside [0, capacity], cu_seqlens_q
 # outside [0, Tq] give the answer of the clamped call (clamped_equivalent); nothing is read out of bounds.
 

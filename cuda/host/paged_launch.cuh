@@ -5,14 +5,23 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <type_traits>
 
+#include "host/device_arch.h"
 #include "host/fwd_launch.cuh"
 #include "host/launch.h"
+#include "host/paged_kv_tma.h"
 #include "host/smem_opt_in.h"
 #include "kernels/paged_fwd_kernel.cuh"
 #include "kernels/paged_tile_config.h"
 
 namespace jax_flash {
+
+template <class Cfg, bool kKeysAcrossWarps, bool kTmaKv>
+auto paged_fwd_kernel_for(bool softcap) {
+  return softcap ? &paged_fwd_kernel<Cfg, true, kKeysAcrossWarps, kTmaKv>
+                 : &paged_fwd_kernel<Cfg, false, kKeysAcrossWarps, kTmaKv>;
+}
 
 template <class Cfg>
 Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
@@ -48,12 +57,26 @@ Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
   // keys of a tile across the warps instead of the rows: a static choice from the shapes (the packed layout,
   // whose rows per sequence are bounded by the data only, keeps the row split). The grid is the same.
   const bool keys_across_warps = !params.packed() && pair_rows <= 16;
-  auto kernel = keys_across_warps
-                    ? (params.softcap > 0.f ? &paged_fwd_kernel<Cfg, true, true> : &paged_fwd_kernel<Cfg, false, true>)
-                    : (params.softcap > 0.f ? &paged_fwd_kernel<Cfg, true, false> : &paged_fwd_kernel<Cfg, false, false>);
+  const bool softcap = params.softcap > 0.f;
+  auto kernel = keys_across_warps ? paged_fwd_kernel_for<Cfg, true, false>(softcap)
+                                  : paged_fwd_kernel_for<Cfg, false, false>(softcap);
+  // On Hopper the split-key decode loads K and V with the TMA unit (kernels/paged_kv_tma.h) where the caches
+  // allow the tensor maps (16-bit elements, head dims multiples of 64): a choice from shapes, strides and the
+  // device, like the rest.
+  PagedKvTma kv_tma{};
+#ifdef JAX_FLASH_HAS_SM90A
+  using Element = typename Cfg::Element;
+  if constexpr (SmemTileAtom<Element, Cfg::kHeadDim>::kAtomCols == 64 &&
+                SmemTileAtom<Element, Cfg::kHeadDimV>::kAtomCols == 64) {
+    if (keys_across_warps && current_device_is_sm90() &&
+        encode_paged_kv_tma(params, std::is_same_v<Element, cutlass::bfloat16_t>, &kv_tma)) {
+      kernel = paged_fwd_kernel_for<Cfg, true, true>(softcap);
+    }
+  }
+#endif
   constexpr int kSmem = Cfg::kSmemBytes;
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, "paged_fwd"); !s.ok()) return s;
-  kernel<<<grid, Cfg::kNThreads, kSmem, stream>>>(params);
+  kernel<<<grid, Cfg::kNThreads, kSmem, stream>>>(params, kv_tma);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     return fail("launch (head dims " + std::to_string(Cfg::kHeadDim) + "/" + std::to_string(Cfg::kHeadDimV) +

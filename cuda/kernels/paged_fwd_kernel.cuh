@@ -17,7 +17,9 @@
 // (block_info.h) and every length is read on the device.
 //
 // Pipeline as in fwd_kernel.cuh (K and V in kStages buffers, one cp.async group per tile, V[t] landing under
-// QK^T of step t and K[t+1] under the softmax and PV of step t).
+// QK^T of step t and K[t+1] under the softmax and PV of step t). On Hopper, decode loads K and V with the TMA
+// unit instead (kTmaKv, paged_kv_tma.h): warp 0 issues tile t + kStages once every warp is done with tile t,
+// and each tile's K and V complete on their own mbarrier.
 //
 // Two ways to share a tile among the 4 warps (kKeysAcrossWarps, chosen by the launcher from static shapes):
 //   false: 64 rows, warp w owns rows [16 w, 16 w + 16) and every key of the tile (prefill, long query runs);
@@ -33,6 +35,7 @@
 #include "kernels/gemm.h"
 #include "kernels/mask.h"
 #include "kernels/paged_copy.h"
+#include "kernels/paged_kv_tma.h"
 #include "kernels/params.h"
 #include "kernels/softmax.h"
 
@@ -129,9 +132,13 @@ __device__ __forceinline__ void merge_warp_partials(char* smem, OnlineSoftmax<kR
   }
 }
 
-template <class Cfg, bool kSoftcap, bool kKeysAcrossWarps>
+template <class Cfg, bool kSoftcap, bool kKeysAcrossWarps, bool kTmaKv>
 __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
-    paged_fwd_kernel(const __grid_constant__ PagedFwdParams params) {
+    paged_fwd_kernel(const __grid_constant__ PagedFwdParams params, const __grid_constant__ PagedKvTma kv_tma) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // The TMA load path exists only in sm_90a code; the launcher never picks it elsewhere.
+  if constexpr (kTmaKv) return;
+#endif
   using namespace cute;
   using Element = typename Cfg::Element;
   // Rows of the tile: the 4 warps' 16-row slices, or one slice shared by the 4 warps (see above).
@@ -143,8 +150,12 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   constexpr int kGroupsInFlight = 2 * kStages - 2;
   constexpr int kWarps = Cfg::kNWarps;
   static_assert(!kKeysAcrossWarps || Cfg::kBlockN == 16 * kWarps, "each warp owns 16 keys of a tile");
+  static_assert(!kTmaKv || (kKeysAcrossWarps && SmemTileAtom<Element, kHeadDim>::kAtomCols == 64 &&
+                            SmemTileAtom<Element, kHeadDimV>::kAtomCols == 64),
+                "TMA boxes: 64-column swizzle atoms, each warp reading only its own keys");
 
-  extern __shared__ __align__(128) char smem[];
+  // 1024-byte alignment: TMA boxes with the 128-byte swizzle start on 1024-byte boundaries.
+  extern __shared__ __align__(1024) char smem[];
 
   const TileCoord tile = schedule_paged_tile<kBlockM>(params);
   if (tile.bidb < 0) return;
@@ -152,6 +163,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   const int bidhk = blockIdx.y;
   const int split = params.packed() ? int(blockIdx.z) : int(blockIdx.z) % params.num_splits;
   const int tidx = threadIdx.x;
+  const int warp = tidx / 32;
   const int group = params.kv_group;
 
   const PagedSeqInfo seq = PagedSeqInfo::make(params, bidb);
@@ -235,23 +247,52 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     }, params.head_dim_v);
   };
 
+  // TMA path: K of stage s completes on kv_full[s], V on kv_full[kStages + s]; tile t uses phase (t / kStages) % 2.
+  __shared__ uint64_t kv_full[kTmaKv ? 2 * kStages : 1];
+  // Cache page of key `key`, -1 past the sequence (the TMA unit zero-fills boxes outside the cache).
+  auto page_of_key = [&](int key) { return key < seq.seqlen_k ? page_row[key / params.page_size] : -1; };
+  auto tma_load_kv = [&](int t) {  // by warp 0
+    const int stage = t % kStages;
+    const int key0 = (n_end - 1 - t) * kBlockN;
+    tma_load_kv_tile<kBlockN, kHeadDim, Element>(&kv_tma.k, kv_full[stage], sK(_, _, stage), key0, bidhk,
+                                                 params.page_size, kv_tma.box_rows, tidx % 32, page_of_key);
+    tma_load_kv_tile<kBlockN, kHeadDimV, Element>(&kv_tma.v, kv_full[kStages + stage], sV(_, _, stage), key0,
+                                                  bidhk, params.page_size, kv_tma.box_rows, tidx % 32, page_of_key);
+  };
+
   load_rows_gather(q_base, tQsQ, tQcQ, [&](int r) { return pair_offset(r, params.q_row_stride, params.q_head_stride); },
                    params.head_dim);
   cute::cp_async_fence();
-  CUTE_UNROLL
-  for (int s = 0; s < kStages; ++s) {
-    if (s < n_tiles) load_k(s);
-    cute::cp_async_fence();
-    if (s + 1 < kStages) {
-      if (s < n_tiles) load_v(s);
+  if constexpr (kTmaKv) {
+    if (tidx == 0) {
+      CUTE_UNROLL
+      for (int i = 0; i < 2 * kStages; ++i) initialize_barrier(kv_full[i], /*thread_count=*/1);
+      cutlass::arch::fence_barrier_init();
+    }
+    __syncthreads();
+    if (warp == 0) {
+      CUTE_UNROLL
+      for (int s = 0; s < kStages; ++s) {
+        if (s < n_tiles) tma_load_kv(s);
+      }
+    }
+    cute::cp_async_wait<0>();  // Q
+    __syncthreads();
+  } else {
+    CUTE_UNROLL
+    for (int s = 0; s < kStages; ++s) {
+      if (s < n_tiles) load_k(s);
       cute::cp_async_fence();
+      if (s + 1 < kStages) {
+        if (s < n_tiles) load_v(s);
+        cute::cp_async_fence();
+      }
     }
   }
 
   // ---- MMA partitions -------------------------------------------------------------------------------------
   // Products of this thread's warp: the (Cfg::kBlockM)-row tiled mma over all keys, or one warp's mma over its
   // 16 rows x 16 keys. acc_o has the same per-thread layout either way (one 16-row slice per warp).
-  const int warp = tidx / 32;
   typename Cfg::TiledMma tiled_mma;  // the epilogue's view of acc_o
   auto thr_mma = tiled_mma.get_thread_slice(tidx);
   using WarpMma = TiledMMA<Sm80MmaAtom<Element>, Layout<Shape<_1, _1, _1>>, Tile<_16, _16, _16>>;
@@ -300,10 +341,14 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     const int n_block = n_end - 1 - t;
     const int stage = t % kStages;
 
-    cute::cp_async_wait<kGroupsInFlight>();
-    __syncthreads();
-    if (t + kStages - 1 < n_tiles) load_v(t + kStages - 1);
-    cute::cp_async_fence();
+    if constexpr (kTmaKv) {
+      wait_barrier(kv_full[stage], (t / kStages) % 2);
+    } else {
+      cute::cp_async_wait<kGroupsInFlight>();
+      __syncthreads();
+      if (t + kStages - 1 < n_tiles) load_v(t + kStages - 1);
+      cute::cp_async_fence();
+    }
 
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kMmaRows>, Int<kMmaKeys>>{});
     if (warp_has_rows) {
@@ -311,10 +356,19 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       if constexpr (kSoftcap) apply_softcap(acc_s, score_scale.pre_tanh);
     }
 
-    cute::cp_async_wait<kGroupsInFlight>();
-    __syncthreads();
-    if (t + kStages < n_tiles) load_k(t + kStages);
-    cute::cp_async_fence();
+    if constexpr (kTmaKv) {
+      wait_barrier(kv_full[kStages + stage], (t / kStages) % 2);
+      // Slots past the sequence in its last box are whatever the cache holds there (maybe never written: NaN).
+      // Their P is 0, but 0 * NaN is not: each warp zeroes its own V rows past the sequence.
+      if ((n_block + 1) * kBlockN > seq.seqlen_k) {
+        zero_rows_from<16, kHeadDimV>(sV(_, _, stage), warp_key0, seq.seqlen_k - n_block * kBlockN, tidx % 32);
+      }
+    } else {
+      cute::cp_async_wait<kGroupsInFlight>();
+      __syncthreads();
+      if (t + kStages < n_tiles) load_k(t + kStages);
+      cute::cp_async_fence();
+    }
 
     if (warp_has_rows) {
       Tensor scores = rowcol_view(acc_s);
@@ -325,6 +379,13 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       Tensor p = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(p.data(), acc_as_a_layout(p.layout()));
       gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), mma, smem_copy_v);
+    }
+
+    if constexpr (kTmaKv) {
+      if (t + kStages < n_tiles) {
+        __syncthreads();  // every warp is done with this stage
+        if (warp == 0) tma_load_kv(t + kStages);
+      }
     }
   }
 

@@ -8,6 +8,9 @@
 // strides 0, and sequence b lives at the rows cu_seqlens[b] ... (block_info.h reads them on the device).
 #pragma once
 
+#include <cuda.h>          // CUtensorMap
+#include <cuda_runtime.h>  // __host__ __device__
+
 #include <cstdint>
 
 namespace jax_flash {
@@ -92,6 +95,14 @@ struct PagedFwdParams : AttnFwdParams {
   int num_splits;
   float* __restrict__ out_partial;
   float* __restrict__ lse_partial;
+};
+
+// Tensor maps of the K and V caches for the Hopper decode load path (paged_kv_tma.h), encoded on the host at
+// each launch since they hold the cache addresses. A kernel argument of its own: a tensor map must sit in
+// parameter (or constant / global) memory.
+struct PagedKvTma {
+  CUtensorMap k, v;
+  int box_rows;  // cache slots per box, gcd(page_size, 64); 0: no maps (the cp.async path)
 };
 
 }  // namespace jax_flash

@@ -1,0 +1,14 @@
+// Host side of the Hopper paged decode load path (kernels/paged_kv_tma.h): the tensor maps of the caches.
+#pragma once
+
+#include "kernels/params.h"
+
+namespace jax_flash {
+
+// Encodes the K and V cache tensor maps of `params` for 16-bit elements, boxes of 64 columns and
+// gcd(page_size, 64) slots. False (and `out` unusable) where the TMA unit cannot address the caches as
+// (head_dim, head, slot, page) boxes: then the launch keeps the cp.async path. Encoding is a host-only driver
+// call: no stream work, safe during graph capture.
+bool encode_paged_kv_tma(const PagedFwdParams& params, bool bf16, PagedKvTma* out);
+
+}  // namespace jax_flash
