@@ -44,13 +44,14 @@ bool encode_cache(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap* map, co
 
 }  // namespace
 
-bool encode_paged_kv_tma(const PagedFwdParams& p, bool bf16, PagedKvTma* out) {
+bool encode_paged_kv_tma(const PagedFwdParams& p, bool bf16, int max_box_rows, PagedKvTma* out) {
   out->box_rows = 0;
   if (p.page_size <= 0 || p.page_size % 8 != 0 || p.num_pages <= 0 || p.heads_k <= 0) return false;
+  if (max_box_rows <= 0 || max_box_rows > 256 || max_box_rows % 8 != 0) return false;
   if (p.head_dim % 64 != 0 || p.head_dim_v % 64 != 0) return false;
   const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return false;
-  const int box_rows = std::gcd(p.page_size, 64);
+  const int box_rows = std::gcd(p.page_size, max_box_rows);
   if (!encode_cache(encode, &out->k, p.k, bf16, p.head_dim, p.k_head_stride, p.k_row_stride, p.k_page_stride, p,
                     box_rows) ||
       !encode_cache(encode, &out->v, p.v, bf16, p.head_dim_v, p.v_head_stride, p.v_row_stride, p.v_page_stride,

@@ -23,8 +23,16 @@ auto paged_fwd_kernel_for(bool softcap) {
                  : &paged_fwd_kernel<Cfg, false, kKeysAcrossWarps, kTmaKv>;
 }
 
-template <class Cfg>
-Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
+// Decode-like shapes (every sequence's (query, head) pairs of a kv head fit one warp's 16 rows) split the keys
+// of a tile across the warps instead of the rows: a static choice from the shapes (the packed layout, whose
+// rows per sequence are bounded by the data only, keeps the row split). The grid is the same.
+inline bool paged_keys_across_warps(const PagedFwdParams& params) {
+  return !params.packed() && int64_t(params.seqlen_q) * params.kv_group <= 16;
+}
+
+// kv_tma: the caches' tensor maps for the Hopper decode kernel (kTmaKv), unused otherwise.
+template <class Cfg, bool kTmaKv>
+Status launch_paged_fwd(const PagedFwdParams& params, const PagedKvTma& kv_tma, cudaStream_t stream) {
   auto fail = [](const std::string& what) { return Status{"paged_fwd: " + what}; };
   if (params.head_dim > Cfg::kHeadDim || params.head_dim_v > Cfg::kHeadDimV) {
     return fail("head dims (" + std::to_string(params.head_dim) + ", " + std::to_string(params.head_dim_v) +
@@ -53,27 +61,15 @@ Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
                 " kv heads, " + std::to_string(grid_z) + " (sequence, split) pairs (at most 65535)");
   }
   const dim3 grid(unsigned(grid_x), params.heads_k, unsigned(grid_z));
-  // Decode-like shapes (every sequence's (query, head) pairs of a kv head fit one warp's 16 rows) split the
-  // keys of a tile across the warps instead of the rows: a static choice from the shapes (the packed layout,
-  // whose rows per sequence are bounded by the data only, keeps the row split). The grid is the same.
-  const bool keys_across_warps = !params.packed() && pair_rows <= 16;
   const bool softcap = params.softcap > 0.f;
-  auto kernel = keys_across_warps ? paged_fwd_kernel_for<Cfg, true, false>(softcap)
-                                  : paged_fwd_kernel_for<Cfg, false, false>(softcap);
-  // On Hopper the split-key decode loads K and V with the TMA unit (kernels/paged_kv_tma.h) where the caches
-  // allow the tensor maps (16-bit elements, head dims multiples of 64): a choice from shapes, strides and the
-  // device, like the rest.
-  PagedKvTma kv_tma{};
-#ifdef JAX_FLASH_HAS_SM90A
-  using Element = typename Cfg::Element;
-  if constexpr (SmemTileAtom<Element, Cfg::kHeadDim>::kAtomCols == 64 &&
-                SmemTileAtom<Element, Cfg::kHeadDimV>::kAtomCols == 64) {
-    if (keys_across_warps && current_device_is_sm90() &&
-        encode_paged_kv_tma(params, std::is_same_v<Element, cutlass::bfloat16_t>, &kv_tma)) {
-      kernel = paged_fwd_kernel_for<Cfg, true, true>(softcap);
+  const auto kernel = [&] {  // only the variants this config runs are instantiated
+    if constexpr (kTmaKv) {
+      return paged_fwd_kernel_for<Cfg, true, true>(softcap);
+    } else {
+      return paged_keys_across_warps(params) ? paged_fwd_kernel_for<Cfg, true, false>(softcap)
+                                             : paged_fwd_kernel_for<Cfg, false, false>(softcap);
     }
-  }
-#endif
+  }();
   constexpr int kSmem = Cfg::kSmemBytes;
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, "paged_fwd"); !s.ok()) return s;
   kernel<<<grid, Cfg::kNThreads, kSmem, stream>>>(params, kv_tma);
@@ -86,9 +82,23 @@ Status launch_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
   return Status{};
 }
 
+// On Hopper the split-key decode loads K and V with the TMA unit (kernels/paged_kv_tma.h, its own tile config)
+// where the caches allow the tensor maps (head dims multiples of 64, 16-byte aligned strides): a choice from
+// shapes, strides and the device, like the rest. Everything else runs the cp.async kernels.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
-  return launch_paged_fwd<typename PagedDefaultConfig<Element, kHeadDim, kHeadDimV>::type>(params, stream);
+  PagedKvTma kv_tma{};
+#ifdef JAX_FLASH_HAS_SM90A
+  using Decode = PagedDecodeSm90Config<Element, kHeadDim, kHeadDimV>;
+  if constexpr (Decode::kAvailable) {
+    if (paged_keys_across_warps(params) && current_device_is_sm90() && fwd_operands_aligned(params) &&
+        encode_paged_kv_tma(params, std::is_same_v<Element, cutlass::bfloat16_t>, /*max_box_rows=*/16, &kv_tma)) {
+      return launch_paged_fwd<typename Decode::type, /*kTmaKv=*/true>(params, kv_tma, stream);
+    }
+  }
+#endif
+  return launch_paged_fwd<typename PagedDefaultConfig<Element, kHeadDim, kHeadDimV>::type, /*kTmaKv=*/false>(
+      params, kv_tma, stream);
 }
 
 }  // namespace jax_flash

@@ -18,14 +18,15 @@
 //
 // Pipeline as in fwd_kernel.cuh (K and V in kStages buffers, one cp.async group per tile, V[t] landing under
 // QK^T of step t and K[t+1] under the softmax and PV of step t). On Hopper, decode loads K and V with the TMA
-// unit instead (kTmaKv, paged_kv_tma.h): warp 0 issues tile t + kStages once every warp is done with tile t,
-// and each tile's K and V complete on their own mbarrier.
+// unit instead (kTmaKv, paged_kv_tma.h, its own tile config in paged_tile_config.h): each warp loads its own
+// keys of every tile, reissuing its K rows once its scores are final and its V rows after PV, with an mbarrier
+// per (warp, stage, K or V); no CTA-wide barrier remains in the mainloop.
 //
 // Two ways to share a tile among the 4 warps (kKeysAcrossWarps, chosen by the launcher from static shapes):
 //   false: 64 rows, warp w owns rows [16 w, 16 w + 16) and every key of the tile (prefill, long query runs);
 //   true:  16 rows (decode: at most 16 (query, head) pairs per sequence and kv head), warp w owns keys
-//          [16 w, 16 w + 16) of every key tile with its own online softmax; the 4 partial results are merged
-//          through shared memory at the end. All warps compute instead of one.
+//          [w n, w n + n) of every key tile (n = kBlockN / 4) with its own online softmax; the 4 partial
+//          results are merged through shared memory at the end. All warps compute instead of one.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -149,7 +150,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   constexpr int kStages = Cfg::kStages;
   constexpr int kGroupsInFlight = 2 * kStages - 2;
   constexpr int kWarps = Cfg::kNWarps;
-  static_assert(!kKeysAcrossWarps || Cfg::kBlockN == 16 * kWarps, "each warp owns 16 keys of a tile");
+  // Keys of a tile each warp multiplies: all of them (row split), or its own slice (keys split).
+  constexpr int kWarpKeys = kKeysAcrossWarps ? kBlockN / kWarps : kBlockN;
+  static_assert(!kKeysAcrossWarps || kBlockN % (16 * kWarps) == 0, "each warp owns 16 i keys of a tile");
   static_assert(!kTmaKv || (kKeysAcrossWarps && SmemTileAtom<Element, kHeadDim>::kAtomCols == 64 &&
                             SmemTileAtom<Element, kHeadDimV>::kAtomCols == 64),
                 "TMA boxes: 64-column swizzle atoms, each warp reading only its own keys");
@@ -247,33 +250,51 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     }, params.head_dim_v);
   };
 
-  // TMA path: K of stage s completes on kv_full[s], V on kv_full[kStages + s]; tile t uses phase (t / kStages) % 2.
-  __shared__ uint64_t kv_full[kTmaKv ? 2 * kStages : 1];
+  // TMA path: each warp loads its own keys of every tile. Its K of stage s completes on
+  // kv_full[warp][s][0], V on kv_full[warp][s][1]; tile t uses phase (t / kStages) % 2.
+  __shared__ uint64_t kv_full[kTmaKv ? kWarps : 1][kStages][2];
   // Cache page of key `key`, -1 past the sequence (the TMA unit zero-fills boxes outside the cache).
   auto page_of_key = [&](int key) { return key < seq.seqlen_k ? page_row[key / params.page_size] : -1; };
-  auto tma_load_kv = [&](int t) {  // by warp 0
-    const int stage = t % kStages;
+  // By the 32 lanes of each warp, for its own keys of tile t: K (operand 0) or V (operand 1).
+  auto tma_load = [&](int t, int operand) {
+    const int stage = t % kStages, lane = tidx % 32, row0 = kWarpKeys * warp;
     const int key0 = (n_end - 1 - t) * kBlockN;
-    tma_load_kv_tile<kBlockN, kHeadDim, Element>(&kv_tma.k, kv_full[stage], sK(_, _, stage), key0, bidhk,
-                                                 params.page_size, kv_tma.box_rows, tidx % 32, page_of_key);
-    tma_load_kv_tile<kBlockN, kHeadDimV, Element>(&kv_tma.v, kv_full[kStages + stage], sV(_, _, stage), key0,
-                                                  bidhk, params.page_size, kv_tma.box_rows, tidx % 32, page_of_key);
+    uint64_t& full = kv_full[kTmaKv ? warp : 0][stage][operand];
+    if (operand == 0) {
+      tma_load_rows<kWarpKeys, kHeadDim, Element>(&kv_tma.k, full, sK(_, _, stage), row0, key0, bidhk,
+                                                  params.page_size, kv_tma.box_rows, lane, page_of_key);
+    } else {
+      tma_load_rows<kWarpKeys, kHeadDimV, Element>(&kv_tma.v, full, sV(_, _, stage), row0, key0, bidhk,
+                                                   params.page_size, kv_tma.box_rows, lane, page_of_key);
+    }
+  };
+  // Reissue this warp's rows of a buffer for tile t once its lanes are done reading them (ldmatrix, a generic
+  // proxy read, before the TMA unit's async-proxy write).
+  auto tma_reload = [&](int t, int operand) {
+    if (t >= n_tiles) return;
+    fence_view_async_shared();
+    __syncwarp();
+    tma_load(t, operand);
   };
 
   load_rows_gather(q_base, tQsQ, tQcQ, [&](int r) { return pair_offset(r, params.q_row_stride, params.q_head_stride); },
                    params.head_dim);
   cute::cp_async_fence();
   if constexpr (kTmaKv) {
-    if (tidx == 0) {
-      CUTE_UNROLL
-      for (int i = 0; i < 2 * kStages; ++i) initialize_barrier(kv_full[i], /*thread_count=*/1);
-      cutlass::arch::fence_barrier_init();
-    }
-    __syncthreads();
-    if (warp == 0) {
+    if (tidx % 32 == 0) {
       CUTE_UNROLL
       for (int s = 0; s < kStages; ++s) {
-        if (s < n_tiles) tma_load_kv(s);
+        initialize_barrier(kv_full[warp][s][0], /*thread_count=*/1);
+        initialize_barrier(kv_full[warp][s][1], /*thread_count=*/1);
+      }
+      cutlass::arch::fence_barrier_init();
+    }
+    __syncwarp();
+    CUTE_UNROLL
+    for (int s = 0; s < kStages; ++s) {
+      if (s < n_tiles) {
+        tma_load(s, 0);
+        tma_load(s, 1);
       }
     }
     cute::cp_async_wait<0>();  // Q
@@ -292,15 +313,15 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
 
   // ---- MMA partitions -------------------------------------------------------------------------------------
   // Products of this thread's warp: the (Cfg::kBlockM)-row tiled mma over all keys, or one warp's mma over its
-  // 16 rows x 16 keys. acc_o has the same per-thread layout either way (one 16-row slice per warp).
+  // 16 rows x kWarpKeys keys. acc_o has the same per-thread layout either way (one 16-row slice per warp).
   typename Cfg::TiledMma tiled_mma;  // the epilogue's view of acc_o
   auto thr_mma = tiled_mma.get_thread_slice(tidx);
   using WarpMma = TiledMMA<Sm80MmaAtom<Element>, Layout<Shape<_1, _1, _1>>, Tile<_16, _16, _16>>;
   using Mma = std::conditional_t<kKeysAcrossWarps, WarpMma, typename Cfg::TiledMma>;
   constexpr int kMmaRows = kKeysAcrossWarps ? 16 : Cfg::kBlockM;
-  constexpr int kMmaKeys = kKeysAcrossWarps ? 16 : kBlockN;
+  constexpr int kMmaKeys = kWarpKeys;
   const int mma_tidx = kKeysAcrossWarps ? tidx % 32 : tidx;
-  const int warp_key0 = kKeysAcrossWarps ? 16 * warp : 0;  // first key of this warp's products in a tile
+  const int warp_key0 = kKeysAcrossWarps ? kWarpKeys * warp : 0;  // first key of this warp's products in a tile
   Mma mma;
   auto thr = mma.get_thread_slice(mma_tidx);
   Tensor sQm = local_tile(sQ, Shape<Int<kMmaRows>, Int<kHeadDim>>{}, make_coord(0, 0));
@@ -335,6 +356,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   // Without a (query, head) pair in its rows a warp skips its math (row split only: decode fills one warp).
   const bool warp_has_rows = kKeysAcrossWarps || warp * 16 < rows_left;
 
+  // The TMA path has Q in shared memory already (waited above): every tile reuses the warp's Q fragments.
+  if constexpr (kTmaKv) copy(smem_copy_q, tSsQ, smem_copy_q.get_thread_slice(mma_tidx).retile_D(tSrQ));
+
   // ---- Mainloop ---------------------------------------------------------------------------------------------
 #pragma unroll 1
   for (int t = 0; t < n_tiles; ++t) {
@@ -342,7 +366,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     const int stage = t % kStages;
 
     if constexpr (kTmaKv) {
-      wait_barrier(kv_full[stage], (t / kStages) % 2);
+      wait_barrier(kv_full[warp][stage][0], (t / kStages) % 2);
     } else {
       cute::cp_async_wait<kGroupsInFlight>();
       __syncthreads();
@@ -352,16 +376,22 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
 
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kMmaRows>, Int<kMmaKeys>>{});
     if (warp_has_rows) {
-      gemm_ss</*kZeroInit=*/true>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), mma, smem_copy_q, smem_copy_k);
+      if constexpr (kTmaKv) {  // Q already in registers
+        clear(acc_s);
+        gemm_rs(acc_s, tSrQ, tSrK, tSsK(_, _, _, stage), mma, smem_copy_k);
+      } else {
+        gemm_ss</*kZeroInit=*/true>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), mma, smem_copy_q, smem_copy_k);
+      }
       if constexpr (kSoftcap) apply_softcap(acc_s, score_scale.pre_tanh);
     }
 
     if constexpr (kTmaKv) {
-      wait_barrier(kv_full[kStages + stage], (t / kStages) % 2);
+      wait_barrier(kv_full[warp][stage][1], (t / kStages) % 2);
       // Slots past the sequence in its last box are whatever the cache holds there (maybe never written: NaN).
       // Their P is 0, but 0 * NaN is not: each warp zeroes its own V rows past the sequence.
       if ((n_block + 1) * kBlockN > seq.seqlen_k) {
-        zero_rows_from<16, kHeadDimV>(sV(_, _, stage), warp_key0, seq.seqlen_k - n_block * kBlockN, tidx % 32);
+        zero_rows_from<kWarpKeys, kHeadDimV>(sV(_, _, stage), warp_key0, seq.seqlen_k - n_block * kBlockN,
+                                             tidx % 32);
       }
     } else {
       cute::cp_async_wait<kGroupsInFlight>();
@@ -375,18 +405,14 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       if (!tile_fully_visible(n_block)) {
         mask.apply_to_rows(scores, tScS_rc, query_of_row, n_block * kBlockN + warp_key0);
       }
-      softmax.step(scores, acc_o_rc);
+      softmax.step</*kSkipKeptMax=*/kKeysAcrossWarps>(scores, acc_o_rc);
+      if constexpr (kTmaKv) tma_reload(t + kStages, 0);  // the scores are final: K of this stage was read
       Tensor p = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(p.data(), acc_as_a_layout(p.layout()));
       gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), mma, smem_copy_v);
     }
 
-    if constexpr (kTmaKv) {
-      if (t + kStages < n_tiles) {
-        __syncthreads();  // every warp is done with this stage
-        if (warp == 0) tma_load_kv(t + kStages);
-      }
-    }
+    if constexpr (kTmaKv) tma_reload(t + kStages, 1);
   }
 
   // ---- Epilogue ---------------------------------------------------------------------------------------------

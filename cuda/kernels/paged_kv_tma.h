@@ -4,12 +4,14 @@
 // Why: decode reads every key once and does little math per byte, yet the cp.async gather made it issue-bound
 // (Nsight Compute on an H200, 2026-11-22: 4.4 cycles per issued instruction with 2 warps per scheduler, DRAM at
 // 60% of peak). Every thread computed a page lookup and a 64-bit address per 16 bytes. With TMA one lane per box
-// does that per 8..64 rows, and the copy engine moves the bytes.
+// does that per 8 or 16 rows, and the copy engine moves the bytes.
 //
 // Each cache is a 4-d tensor map over (num_pages, page_size, heads_k, head_dim) with the dimensions listed
 // innermost first as (head_dim, head, slot, page). A box is 64 columns (128 bytes: the 128-byte swizzle of the
-// shared tiles, SmemLayoutAtom of tile_config.h) of box_rows consecutive slots of one page and one head;
-// box_rows = gcd(page_size, 64), so a box never crosses a page and a 64-key tile is a whole number of boxes.
+// shared tiles, SmemTileAtom of tile_config.h) of box_rows consecutive slots of one page and one head;
+// box_rows = gcd(page_size, 16), so a box never crosses a page and each warp's 16 keys of a tile are a whole
+// number of boxes. Each warp loads its own keys (the split-key decode reads no other warp's rows) into its own
+// stages, so the warps never wait for one another inside the mainloop.
 // A box whose page coordinate is outside [0, num_pages) is zero-filled by the TMA unit without a read: keys past
 // the sequence use page -1, and page indices from the table outside the cache stay out of range.
 #pragma once
@@ -21,24 +23,34 @@
 
 namespace jax_flash {
 
-// Issue the boxes of one (kBlockN, kCols) tile: keys [key0, key0 + kBlockN) of kv head `head`, into `tile`
-// (one stage of the shared layout, a (kBlockN, kCols) tensor), completing on `bar`. Called by the 32 lanes of
-// one warp; page_of(key) returns the cache page holding key `key`, or -1 past the sequence.
+// Orders this thread's earlier generic-proxy accesses of shared memory (ldmatrix reads, plain stores) before
+// later async-proxy (TMA) writes to it.
+__device__ __forceinline__ void fence_view_async_shared() {
+#if defined(CUTE_ARCH_TMA_SM90_ENABLED)
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// Issue the boxes of rows [row0, row0 + kRows) of a (kBlockN, kCols) shared tile (one stage, a cute tensor)
+// with tile row r holding key tile_key0 + r of kv head `head`, completing on `bar`. Called by the 32 lanes of
+// one warp; page_of(key) returns the cache page holding key `key`, or -1 past the sequence. box_rows divides
+// kRows and the page size.
 //
 // The shared tile must be SmemTileAtom's 64-column layout (tile_config.h): 8-row x 64-column atoms with the
 // 16-byte-chunk XOR swizzle, repeated down the rows, then across the columns. That is the TMA unit's 128-byte
 // swizzle, so a box starting at row 8 i lands exactly where the cp.async copy would have put it.
-template <int kBlockN, int kCols, class Element, class Tile, class PageOf>
-__device__ __forceinline__ void tma_load_kv_tile(const CUtensorMap* map, uint64_t& bar, Tile&& tile, int key0,
-                                                 int head, int page_size, int box_rows, int lane, PageOf page_of) {
+template <int kRows, int kCols, class Element, class Tile, class PageOf>
+__device__ __forceinline__ void tma_load_rows(const CUtensorMap* map, uint64_t& bar, Tile&& tile, int row0,
+                                              int tile_key0, int head, int page_size, int box_rows, int lane,
+                                              PageOf page_of) {
 #if defined(CUTE_ARCH_TMA_SM90_ENABLED)
   static_assert(kCols % 64 == 0, "whole 64-column boxes");
-  if (lane == 0) cute::set_barrier_transaction_bytes(bar, kBlockN * kCols * int(sizeof(Element)));
-  const int row_boxes = kBlockN / box_rows;
+  if (lane == 0) cute::set_barrier_transaction_bytes(bar, kRows * kCols * int(sizeof(Element)));
+  const int row_boxes = kRows / box_rows;
   const int boxes = row_boxes * (kCols / 64);
   for (int i = lane; i < boxes; i += 32) {
-    const int row = (i % row_boxes) * box_rows, col = (i / row_boxes) * 64;
-    const int key = key0 + row;
+    const int row = row0 + (i % row_boxes) * box_rows, col = (i / row_boxes) * 64;
+    const int key = tile_key0 + row;
     Element* dst = &tile(row, col);
     cute::SM90_TMA_LOAD_4D::copy(map, &bar, uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST), dst, col, head,
                                  key % page_size, page_of(key));
@@ -59,7 +71,7 @@ __device__ __forceinline__ void zero_rows_from(Tile&& tile, int row0, int first_
     const int row = row0 + i / kChunksPerRow;
     if (row >= first_zero) *reinterpret_cast<cute::uint128_t*>(&tile(row, (i % kChunksPerRow) * kPerChunk)) = {};
   }
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  fence_view_async_shared();
   __syncwarp();
 #endif
 }

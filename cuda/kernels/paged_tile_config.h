@@ -21,4 +21,20 @@ struct PagedDefaultConfig {
   static_assert(type::kBlockM == 16 * type::kNWarps, "each warp owns one 16-row mma slice of the tile");
 };
 
+// Hopper decode with the TMA load path (paged_kv_tma.h; the keys of a tile split across the warps): 128-key
+// tiles, 32 keys per warp, one K and one V buffer, the shape of cuDNN's decode kernel on the same problem
+// (16 x 128 x 128, four warps along the keys; Nsight Compute, H200, 2026-11-22). Each warp reissues its K
+// rows as soon as its QK^T is done and its V rows after PV, so a buffer is busy only while it is read, and a
+// warp's chain of dependent steps covers 32 keys instead of 16. Head dims above 128 keep the 64-key tiles
+// and two stages (the 32-key slices would not fit the registers with a D = 256 output).
+template <typename Element, int kHeadDim, int kHeadDimV>
+struct PagedDecodeSm90Config {
+  static constexpr bool kWide = kHeadDim <= 128 && kHeadDimV <= 128;
+  using type = FwdTileConfig<Element, kHeadDim, kHeadDimV, kPagedBlockM, kWide ? 2 * kPagedBlockN : kPagedBlockN,
+                             /*kNWarps=*/4, /*kStages=*/kWide ? 1 : 2,
+                             /*kMinBlocksPerSm=*/kWide ? 2 : 1>;
+  // TMA boxes are 64 columns of the 128-byte swizzle atom.
+  static constexpr bool kAvailable = kHeadDim % 64 == 0 && kHeadDimV % 64 == 0;
+};
+
 }  // namespace jax_flash

@@ -102,7 +102,7 @@ struct PagedFwdParams : AttnFwdParams {
 // parameter (or constant / global) memory.
 struct PagedKvTma {
   CUtensorMap k, v;
-  int box_rows;  // cache slots per box, gcd(page_size, 64); 0: no maps (the cp.async path)
+  int box_rows;  // cache slots per box, gcd(page_size, 16); 0: no maps (the cp.async path)
 };
 
 }  // namespace jax_flash

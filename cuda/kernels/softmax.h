@@ -73,7 +73,10 @@ struct OnlineSoftmax {
 
   // One key tile. scores: (row, col) view of x for this tile, overwritten by the unnormalized probabilities;
   // acc_o: (row, col) view of the output accumulator, rescaled to the new max. Invisible scores are -inf.
-  template <class ScoreTensor, class OutTensor>
+  // kSkipKeptMax: skip the rescale when no row max of the warp moved (every correction is exactly 1, so the
+  // result is the same bits). Worth its vote where tiles are narrow and the rescale is a large share of the
+  // work per key (the paged decode's 16 keys per warp).
+  template <bool kSkipKeptMax = false, class ScoreTensor, class OutTensor>
   __device__ __forceinline__ void step(ScoreTensor& scores, OutTensor& acc_o) {
     static_assert(decltype(cute::size<0>(scores))::value == kRows, "row count mismatch");
     float offset[kRows];  // new max in exp2 units; 0 while a row has nothing visible (exp2 -> exactly 0)
@@ -89,10 +92,19 @@ struct OnlineSoftmax {
       row_max[r] = m;
       row_sum[r] *= correction[r];
     }
-    CUTE_UNROLL
-    for (int r = 0; r < kRows; ++r) {
+    bool rescale = true;
+    if constexpr (kSkipKeptMax) {
+      bool moved = false;
       CUTE_UNROLL
-      for (int c = 0; c < cute::size<1>(acc_o); ++c) acc_o(r, c) *= correction[r];
+      for (int r = 0; r < kRows; ++r) moved |= correction[r] != 1.f;
+      rescale = __any_sync(0xffffffff, moved);  // warp-uniform branch
+    }
+    if (rescale) {
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int c = 0; c < cute::size<1>(acc_o); ++c) acc_o(r, c) *= correction[r];
+      }
     }
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
