@@ -257,15 +257,17 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   auto page_of_key = [&](int key) { return key < seq.seqlen_k ? page_row[key / params.page_size] : -1; };
   // By the 32 lanes of each warp, for its own keys of tile t: K (operand 0) or V (operand 1).
   auto tma_load = [&](int t, int operand) {
-    const int stage = t % kStages, lane = tidx % 32, row0 = kWarpKeys * warp;
-    const int key0 = (n_end - 1 - t) * kBlockN;
-    uint64_t& full = kv_full[kTmaKv ? warp : 0][stage][operand];
-    if (operand == 0) {
-      tma_load_rows<kWarpKeys, kHeadDim, Element>(&kv_tma.k, full, sK(_, _, stage), row0, key0, bidhk,
-                                                  params.page_size, kv_tma.box_rows, lane, page_of_key);
-    } else {
-      tma_load_rows<kWarpKeys, kHeadDimV, Element>(&kv_tma.v, full, sV(_, _, stage), row0, key0, bidhk,
-                                                   params.page_size, kv_tma.box_rows, lane, page_of_key);
+    if constexpr (kTmaKv) {
+      const int stage = t % kStages, lane = tidx % 32, row0 = kWarpKeys * warp;
+      const int key0 = (n_end - 1 - t) * kBlockN;
+      uint64_t& full = kv_full[warp][stage][operand];
+      if (operand == 0) {
+        tma_load_rows<kWarpKeys, kHeadDim, Element>(&kv_tma.k, full, sK(_, _, stage), row0, key0, bidhk,
+                                                    params.page_size, kv_tma.box_rows, lane, page_of_key);
+      } else {
+        tma_load_rows<kWarpKeys, kHeadDimV, Element>(&kv_tma.v, full, sV(_, _, stage), row0, key0, bidhk,
+                                                     params.page_size, kv_tma.box_rows, lane, page_of_key);
+      }
     }
   };
   // Reissue this warp's rows of a buffer for tile t once its lanes are done reading them (ldmatrix, a generic
