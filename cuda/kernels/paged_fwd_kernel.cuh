@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   constexpr int kWarps = Cfg::kNWarps;
   // Keys of a tile each warp multiplies: all of them (row split), or its own slice (keys split).
   constexpr int kWarpKeys = kKeysAcrossWarps ? kBlockN / kWarps : kBlockN;
-  static_assert(!kKeysAcrossWarps || kBlockN % (16 * kWarps) == 0, "each warp owns 16 i keys of a tile");
+  static_assert(!kKeysAcrossWarps || kBlockN % (16 * kWarps) == 0, "each warp owns a multiple of 16 keys of a tile");
   static_assert(!kTmaKv || (kKeysAcrossWarps && SmemTileAtom<Element, kHeadDim>::kAtomCols == 64 &&
                             SmemTileAtom<Element, kHeadDimV>::kAtomCols == 64),
                 "TMA boxes: 64-column swizzle atoms, each warp reading only its own keys");

@@ -1,10 +1,14 @@
-// Tile shape of the paged-KV forward kernel, per (Element, kHeadDim, kHeadDimV).
+// Tile shapes of the paged-KV forward kernel, per (Element, kHeadDim, kHeadDimV).
 //
-// One tile shape for every head dim: 64 rows x 64 keys, 4 warps, two K/V stages. Rows are (query, query head)
-// pairs of one kv head (GQA packing, paged_fwd_kernel.cuh); a decode step of a 4-way group is 4 rows, and then
-// the kernel splits each 64-key tile among the 4 warps instead (16 keys each). Three stages measured no faster
-// than two on H100 (2026-11-22, both splits), so two stages keep 2 x 64 keys of K and V in flight per CTA. 64 x 64 also fits D = 256 (160 KB of shared memory) on sm_80.
-// jax_flash/_ffi.py mirrors kBlockM / kBlockN (PAGED_BLOCK_M / PAGED_BLOCK_N) to choose num_splits.
+// PagedDefaultConfig, the cp.async kernels (every GPU, every query mode): 64 rows x 64 keys, 4 warps, two K/V
+// stages, for every head dim. Rows are (query, query head) pairs of one kv head (GQA packing,
+// paged_fwd_kernel.cuh); a decode step of a 4-way group is 4 rows, and then the kernel splits each 64-key tile
+// among the 4 warps instead (16 keys each). Three stages measured no faster than two on H100 (2026-11-22, both
+// splits), so two stages keep 2 x 64 keys of K and V in flight per CTA. 64 x 64 also fits D = 256 (160 KB of
+// shared memory) on sm_80.
+// PagedDecodeSm90Config, the Hopper decode with TMA loads: below.
+// jax_flash/_ffi.py mirrors kPagedBlockM / kPagedBlockN (PAGED_BLOCK_M / PAGED_BLOCK_N) to choose num_splits
+// (the Hopper decode's 128-key tiles then count as two blocks: a split still gets at least 2 of its tiles).
 #pragma once
 
 #include "kernels/tile_config.h"
