@@ -40,8 +40,9 @@ for step in $steps; do
       # Dense forward+backward cases, then packed inputs with out-of-range offsets and lengths, then paged
       # caches with out-of-range page indices, cache lengths and query offsets, one process per paged case.
       # (2026-11-22, H100: the Python process sometimes segfaulted under the sanitizer, before or after the
-      # cases it ran cleanly; rerun a case that dies without an error report.)
-      (cd tests && compute-sanitizer --tool memcheck --error-exitcode 9 \
+      # cases it ran cleanly; rerun a case that dies without an error report. On an H200 the platform allocator
+      # without autotuning let the paged "dense" case reach its error summary where the defaults crashed.)
+      (cd tests && export XLA_PYTHON_CLIENT_ALLOCATOR=platform XLA_FLAGS=--xla_gpu_autotune_level=0 && compute-sanitizer --tool memcheck --error-exitcode 9 \
         python3 gpu_subprocess_cases.py /tmp/memcheck.npz --small &&
        compute-sanitizer --tool memcheck --error-exitcode 9 python3 -c \
         "import test_gpu_varlen as t; t.test_out_of_range_offsets_are_clamped_and_max_seqlen_is_only_a_bound(); print('packed out-of-range case: ok')" &&
