@@ -35,7 +35,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   constexpr int kHeadDimV = Cfg::kHeadDimV;
   using TileMN = Shape<Int<kBlockM>, Int<kBlockN>>;
 
-  extern __shared__ __align__(128) char smem_raw[];
+  // One dynamic shared array for every kernel of the backward's translation unit: the wgmma dK/dV kernel's
+  // 1024-byte alignment (bwd_dkdv_kernel_sm90.cuh) is the one all of them get, so all of them say it.
+  extern __shared__ __align__(1024) char smem_raw[];
   Element* smem = reinterpret_cast<Element*>(smem_raw);
 
   const int tid = threadIdx.x;
