@@ -44,18 +44,8 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   const int tid = threadIdx.x;
   const TileCoord tile = schedule_tile<kBlockN, TileAxis::kKey>(params, /*reverse=*/false);
   if (tile.bidb < 0) return;
-  const int n_block = tile.block;
-  const int bidb = tile.bidb;
-  const int bidhk = blockIdx.y;
-
-  const SeqlenInfo seq = SeqlenInfo::make(params, bidb);
-  const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
+  const DkdvWork<kBlockM, kBlockN> work(params, tile);
   const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
-  int m_min, m_max;
-  mask.template m_block_range<kBlockM, kBlockN>(n_block, m_min, m_max);
-  const int blocks_m = m_max - m_min;
-  const int steps = blocks_m * params.kv_group;  // (query head, query block) pairs, head-major
-  const int n0 = n_block * kBlockN;
 
   // Shared-memory tiles (stage 0 of Q / dO; shifted() reaches stage 1).
   Tensor sQ = make_tensor(make_smem_ptr(smem), typename Cfg::SmemLayoutQ{});
@@ -72,15 +62,15 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 
   // Global -> shared copies: bwd_dkdv_tiles.h.
   auto load_q_do = [&](int step, int stage) {
-    const int g = step / blocks_m;
-    const int m_block = m_min + step - g * blocks_m;
-    load_q_do_tiles<Cfg, /*kSkipChecksOnWholeTiles=*/true>(params, seq, bidb, bidhk * params.kv_group + g, m_block,
+    int bidh, m_block;
+    work.query_tile(step, params.kv_group, bidh, m_block);
+    load_q_do_tiles<Cfg, /*kSkipChecksOnWholeTiles=*/true>(params, work.seq, work.bidb, bidh, m_block,
                                                            shifted(sQ, stage * Cfg::kQElems),
                                                            shifted(sDo, stage * Cfg::kDoElems), tid);
   };
 
-  if (steps > 0) {
-    load_k_v_tiles<Cfg>(params, seq, bidb, bidhk, n0, sK, sV, tid);
+  if (work.steps > 0) {
+    load_k_v_tiles<Cfg>(params, work.seq, work.bidb, work.bidhk, work.n0, sK, sV, tid);
     load_q_do(0, 0);
     cp_async_fence();
   }
@@ -125,20 +115,19 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   clear(acc_dv);
   clear(acc_dk);
 
-  for (int step = 0; step < steps; ++step) {
+  for (int step = 0; step < work.steps; ++step) {
     const int stage = Cfg::kDoubleBuffer ? (step & 1) : 0;
-    const int g = step / blocks_m;
-    const int m_block = m_min + step - g * blocks_m;
-    const int bidh = bidhk * params.kv_group + g;
+    int bidh, m_block;
+    work.query_tile(step, params.kv_group, bidh, m_block);
     const int row0 = m_block * kBlockM;
 
     BwdRowStats<kRows> stats;
-    stats.load(tScS, params.lse + seq.lse_offset(params.lse_batch_stride, params.lse_head_stride, bidb, bidh),
-               delta + seq.scratch_row(params, bidb, bidh), row0, seq.seqlen_q);
+    stats.load(tScS, params.lse + work.seq.lse_offset(params.lse_batch_stride, params.lse_head_stride, work.bidb, bidh),
+               delta + work.seq.scratch_row(params, work.bidb, bidh), row0, work.seq.seqlen_q);
 
     cp_async_wait<0>();
     __syncthreads();  // this step's tiles landed; every warp is done with the other stage and with P / dS
-    if (Cfg::kDoubleBuffer && step + 1 < steps) {
+    if (Cfg::kDoubleBuffer && step + 1 < work.steps) {
       load_q_do(step + 1, stage ^ 1);
       cp_async_fence();
     }
@@ -154,8 +143,8 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 
     Tensor scores = rowcol_view(acc_s);
     Tensor dscores = rowcol_view(acc_dp);
-    const bool needs_mask = !mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, n_block);
-    probs_and_dscores(scores, dscores, tScS, stats, score_scale, mask, needs_mask, row0, n0);
+    const bool needs_mask = !work.mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, work.n_block);
+    probs_and_dscores(scores, dscores, tScS, stats, score_scale, work.mask, needs_mask, row0, work.n0);
 
     Tensor rP = convert_fragment<Element>(acc_s);
     Tensor rDs = convert_fragment<Element>(acc_dp);
@@ -181,18 +170,18 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
               smem_copy_b_dq.get_thread_slice(tid).partition_S(sKt), mma_dq, smem_copy_a_dq, smem_copy_b_dq);
       Tensor tdQcdQ = mma_dq.get_thread_slice(tid).partition_C(
           make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-      float* dq_rows = dq_accum + (seq.scratch_row(params, bidb, bidh) + row0) * params.head_dim;
-      atomic_add_acc(acc_dq, tdQcdQ, dq_rows, params.head_dim, seq.seqlen_q - row0, params.head_dim);
+      float* dq_rows = dq_accum + (work.seq.scratch_row(params, work.bidb, bidh) + row0) * params.head_dim;
+      atomic_add_acc(acc_dq, tdQcdQ, dq_rows, params.head_dim, work.seq.seqlen_q - row0, params.head_dim);
     }
 
-    if (!Cfg::kDoubleBuffer && step + 1 < steps) {
+    if (!Cfg::kDoubleBuffer && step + 1 < work.steps) {
       __syncthreads();  // every warp is done reading Q / dO
       load_q_do(step + 1, 0);
       cp_async_fence();
     }
   }
 
-  store_dk_dv<Cfg>(params, seq, bidb, bidhk, n0, thr_dkdv, acc_dk, acc_dv);
+  store_dk_dv<Cfg>(params, work.seq, work.bidb, work.bidhk, work.n0, thr_dkdv, acc_dk, acc_dv);
 }
 
 }  // namespace jax_flash

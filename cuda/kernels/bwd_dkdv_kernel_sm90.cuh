@@ -41,18 +41,8 @@ __device__ __forceinline__ void bwd_dkdv_tile_sm90(const AttnBwdParams& params, 
   const int tid = threadIdx.x;
   const TileCoord tile = schedule_tile<kBlockN, TileAxis::kKey>(params, /*reverse=*/false);
   if (tile.bidb < 0) return;
-  const int n_block = tile.block;
-  const int bidb = tile.bidb;
-  const int bidhk = blockIdx.y;
-
-  const SeqlenInfo seq = SeqlenInfo::make(params, bidb);
-  const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
+  const DkdvWork<kBlockM, kBlockN> work(params, tile);
   const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
-  int m_min, m_max;
-  mask.template m_block_range<kBlockM, kBlockN>(n_block, m_min, m_max);
-  const int blocks_m = m_max - m_min;
-  const int steps = blocks_m * params.kv_group;  // (query head, query block) pairs, head-major
-  const int n0 = n_block * kBlockN;
 
   Tensor sQ = make_tensor(make_smem_ptr(smem), typename Cfg::SmemLayoutQ{});  // (M, D, stage)
   Tensor sQt = make_tensor(make_smem_ptr(smem), typename Cfg::SmemLayoutQt{});
@@ -68,14 +58,14 @@ __device__ __forceinline__ void bwd_dkdv_tile_sm90(const AttnBwdParams& params, 
 
   // Global -> shared copies: bwd_dkdv_tiles.h.
   auto load_q_do = [&](int step, int stage) {
-    const int g = step / blocks_m;
-    const int m_block = m_min + step - g * blocks_m;
-    load_q_do_tiles<Cfg, /*kSkipChecksOnWholeTiles=*/false>(params, seq, bidb, bidhk * params.kv_group + g, m_block,
+    int bidh, m_block;
+    work.query_tile(step, params.kv_group, bidh, m_block);
+    load_q_do_tiles<Cfg, /*kSkipChecksOnWholeTiles=*/false>(params, work.seq, work.bidb, bidh, m_block,
                                                             sQ(_, _, stage), sDo(_, _, stage), tid);
   };
 
-  if (steps > 0) {
-    load_k_v_tiles<Cfg>(params, seq, bidb, bidhk, n0, sK(_, _, 0), sV(_, _, 0), tid);
+  if (work.steps > 0) {
+    load_k_v_tiles<Cfg>(params, work.seq, work.bidb, work.bidhk, work.n0, sK(_, _, 0), sV(_, _, 0), tid);
     load_q_do(0, 0);
     cp_async_fence();
   }
@@ -112,21 +102,20 @@ __device__ __forceinline__ void bwd_dkdv_tile_sm90(const AttnBwdParams& params, 
   Tensor tdQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));
   Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
-  for (int step = 0; step < steps; ++step) {
+  for (int step = 0; step < work.steps; ++step) {
     const int stage = step & 1;
-    const int g = step / blocks_m;
-    const int m_block = m_min + step - g * blocks_m;
-    const int bidh = bidhk * params.kv_group + g;
+    int bidh, m_block;
+    work.query_tile(step, params.kv_group, bidh, m_block);
     const int row0 = m_block * kBlockM;
 
     BwdRowStats<kRows> stats;
-    stats.load(tScS, params.lse + seq.lse_offset(params.lse_batch_stride, params.lse_head_stride, bidb, bidh),
-               delta + seq.scratch_row(params, bidb, bidh), row0, seq.seqlen_q);
+    stats.load(tScS, params.lse + work.seq.lse_offset(params.lse_batch_stride, params.lse_head_stride, work.bidb, bidh),
+               delta + work.seq.scratch_row(params, work.bidb, bidh), row0, work.seq.seqlen_q);
 
     cp_async_wait<0>();
     publish_smem_writes<true>();
     __syncthreads();  // this step's tiles landed; every warpgroup is done with the other stage and P / dS
-    if (step + 1 < steps) {
+    if (step + 1 < work.steps) {
       load_q_do(step + 1, stage ^ 1);
       cp_async_fence();
     }
@@ -140,8 +129,8 @@ __device__ __forceinline__ void bwd_dkdv_tile_sm90(const AttnBwdParams& params, 
 
     Tensor scores = rowcol_view(acc_s);
     Tensor dscores = rowcol_view(acc_dp);
-    const bool needs_mask = !mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, n_block);
-    probs_and_dscores(scores, dscores, tScS, stats, score_scale, mask, needs_mask, row0, n0);
+    const bool needs_mask = !work.mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, work.n_block);
+    probs_and_dscores(scores, dscores, tScS, stats, score_scale, work.mask, needs_mask, row0, work.n0);
 
     Tensor rP = convert_fragment<Element>(acc_s);
     Tensor rDs = convert_fragment<Element>(acc_dp);
@@ -158,11 +147,11 @@ __device__ __forceinline__ void bwd_dkdv_tile_sm90(const AttnBwdParams& params, 
     // dQ(kBlockM, kHeadDim) += dS K, accumulated in fp32 by atomics across the key blocks.
     Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     wgmma_gemm<true>(mma_dq, tdQrDs, tdQrKt, acc_dq);
-    float* dq_rows = dq_accum + (seq.scratch_row(params, bidb, bidh) + row0) * params.head_dim;
-    atomic_add_acc(acc_dq, tdQcdQ, dq_rows, params.head_dim, seq.seqlen_q - row0, params.head_dim);
+    float* dq_rows = dq_accum + (work.seq.scratch_row(params, work.bidb, bidh) + row0) * params.head_dim;
+    atomic_add_acc(acc_dq, tdQcdQ, dq_rows, params.head_dim, work.seq.seqlen_q - row0, params.head_dim);
   }
 
-  store_dk_dv<Cfg>(params, seq, bidb, bidhk, n0, thr_dkdv, acc_dk, acc_dv);
+  store_dk_dv<Cfg>(params, work.seq, work.bidb, work.bidhk, work.n0, thr_dkdv, acc_dk, acc_dv);
 }
 
 template <class Cfg>

@@ -11,9 +11,41 @@
 #include "kernels/block_info.h"
 #include "kernels/bwd_copy.h"
 #include "kernels/bwd_epilogue.h"
+#include "kernels/mask.h"
 #include "kernels/params.h"
 
 namespace jax_flash {
+
+// The work of one dK/dV CTA: key block n_block of sequence bidb and kv head bidhk, and the `steps`
+// (query head, query block) pairs that can see it, head-major over the kv group.
+template <int kBlockM, int kBlockN>
+struct DkdvWork {
+  int n_block, bidb, bidhk, n0;
+  SeqlenInfo seq;
+  AttnMask mask;
+  int m_min, blocks_m, steps;
+
+  // tile: this CTA's (key block, sequence) from schedule_tile, with bidb >= 0.
+  __device__ DkdvWork(const AttnBwdParams& params, TileCoord tile)
+      : n_block(tile.block),
+        bidb(tile.bidb),
+        bidhk(blockIdx.y),
+        n0(tile.block * kBlockN),
+        seq(SeqlenInfo::make(params, tile.bidb)),
+        mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right) {
+    int m_max;
+    mask.template m_block_range<kBlockM, kBlockN>(n_block, m_min, m_max);
+    blocks_m = m_max - m_min;
+    steps = blocks_m * params.kv_group;
+  }
+
+  // Query head and query block of step `step`.
+  __device__ void query_tile(int step, int kv_group, int& bidh, int& m_block) const {
+    const int g = step / blocks_m;
+    m_block = m_min + step - g * blocks_m;
+    bidh = bidhk * kv_group + g;
+  }
+};
 
 // cp.async of the (kBlockM, D) Q and (kBlockM, Dv) dO tiles of query head bidh, query block m_block.
 // kSkipChecksOnWholeTiles: a whole tile loads without bounds checks (bwd_copy.h). It pays off in the SM80
