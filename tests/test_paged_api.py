@@ -142,10 +142,20 @@ def test_explicit_xla_never_asks_for_the_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("kw, want", [
-    # The examples: 32k tokens of cache, GQA 4 (32 query heads on 8 kv heads), decode.
-    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 1),
+    # The examples: 32k tokens of cache, GQA 4 (32 query heads on 8 kv heads), decode. B=32: 256
+    # CTAs fill one wave; long-cache decode splits on to 4 waves (1024 CTAs of 8192 keys).
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 4),
     (dict(batch=1, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 33),
     (dict(batch=128, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 1),
+    # Decode waves: 64 CTAs x 16 = 1024 (128k keys: 8192 per split); 512 x 2 = 1024; 16k keys: 2 splits of
+    # 8192; 8k keys: no split; multi-token decode (Sq * G = 16 rows) like Sq = 1.
+    (dict(batch=8, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=1024, page_size=128), 16),
+    (dict(batch=64, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), 2),
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=128, page_size=128), 2),
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=64, page_size=128), 1),
+    (dict(batch=32, seqlen_q=4, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), 4),
+    # Not decode (Sq * G = 20 rows): one wave only.
+    (dict(batch=32, seqlen_q=5, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), 1),
     # One CTA in all: capped at 64 splits.
     (dict(batch=1, seqlen_q=1, num_heads_q=1, num_heads_k=1, max_pages=1024, page_size=64), 64),
     # Short cache: each split keeps at least 4 key blocks (8 blocks -> 2 splits; 3 blocks -> 1).

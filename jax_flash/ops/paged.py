@@ -19,6 +19,13 @@ from jax_flash.ops._implementation import choose_implementation
 # so the key range is split until the grid reaches it.
 _TARGET_CTAS = 2 * 132
 _MAX_AUTO_SPLITS = 64
+# Decode reads the cache at the memory's rate once the grid fills the GPU, yet ends about 1% sooner when
+# long caches are cut into up to four waves of shorter CTAs, each split keeping at least 8192 keys (H200,
+# 2026-11-22, 4 processes, cuDNN beside: B=32 x 32k keys 1.010 -> 1.015 of cuDNN at 4 splits, 32 x 64k
+# 1.001 -> 1.017, 64 x 32k 1.011 -> 1.022 at 2, 8 x 128k 1.003 -> 1.015 at 16; shorter splits or more
+# waves gained nothing more).
+_DECODE_WAVES = 4
+_DECODE_MIN_SPLIT_KEYS = 8192
 
 
 def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, max_seqlen_q=None,
@@ -80,8 +87,9 @@ def choose_num_splits(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_
 
     seqlen_q is Sq for dense q, or Tq (total packed rows) with packed=True. The query heads of one kv head
     are packed along rows, so a CTA covers PAGED_BLOCK_M (query, head) rows of one kv head; splitting the
-    key range raises the CTA count towards two per SM without passing it, while keeping each split at least 4 key blocks long
-    (the combine costs a pass over fp32 partials) and at most 64 splits.
+    key range raises the CTA count towards two per SM without passing it, while keeping each split at least
+    4 key blocks long (the combine costs a pass over fp32 partials) and at most 64 splits. Decode over long
+    caches (see _DECODE_WAVES) splits further, up to four such waves of CTAs.
     """
     group = num_heads_q // num_heads_k
     if packed:
@@ -95,7 +103,13 @@ def choose_num_splits(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_
         return 1
     # Whole waves only: rounding up overshoots into a nearly empty second wave (H100, B=8 decode, 32k cache:
     # 64 CTAs x 5 splits = 320 for 264 slots took 0.600 ms, x 4 splits 0.379 ms).
-    return max(1, min(_TARGET_CTAS // ctas, max(n_blocks // 4, 1), _MAX_AUTO_SPLITS))
+    one_wave = min(_TARGET_CTAS // ctas, max(n_blocks // 4, 1), _MAX_AUTO_SPLITS)
+    decode = not packed and seqlen_q * group <= 16  # the split-key decode kernel (cuda/host/paged_launch.cuh)
+    if not decode:
+        return max(1, one_wave)
+    waves = min(_DECODE_WAVES * _TARGET_CTAS // ctas, max_pages * page_size // _DECODE_MIN_SPLIT_KEYS,
+                _MAX_AUTO_SPLITS)
+    return max(1, one_wave, waves)
 
 
 def paged_kv_update(k_cache, v_cache, k_new, v_new, page_table, cache_seqlens, *, cu_seqlens_new=None):
