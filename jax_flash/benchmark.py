@@ -112,24 +112,36 @@ def make_inputs(key, n_sets, batch, seqlen, heads, d, dtype):
 
 def time_ms(step, input_sets, repeats, iters):
     """Median milliseconds per call. Calls are queued back to back and synchronised once per repeat."""
+    return time_ms_alternating([(step, input_sets)], repeats, iters)[0]
+
+
+def time_ms_alternating(steps, repeats, iters):
+    """time_ms of each (step, input_sets) of steps, their repeats taken in turn, so that a drift of the
+    device over the run weighs on each alike (timed first in a block of its own repeats, the paged decode
+    read 0.5-1% slower than in later blocks on an H200, 2026-11-22, while cuDNN did not move)."""
     import jax
 
-    for inputs in input_sets:  # compile and warm up
-        jax.block_until_ready(step(*inputs))
-    if iters is None:
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(*input_sets[0]))
-        once = time.perf_counter() - t0
-        iters = int(min(200, max(3, 0.05 / max(once, 1e-6))))
-    samples = []
+    counts = []
+    for step, input_sets in steps:
+        for inputs in input_sets:  # compile and warm up
+            jax.block_until_ready(step(*inputs))
+        n = iters
+        if n is None:
+            t0 = time.perf_counter()
+            jax.block_until_ready(step(*input_sets[0]))
+            once = time.perf_counter() - t0
+            n = int(min(200, max(3, 0.05 / max(once, 1e-6))))
+        counts.append(n)
+    samples = [[] for _ in steps]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = None
-        for i in range(iters):
-            out = step(*input_sets[i % len(input_sets)])
-        jax.block_until_ready(out)
-        samples.append((time.perf_counter() - t0) / iters * 1e3)
-    return statistics.median(samples)
+        for (step, input_sets), n, times in zip(steps, counts, samples):
+            t0 = time.perf_counter()
+            out = None
+            for i in range(n):
+                out = step(*input_sets[i % len(input_sets)])
+            jax.block_until_ready(out)
+            times.append((time.perf_counter() - t0) / n * 1e3)
+    return [statistics.median(times) for times in samples]
 
 
 def short_error(err):

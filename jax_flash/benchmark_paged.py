@@ -12,9 +12,11 @@ element / time (q, out and the page table are noise beside them). Columns:
   ours       paged_attention, num_splits chosen from static shapes (the "splits" column)
   copy       the device's copy bandwidth: an elementwise op over --copy-gib GiB, read + write bytes / time
   cudnn      jax.nn.dot_product_attention(q, k, v, implementation="cudnn") with k, v (B, S, Hk, D)
-             contiguous: the same shapes and bytes, no page table (one measurement serves both page sizes)
+             contiguous: the same shapes and bytes, no page table
   ours/copy  the fraction of the copy bandwidth ours reaches; ours/cudnn the bandwidth ratio (> 1: ours faster)
-Then, for --split-shapes, ours at num_splits=1 beside the automatic count.
+Ours and cuDNN are timed side by side for each page size, their repeats in turn (a shape marked ~ did not fit
+twice in memory and was timed one after the other). Then, for --split-shapes, ours at num_splits=1 beside the
+automatic count, timed the same way.
 
 Shapes whose caches do not fit in device memory, and cells where a backend fails (cuDNN refusing a shape),
 print n/a with the reason below the table. jax and jax_flash's kernels are imported only once the arguments
@@ -26,7 +28,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from jax_flash.benchmark import DTYPES, add_timing_arguments, print_errors, short_error, time_ms, write_json
+from jax_flash.benchmark import (DTYPES, add_timing_arguments, print_errors, short_error, time_ms_alternating,
+                                 write_json)
 
 L2_BYTES = 256 << 20  # input sets rotate through at least this many cache bytes, well beyond any L2
 KEY_SHAPE = (32, 32768, 128)  # (B, S, page size)
@@ -82,11 +85,11 @@ def input_sets(args, batch, seqlen):
     return max(1, min(args.max_input_sets, math.ceil(L2_BYTES / kv_bytes(args, batch, seqlen))))
 
 
-def fits(args, batch, seqlen, device):
-    """None, or why the shape's caches cannot be allocated (device memory limit known)."""
+def fits(args, batch, seqlen, device, copies=1):
+    """None, or why `copies` of the shape's caches cannot be allocated (device memory limit known)."""
     stats = device.memory_stats() or {}
     limit = stats.get("bytes_limit")
-    need = kv_bytes(args, batch, seqlen) * input_sets(args, batch, seqlen)
+    need = kv_bytes(args, batch, seqlen) * input_sets(args, batch, seqlen) * copies
     if limit and need > 0.9 * (limit - stats.get("bytes_in_use", 0)):
         return f"does not fit ({need / 2**30:.1f} GiB of caches, {limit / 2**30:.1f} GiB device limit)"
     return None
@@ -161,19 +164,30 @@ def auto_splits(args, batch, seqlen, page_size):
                              max_pages=-(-seqlen // page_size), page_size=page_size)
 
 
-def measure(step, make_inputs, nbytes, args):
-    """{ms, gbps, error} of one cell; an error (out of memory, a refused shape) is recorded, not raised."""
+def measure(cells, nbytes, args):
+    """[{ms, gbps, error}] of cells, [(step, make_inputs)], their repeats taken in turn (time_ms_alternating).
+    A cell that fails (out of memory, a refused shape) records its error, not raised; the others are timed."""
     import jax
 
-    inputs = None
+    ready, results = [], []
     try:
-        inputs = make_inputs()
-        ms = time_ms(step, inputs, args.repeats, args.iters)
-        return dict(ms=ms, gbps=nbytes / ms / 1e6, error=None)
-    except Exception as err:
-        return dict(ms=None, gbps=None, error=short_error(err))
+        for step, make_inputs in cells:
+            try:
+                sets = make_inputs()
+                jax.block_until_ready(step(*sets[0]))  # compiles: a refused shape fails here
+                ready.append((step, sets))
+                results.append(None)
+            except Exception as err:
+                results.append(dict(ms=None, gbps=None, error=short_error(err)))
+        try:
+            times = iter(time_ms_alternating(ready, args.repeats, args.iters) if ready else [])
+            timed = [dict(ms=ms, gbps=nbytes / ms / 1e6, error=None) for ms in times]
+        except Exception as err:
+            timed = [dict(ms=None, gbps=None, error=short_error(err))] * len(ready)
+        timed = iter(timed)
+        return [r if r is not None else next(timed) for r in results]
     finally:
-        del inputs
+        del ready
         jax.clear_caches()
 
 
@@ -184,8 +198,8 @@ def copy_bandwidth(args, dtype):
 
     n = int(args.copy_gib * 2**30) // jnp.dtype(dtype).itemsize
     step = jax.jit(lambda x: -x)  # a plain copy may be elided; a negation is read once and written once
-    rec = measure(step, lambda: [(_pattern((n // 1024, 1024), dtype, 7),)], 2 * n * jnp.dtype(dtype).itemsize,
-                  args)
+    [rec] = measure([(step, lambda: [(_pattern((n // 1024, 1024), dtype, 7),)])],
+                    2 * n * jnp.dtype(dtype).itemsize, args)
     return dict(rec, backend="copy", bytes=2 * n * jnp.dtype(dtype).itemsize)
 
 
@@ -206,7 +220,6 @@ def run(args):
     print("copy bandwidth: " + (f"{copy_gbps:.0f} GB/s" if copy_gbps else "n/a") + "\n", flush=True)
     records = [copy]
     print_header()
-    cudnn = {}  # (B, S) -> record: the contiguous cache has no page size
     for batch in args.batch:
         for seqlen in args.seqlens:
             nbytes = kv_bytes(args, batch, seqlen)
@@ -215,20 +228,24 @@ def run(args):
                         bytes=nbytes)
             for page_size in args.page_sizes:
                 splits = auto_splits(args, batch, seqlen, page_size)
-                rec = dict(base, backend="ours", page_size=page_size, num_splits=splits, ms=None, gbps=None,
-                           error=too_big)
-                if too_big is None:
-                    rec.update(measure(paged_fn(args.implementation, None),
-                                       lambda: paged_inputs(args, batch, seqlen, page_size, dtype), nbytes, args))
-                if (batch, seqlen) not in cudnn:
-                    cudnn[batch, seqlen] = dict(base, backend="cudnn", ms=None, gbps=None,
-                                                error="skipped (--no-cudnn)" if args.no_cudnn else too_big)
-                    if cudnn[batch, seqlen]["error"] is None:
-                        cudnn[batch, seqlen].update(measure(cudnn_fn(), lambda: contiguous_inputs(
-                            args, batch, seqlen, dtype), nbytes, args))
-                    records.append(cudnn[batch, seqlen])
-                records.append(rec)
-                print_row(rec, cudnn[batch, seqlen], copy_gbps)
+                ours = dict(base, backend="ours", page_size=page_size, num_splits=splits, ms=None, gbps=None,
+                            error=too_big)
+                cudnn = dict(base, backend="cudnn", page_size=page_size, ms=None, gbps=None,
+                             error="skipped (--no-cudnn)" if args.no_cudnn else too_big)
+                cells = [(paged_fn(args.implementation, None),
+                          lambda: paged_inputs(args, batch, seqlen, page_size, dtype))]
+                if cudnn["error"] is None:
+                    cells.append((cudnn_fn(), lambda: contiguous_inputs(args, batch, seqlen, dtype)))
+                alternating = too_big is None and fits(args, batch, seqlen, device, copies=len(cells)) is None
+                if alternating:
+                    for rec, result in zip((ours, cudnn), measure(cells, nbytes, args)):
+                        rec.update(result)
+                elif too_big is None:  # both caches do not fit at once: one after the other
+                    for rec, cell in zip((ours, cudnn), cells):
+                        rec.update(measure([cell], nbytes, args)[0])
+                ours["alternating"] = cudnn["alternating"] = alternating
+                records += [cudnn, ours]
+                print_row(ours, cudnn, copy_gbps)
     records += run_split_comparison(args, dtype, device)
     print_errors(records)
     return device.device_kind, records
@@ -246,17 +263,20 @@ def run_split_comparison(args, dtype, device):
         nbytes = kv_bytes(args, batch, seqlen)
         too_big = fits(args, batch, seqlen, device)
         auto = auto_splits(args, batch, seqlen, page_size)
-        row = {}
-        for label, splits in (("auto", None), ("1", 1)):
-            rec = dict(batch=batch, seqlen=seqlen, page_size=page_size, heads_q=hq, heads_k=hk, d=args.d,
-                       dtype=args.dtype, bytes=nbytes, backend=f"ours splits={label}",
-                       num_splits=auto if splits is None else 1, ms=None, gbps=None, error=too_big)
-            if too_big is None:
-                rec.update(measure(paged_fn(args.implementation, splits),
-                                   lambda: paged_inputs(args, batch, seqlen, page_size, dtype), nbytes, args))
-            row[label] = rec
-            records.append(rec)
-        a, one = row["auto"]["ms"], row["1"]["ms"]
+        recs = [dict(batch=batch, seqlen=seqlen, page_size=page_size, heads_q=hq, heads_k=hk, d=args.d,
+                     dtype=args.dtype, bytes=nbytes, backend=f"ours splits={label}", num_splits=splits, ms=None,
+                     gbps=None, error=too_big) for label, splits in (("auto", auto), ("1", 1))]
+        if too_big is None:
+            cells = [(paged_fn(args.implementation, rec["num_splits"]),
+                      lambda: paged_inputs(args, batch, seqlen, page_size, dtype)) for rec in recs]
+            if fits(args, batch, seqlen, device, copies=2) is None:
+                results = measure(cells, nbytes, args)
+            else:
+                results = [measure([cell], nbytes, args)[0] for cell in cells]
+            for rec, result in zip(recs, results):
+                rec.update(result)
+        records += recs
+        a, one = recs[0]["ms"], recs[1]["ms"]
         print(SPLIT_COLUMNS.format(f"{batch},{seqlen},{page_size}", auto, _ms(a), _ms(one),
                                    f"{one / a:.2f}x" if a and one else "n/a"), flush=True)
     return records
@@ -285,7 +305,7 @@ def print_row(ours, cudnn, copy_gbps):
     def ratio(a, b):
         return f"{a / b:.2f}" if a and b else "n/a"
 
-    shape = f"{ours['batch']},{ours['seqlen']},{ours['page_size']}"
+    shape = f"{ours['batch']},{ours['seqlen']},{ours['page_size']}" + ("" if ours["alternating"] else " ~")
     print(COLUMNS.format(shape, ours["num_splits"], _ms(ours["ms"]), _gbps(ours["gbps"]),
                          ratio(ours["gbps"], copy_gbps), _ms(cudnn["ms"]), _gbps(cudnn["gbps"]),
                          ratio(ours["gbps"], cudnn["gbps"])), flush=True)

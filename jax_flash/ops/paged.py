@@ -19,11 +19,11 @@ from jax_flash.ops._implementation import choose_implementation
 # so the key range is split until the grid reaches it.
 _TARGET_CTAS = 2 * 132
 _MAX_AUTO_SPLITS = 64
-# Decode reads the cache at the memory's rate once the grid fills the GPU, yet ends about 1% sooner when
-# long caches are cut into up to four waves of shorter CTAs, each split keeping at least 8192 keys (H200,
-# 2026-11-22, 4 processes, cuDNN beside: B=32 x 32k keys 1.010 -> 1.015 of cuDNN at 4 splits, 32 x 64k
-# 1.001 -> 1.017, 64 x 32k 1.011 -> 1.022 at 2, 8 x 128k 1.003 -> 1.015 at 16; shorter splits or more
-# waves gained nothing more).
+# Decode over long caches splits on, up to four waves of CTAs with at least 8192 keys per split. Paired
+# runs on an H200 (2026-11-22; 4 processes per shape, cuDNN timed alternately in each) put it 0.5-1.5%
+# ahead of one wave: B=32 x 32k keys 1.010 -> 1.015 of cuDNN at 4 splits, 32 x 64k 1.001 -> 1.017,
+# 64 x 32k 1.011 -> 1.022 at 2, 8 x 128k 1.003 -> 1.015 at 16; shorter splits or more waves gained nothing
+# more. benchmark_paged's own comparison at B=32 x 32k read 1.00x either way.
 _DECODE_WAVES = 4
 _DECODE_MIN_SPLIT_KEYS = 8192
 
