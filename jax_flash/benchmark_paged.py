@@ -164,11 +164,14 @@ def auto_splits(args, batch, seqlen, page_size):
                              max_pages=-(-seqlen // page_size), page_size=page_size)
 
 
-def measure(cells, nbytes, args):
-    """[{ms, gbps, error}] of cells, [(step, make_inputs)], their repeats taken in turn (time_ms_alternating).
-    A cell that fails (out of memory, a refused shape) records its error, not raised; the others are timed."""
+def measure(cells, nbytes, args, together=True):
+    """[{ms, gbps, error}] of cells, [(step, make_inputs)], their repeats taken in turn (time_ms_alternating);
+    together=False (their inputs do not fit at once): one cell after the other. A cell that fails (out of
+    memory, a refused shape) records its error, not raised; the others are timed."""
     import jax
 
+    if not together:
+        return [measure([cell], nbytes, args)[0] for cell in cells]
     ready, results = [], []
     try:
         for step, make_inputs in cells:
@@ -237,12 +240,9 @@ def run(args):
                 if cudnn["error"] is None:
                     cells.append((cudnn_fn(), lambda: contiguous_inputs(args, batch, seqlen, dtype)))
                 alternating = too_big is None and fits(args, batch, seqlen, device, copies=len(cells)) is None
-                if alternating:
-                    for rec, result in zip((ours, cudnn), measure(cells, nbytes, args)):
+                if too_big is None:
+                    for rec, result in zip((ours, cudnn), measure(cells, nbytes, args, together=alternating)):
                         rec.update(result)
-                elif too_big is None:  # both caches do not fit at once: one after the other
-                    for rec, cell in zip((ours, cudnn), cells):
-                        rec.update(measure([cell], nbytes, args)[0])
                 ours["alternating"] = cudnn["alternating"] = alternating
                 records += [cudnn, ours]
                 print_row(ours, cudnn, copy_gbps)
@@ -269,11 +269,8 @@ def run_split_comparison(args, dtype, device):
         if too_big is None:
             cells = [(paged_fn(args.implementation, rec["num_splits"]),
                       lambda: paged_inputs(args, batch, seqlen, page_size, dtype)) for rec in recs]
-            if fits(args, batch, seqlen, device, copies=2) is None:
-                results = measure(cells, nbytes, args)
-            else:
-                results = [measure([cell], nbytes, args)[0] for cell in cells]
-            for rec, result in zip(recs, results):
+            together = fits(args, batch, seqlen, device, copies=2) is None
+            for rec, result in zip(recs, measure(cells, nbytes, args, together)):
                 rec.update(result)
         records += recs
         a, one = recs[0]["ms"], recs[1]["ms"]

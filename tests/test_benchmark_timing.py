@@ -39,3 +39,14 @@ def test_paged_smoke_times_every_cell(tmp_path):
     splits = [r for r in records if r["backend"].startswith("ours splits=")]
     assert [r["backend"] for r in splits] == ["ours splits=auto", "ours splits=1"]
     assert all(r["ms"] > 0 for r in splits)
+
+
+def test_paged_cells_that_do_not_fit_twice_are_timed_one_after_the_other(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark_paged, "fits", lambda *a, copies=1: None if copies == 1 else "too big twice")
+    out = tmp_path / "paged.json"
+    # cuDNN asked for (two cells per shape): without a GPU it records its error and ours is still timed.
+    benchmark_paged.main(["--smoke", "--implementation", "xla", "--json", str(out)])
+    records = json.loads(out.read_text())["results"]
+    ours = [r for r in records if r["backend"] == "ours"]
+    assert len(ours) == 4 and all(r["ms"] > 0 and not r["alternating"] for r in ours)
+    assert all(r["ms"] > 0 for r in records if r["backend"].startswith("ours splits="))
