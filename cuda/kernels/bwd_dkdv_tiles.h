@@ -1,5 +1,6 @@
 // The global-memory ends of the dK / dV kernels (bwd_dkdv_kernel.cuh, bwd_dkdv_kernel_sm90.cuh): one CTA's
 // resident K / V tiles, the Q / dO tiles of each (query head, query block) step, and the dK / dV rows it writes.
+// The dQ kernel (bwd_dq_kernel.cuh) loads its resident Q / dO tiles here too.
 // Loads zero-fill past the sequence and the real head dims; the destinations are shared-memory tiles of any
 // layout (one stage each).
 #pragma once

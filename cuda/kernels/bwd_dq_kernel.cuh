@@ -12,6 +12,7 @@
 
 #include "kernels/block_info.h"
 #include "kernels/bwd_copy.h"
+#include "kernels/bwd_dkdv_tiles.h"
 #include "kernels/bwd_epilogue.h"
 #include "kernels/bwd_math.h"
 #include "kernels/bwd_tile_config.h"
@@ -90,22 +91,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   };
 
   if (n_min < n_max) {
-    const Element* q = static_cast<const Element*>(params.q) +
-                       seq.q_offset(params.q_batch_stride, params.q_row_stride, bidb) +
-                       int64_t(row0) * params.q_row_stride + int64_t(bidh) * params.q_head_stride;
-    const Element* dout = static_cast<const Element*>(params.dout) +
-                          seq.q_offset(params.dout_batch_stride, params.dout_row_stride, bidb) +
-                          int64_t(row0) * params.dout_row_stride + int64_t(bidh) * params.dout_head_stride;
-    Tensor gQ = make_tensor(make_gmem_ptr(q), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                            make_stride(params.q_row_stride, _1{}));
-    Tensor gDo = make_tensor(make_gmem_ptr(dout), Shape<Int<kBlockM>, Int<kHeadDimV>>{},
-                             make_stride(params.dout_row_stride, _1{}));
-    load_tile_zfill<true>(gmem_copy_qk, gmem_thr_qk.partition_S(gQ), gmem_thr_qk.partition_D(sQ),
-                    gmem_thr_qk.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{})),
-                    rows_left, params.head_dim);
-    load_tile_zfill<true>(gmem_copy_v, gmem_thr_v.partition_S(gDo), gmem_thr_v.partition_D(sDo),
-                    gmem_thr_v.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDimV>>{})),
-                    rows_left, params.head_dim_v);
+    load_q_do_tiles<Cfg, /*kSkipChecksOnWholeTiles=*/false>(params, seq, bidb, bidh, m_block, sQ, sDo, tid);
     load_k_v(n_min, 0);
     cp_async_fence();
   }
