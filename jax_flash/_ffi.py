@@ -140,12 +140,14 @@ def attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, s
 
 
 def paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits: int,
-              max_seqlen_q=None):
+              max_seqlen_q=None, split_halving: bool = False):
     """Attention of new queries over a paged KV cache (forward only).
 
     q (B, Sq, Hq, D), or (Tq, Hq, D) with cu_seqlens_q (B + 1,) int32; k_cache (P, page_size, Hk, D),
     v_cache (P, page_size, Hk, Dv); page_table (B, max_pages) int32; cache_seqlens (B,) int32.
-    num_splits >= 1: the key range of each query tile is split this many ways and combined in fp32.
+    num_splits >= 1: the key range of each query tile is split this many ways and combined in fp32, in
+    equal parts or, with split_halving (num_splits <= 16), in parts that halve: 1/2, 1/4, ..., the last two
+    equal (see PagedFwdParams::split_halving).
     Returns out like q with Dv, lse (B, Hq, Sq) or (Hq, Tq) float32.
     """
     _registered()
@@ -162,7 +164,7 @@ def paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, conf
     split = num_splits > 1
     out_types += [jax.ShapeDtypeStruct((num_splits, rows, hq, dv) if split else (1,), jnp.float32),
                   jax.ShapeDtypeStruct((num_splits, rows, hq) if split else (1,), jnp.float32)]
-    attributes = dict(_attributes(config), num_splits=np.int32(num_splits))
+    attributes = dict(_attributes(config), num_splits=np.int32(num_splits), split_halving=np.bool_(split_halving))
     if cu_seqlens_q is None:
         call = jax.ffi.ffi_call(PAGED_FWD_TARGET, out_types, vmap_method="sequential")
         out, lse, _, _ = call(q, k_cache, v_cache, page_table, cache_seqlens, **attributes)

@@ -9,14 +9,15 @@ Decode: one new query per sequence, q (B, 1, Hq, D), every sequence's cache full
 of each sequence scattered over the pool in random order. A decode step streams the keys and values once,
 so it is bound by memory bandwidth; GB/s counts the keys and values read, B * S * Hk * (D + Dv) * bytes per
 element / time (q, out and the page table are noise beside them). Columns:
-  ours       paged_attention, num_splits chosen from static shapes (the "splits" column)
+  ours       paged_attention, its split plan chosen from static shapes (the "splits" column: 4 equal
+             parts, or 7h: 7 halving ones)
   copy       the device's copy bandwidth: an elementwise op over --copy-gib GiB, read + write bytes / time
   cudnn      jax.nn.dot_product_attention(q, k, v, implementation="cudnn") with k, v (B, S, Hk, D)
              contiguous: the same shapes and bytes, no page table
   ours/copy  the fraction of the copy bandwidth ours reaches; ours/cudnn the bandwidth ratio (> 1: ours faster)
 Ours and cuDNN are timed side by side for each page size, their repeats in turn (a shape marked ~ did not fit
 twice in memory and was timed one after the other). Then, for --split-shapes, ours at num_splits=1 beside the
-automatic count, timed the same way.
+automatic plan, timed the same way.
 
 Shapes whose caches do not fit in device memory, and cells where a backend fails (cuDNN refusing a shape),
 print n/a with the reason below the table. jax and jax_flash's kernels are imported only once the arguments
@@ -157,11 +158,17 @@ def cudnn_fn():
 
 
 def auto_splits(args, batch, seqlen, page_size):
-    from jax_flash.ops import choose_num_splits
+    """The automatic split plan (jax_flash.ops.SplitPlan) of a decode step."""
+    from jax_flash.ops import choose_split_plan
 
     hq, hk = args.heads
-    return choose_num_splits(batch=batch, seqlen_q=1, num_heads_q=hq, num_heads_k=hk,
+    return choose_split_plan(batch=batch, seqlen_q=1, num_heads_q=hq, num_heads_k=hk,
                              max_pages=-(-seqlen // page_size), page_size=page_size)
+
+
+def splits_label(num_splits, halving):
+    """"4" for 4 equal parts, "7h" for 7 halving ones."""
+    return f"{num_splits}{'h' if halving else ''}"
 
 
 def measure(cells, nbytes, args, together=True):
@@ -230,9 +237,9 @@ def run(args):
             base = dict(batch=batch, seqlen=seqlen, heads_q=hq, heads_k=hk, d=args.d, dtype=args.dtype,
                         bytes=nbytes)
             for page_size in args.page_sizes:
-                splits = auto_splits(args, batch, seqlen, page_size)
-                ours = dict(base, backend="ours", page_size=page_size, num_splits=splits, ms=None, gbps=None,
-                            error=too_big)
+                plan = auto_splits(args, batch, seqlen, page_size)
+                ours = dict(base, backend="ours", page_size=page_size, num_splits=plan.num_splits,
+                            split_halving=plan.halving, ms=None, gbps=None, error=too_big)
                 cudnn = dict(base, backend="cudnn", page_size=page_size, ms=None, gbps=None,
                              error="skipped (--no-cudnn)" if args.no_cudnn else too_big)
                 cells = [(paged_fn(args.implementation, None),
@@ -264,17 +271,18 @@ def run_split_comparison(args, dtype, device):
         too_big = fits(args, batch, seqlen, device)
         auto = auto_splits(args, batch, seqlen, page_size)
         recs = [dict(batch=batch, seqlen=seqlen, page_size=page_size, heads_q=hq, heads_k=hk, d=args.d,
-                     dtype=args.dtype, bytes=nbytes, backend=f"ours splits={label}", num_splits=splits, ms=None,
-                     gbps=None, error=too_big) for label, splits in (("auto", auto), ("1", 1))]
+                     dtype=args.dtype, bytes=nbytes, backend=f"ours splits={label}", num_splits=splits,
+                     split_halving=halving, ms=None, gbps=None, error=too_big)
+                for label, splits, halving in (("auto", auto.num_splits, auto.halving), ("1", 1, False))]
         if too_big is None:
-            cells = [(paged_fn(args.implementation, rec["num_splits"]),
-                      lambda: paged_inputs(args, batch, seqlen, page_size, dtype)) for rec in recs]
+            cells = [(paged_fn(args.implementation, given),
+                      lambda: paged_inputs(args, batch, seqlen, page_size, dtype)) for given in (None, 1)]
             together = fits(args, batch, seqlen, device, copies=2) is None
             for rec, result in zip(recs, measure(cells, nbytes, args, together)):
                 rec.update(result)
         records += recs
         a, one = recs[0]["ms"], recs[1]["ms"]
-        print(SPLIT_COLUMNS.format(f"{batch},{seqlen},{page_size}", auto, _ms(a), _ms(one),
+        print(SPLIT_COLUMNS.format(f"{batch},{seqlen},{page_size}", splits_label(*auto), _ms(a), _ms(one),
                                    f"{one / a:.2f}x" if a and one else "n/a"), flush=True)
     return records
 
@@ -299,13 +307,13 @@ def _gbps(x):
 
 
 def print_row(ours, cudnn, copy_gbps):
-    def ratio(a, b):
-        return f"{a / b:.2f}" if a and b else "n/a"
+    def ratio(a, b, digits=2):
+        return f"{a / b:.{digits}f}" if a and b else "n/a"
 
     shape = f"{ours['batch']},{ours['seqlen']},{ours['page_size']}" + ("" if ours["alternating"] else " ~")
-    print(COLUMNS.format(shape, ours["num_splits"], _ms(ours["ms"]), _gbps(ours["gbps"]),
-                         ratio(ours["gbps"], copy_gbps), _ms(cudnn["ms"]), _gbps(cudnn["gbps"]),
-                         ratio(ours["gbps"], cudnn["gbps"])), flush=True)
+    splits = splits_label(ours["num_splits"], ours["split_halving"])
+    print(COLUMNS.format(shape, splits, _ms(ours["ms"]), _gbps(ours["gbps"]), ratio(ours["gbps"], copy_gbps),
+                         _ms(cudnn["ms"]), _gbps(cudnn["gbps"]), ratio(ours["gbps"], cudnn["gbps"], 3)), flush=True)
 
 
 def main(argv=None):

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 import jax_flash
+from jax_flash.ops import SplitPlan
 from gpu_harness import assert_same_bits_under_command_buffers, poison_device_memory
 from gpu_subprocess_paged import run as run_trials
-from paged_harness import (FACTORS, IMPL, INT32_MAX, INT32_MIN, Layout, assert_bitwise, case_id, case_layout,
-                           check_case, clamped_equivalent, make_inputs, pages_needed, paginate, pairwise_cases,
-                           random_array, reference_and_naive, run_case, run_ours)
+from paged_harness import (FACTORS, IMPL, INT32_MAX, INT32_MIN, STATIC, Layout, assert_bitwise, attention_fn,
+                           case_id, case_layout, check_case, clamped_equivalent, make_inputs, pages_needed, paginate,
+                           pairwise_cases, random_array, reference_and_naive, run_case, run_ours)
 
 gpu = pytest.mark.gpu
 
@@ -51,6 +52,35 @@ SPLIT_CASES = [
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=[case_id(c) for c in SPLIT_CASES])
 def test_splits_that_see_no_key(case):
     run_case(case)
+
+
+# Halving splits (1/2, 1/4, ..., the last two equal; the automatic plan for decode over a wave of CTAs and a
+# long cache) forced on every query mode: lengths from 1 to the capacity, windows that leave most parts
+# without a key, more parts than key blocks, the 16-part maximum, packed queries.
+HALVING_CASES = [
+    _case(queries="decode", heads=(32, 8), page_size=128, capacity=8192, num_splits=7),
+    _case(queries="decode", window=(16, 0), num_splits=16, capacity=4096),
+    _case(queries="decode", num_splits=16, capacity=256, page_size=8, heads=(8, 1), softcap=30.0),
+    _case(queries="multi", window=(32, 32), num_splits=8, capacity=4096, page_size=128, heads=(14, 2)),
+    _case(queries="chunked", causal=False, window=(64, 0), num_splits=5, capacity=3000, dtype="float16",
+          table="shared", page_size=64),
+]
+
+
+@gpu
+@pytest.mark.parametrize("case", HALVING_CASES, ids=[case_id(c) for c in HALVING_CASES])
+def test_halving_splits(case, monkeypatch):
+    plan = SplitPlan(case["num_splits"], halving=True)
+    monkeypatch.setattr(jax_flash.ops.paged, "choose_split_plan", lambda **kw: plan)
+    step = jax.jit(attention_fn, static_argnames=STATIC)  # a cache of its own: the plan is not an argument
+    layout = case_layout(case)
+    inputs = make_inputs(case, layout, seed=0)
+    poison_device_memory()
+    ours = run_ours(case, layout, inputs, num_splits=None, step=step)
+    ref, naive = reference_and_naive(case, layout, inputs)
+    check_case(ours, ref, naive, layout, case)
+    poison_device_memory()
+    assert_bitwise(ours, run_ours(case, layout, inputs, num_splits=None, step=step), "a second run")
 
 
 # 128k-token caches: the automatic split count at its cap, and one split walking the whole cache.

@@ -9,7 +9,7 @@ import pytest
 
 import jax_flash
 from jax_flash import _ffi, reference
-from jax_flash.ops import choose_num_splits
+from jax_flash.ops import SplitPlan, choose_num_splits, choose_split_plan
 
 
 def _args(b=2, sq=3, hq=4, hk=2, d=16, dv=16, pages=10, page_size=8, max_pages=4, dtype=jnp.float16):
@@ -141,39 +141,50 @@ def test_explicit_xla_never_asks_for_the_kernels(monkeypatch):
     jax_flash.paged_attention(**_args(), implementation="xla")
 
 
+H = SplitPlan  # halving parts below; SplitPlan(n) is n equal parts
+
+
 @pytest.mark.parametrize("kw, want", [
     # The examples: 32k tokens of cache, GQA 4 (32 query heads on 8 kv heads), decode. B=32: 256
-    # CTAs fill one wave; long-cache decode splits on to 4 waves (1024 CTAs of 8192 keys).
-    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 4),
-    (dict(batch=1, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 33),
-    (dict(batch=128, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), 1),
-    # Decode waves: 64 CTAs x 16 = 1024 (128k keys: 8192 per split); 512 x 2 = 1024; 16k keys: 2 splits of
-    # 8192; 8k keys: no split; multi-token decode (Sq * G = 16 rows) like Sq = 1.
-    (dict(batch=8, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=1024, page_size=128), 16),
-    (dict(batch=64, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), 2),
-    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=128, page_size=128), 2),
-    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=64, page_size=128), 1),
-    (dict(batch=32, seqlen_q=4, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), 4),
+    # CTAs, a wave: halving parts down to 512 keys, 1 + log2(32768 / 512) = 7. B=1: 8 CTAs, 33 equal parts.
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), H(7, True)),
+    (dict(batch=1, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), H(33)),
+    (dict(batch=128, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=2048, page_size=16), H(7, True)),
+    # Halving needs 7/8 of a wave (231 CTAs) and 32k keys (an 8k or 16k cache keeps the waves below); it
+    # stops at 8 parts.
+    (dict(batch=33, seqlen_q=1, num_heads_q=7, num_heads_k=7, max_pages=256, page_size=128), H(7, True)),
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=4095, page_size=8), H(3)),
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=64, page_size=128), H(1)),
+    (dict(batch=128, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=64, page_size=128), H(1)),
+    (dict(batch=32, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=1024, page_size=128), H(8, True)),
+    # Fewer CTAs: decode waves, 64 CTAs x 16 = 1024 (128k keys: 8192 per split); 224 CTAs x 4 (32k keys).
+    (dict(batch=8, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=1024, page_size=128), H(16)),
+    (dict(batch=32, seqlen_q=1, num_heads_q=7, num_heads_k=7, max_pages=256, page_size=128), H(4)),
+    # Multi-token decode (Sq * G = 16 rows) like Sq = 1.
+    (dict(batch=32, seqlen_q=4, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), H(7, True)),
     # Not decode (Sq * G = 20 rows): one wave only.
-    (dict(batch=32, seqlen_q=5, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), 1),
+    (dict(batch=32, seqlen_q=5, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=128), H(1)),
     # One CTA in all: capped at 64 splits.
-    (dict(batch=1, seqlen_q=1, num_heads_q=1, num_heads_k=1, max_pages=1024, page_size=64), 64),
+    (dict(batch=1, seqlen_q=1, num_heads_q=1, num_heads_k=1, max_pages=1024, page_size=64), H(64)),
     # Short cache: each split keeps at least 4 key blocks (8 blocks -> 2 splits; 3 blocks -> 1).
-    (dict(batch=1, seqlen_q=1, num_heads_q=8, num_heads_k=8, max_pages=32, page_size=16), 2),
-    (dict(batch=1, seqlen_q=1, num_heads_q=8, num_heads_k=8, max_pages=12, page_size=16), 1),
+    (dict(batch=1, seqlen_q=1, num_heads_q=8, num_heads_k=8, max_pages=32, page_size=16), H(2)),
+    (dict(batch=1, seqlen_q=1, num_heads_q=8, num_heads_k=8, max_pages=12, page_size=16), H(1)),
     # Query tiles of prefill: B * ceil(Sq * G / 64) * Hk = 2 * 8 * 8 = 128 CTAs -> 2 splits; 2048 CTAs -> 1.
-    (dict(batch=2, seqlen_q=128, num_heads_q=32, num_heads_k=8, max_pages=512, page_size=64), 2),
-    (dict(batch=8, seqlen_q=512, num_heads_q=32, num_heads_k=8, max_pages=512, page_size=64), 1),
-    # Packed: ceil(Tq * G / 64) + B tiles = ceil(4 * 4 / 64) + 4 = 5 -> 40 CTAs -> 264 // 40 = 6.
-    (dict(batch=4, seqlen_q=4, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), 6),
-    (dict(batch=4, seqlen_q=0, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), 8),
+    (dict(batch=2, seqlen_q=128, num_heads_q=32, num_heads_k=8, max_pages=512, page_size=64), H(2)),
+    (dict(batch=8, seqlen_q=512, num_heads_q=32, num_heads_k=8, max_pages=512, page_size=64), H(1)),
+    # Packed: ceil(Tq * G / 64) + B tiles = ceil(4 * 4 / 64) + 4 = 5 -> 40 CTAs -> 264 // 40 = 6; packed
+    # queries never halve.
+    (dict(batch=4, seqlen_q=4, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), H(6)),
+    (dict(batch=4, seqlen_q=0, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64, packed=True), H(8)),
+    (dict(batch=64, seqlen_q=64, num_heads_q=8, num_heads_k=8, max_pages=256, page_size=64, packed=True), H(1)),
     # No work at all (empty q): one split.
-    (dict(batch=4, seqlen_q=0, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64), 1),
-    (dict(batch=4, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=0, page_size=64), 1),
+    (dict(batch=4, seqlen_q=0, num_heads_q=32, num_heads_k=8, max_pages=256, page_size=64), H(1)),
+    (dict(batch=4, seqlen_q=1, num_heads_q=32, num_heads_k=8, max_pages=0, page_size=64), H(1)),
 ])
-def test_choose_num_splits(kw, want):
-    assert choose_num_splits(**kw) == want
-    assert jax_flash.ops.paged.choose_num_splits is choose_num_splits
+def test_choose_split_plan(kw, want):
+    assert choose_split_plan(**kw) == want
+    assert choose_num_splits(**kw) == want.num_splits
+    assert jax_flash.ops.paged.choose_split_plan is choose_split_plan
 
 
 def _layered(layers=3, packed=False):

@@ -21,9 +21,9 @@ B, HQ, HK, D, DV, PAGE, MAX_PAGES, NUM_PAGES = 2, 4, 2, 16, 8, 64, 256, 20
 
 
 def fake_paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits,
-                   max_seqlen_q=None):
+                   max_seqlen_q=None, split_halving=False):
     CALLS.append(dict(q_shape=q.shape, cu_seqlens_q=cu_seqlens_q, config=config, num_splits=num_splits,
-                      max_seqlen_q=max_seqlen_q))
+                      max_seqlen_q=max_seqlen_q, split_halving=split_halving))
     return reference.paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q=cu_seqlens_q,
                                      causal=False, window=config.window, softcap=config.softcap,
                                      scale=config.scale, return_lse=True)
@@ -78,7 +78,30 @@ def test_packed_call_passes_offsets_and_the_static_bound():
 @pytest.mark.parametrize("num_splits", [1, 5, 256])
 def test_given_num_splits_is_honoured(num_splits):
     jax_flash.paged_attention(*_inputs(sq=1), num_splits=num_splits)
-    assert CALLS[-1]["num_splits"] == num_splits
+    assert CALLS[-1]["num_splits"] == num_splits and not CALLS[-1]["split_halving"]
+
+
+def test_decode_over_a_wave_of_ctas_gets_halving_splits(monkeypatch):
+    # 120 sequences x 2 kv heads = 240 CTAs (7/8 of a wave or more). 512 pages of 32 slots = 16k keys: the
+    # decode waves' equal parts (2); 1024 pages = 32k keys: 7 halving parts. Explicit counts stay equal.
+    # (A zero-answering fake: the reference over such tables is beside the point here.)
+    def record(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits, max_seqlen_q=None,
+               split_halving=False):
+        CALLS.append(dict(num_splits=num_splits, split_halving=split_halving))
+        return jnp.zeros(q.shape[:-1] + v_cache.shape[-1:], q.dtype), jnp.zeros((q.shape[0], HQ, 1), jnp.float32)
+
+    monkeypatch.setattr(_ffi, "paged_fwd", record)
+    batch, page = 120, 32
+    q = jnp.zeros((batch, 1, HQ, D), jnp.bfloat16)
+    k_cache = jnp.zeros((NUM_PAGES, page, HK, D), jnp.bfloat16)
+    v_cache = jnp.zeros((NUM_PAGES, page, HK, DV), jnp.bfloat16)
+    lengths = jnp.full((batch,), 100, jnp.int32)
+    for max_pages, want in [(512, (2, False)), (1024, (7, True))]:
+        table = jnp.zeros((batch, max_pages), jnp.int32)
+        jax_flash.paged_attention(q, k_cache, v_cache, table, lengths)
+        assert (CALLS[-1]["num_splits"], CALLS[-1]["split_halving"]) == want
+        jax_flash.paged_attention(q, k_cache, v_cache, table, lengths, num_splits=5)
+        assert (CALLS[-1]["num_splits"], CALLS[-1]["split_halving"]) == (5, False)
 
 
 @pytest.mark.parametrize("kw, window, softcap, scale", [

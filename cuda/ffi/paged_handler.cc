@@ -21,7 +21,8 @@ ffi::Error run_paged(cudaStream_t stream, bool packed, ffi::AnyBuffer q, ffi::An
                      ffi::AnyBuffer v_cache, ffi::Buffer<ffi::S32> page_table, ffi::Buffer<ffi::S32> cache_seqlens,
                      const ffi::Buffer<ffi::S32>* cu_seqlens_q, ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse,
                      ffi::Buffer<ffi::F32> out_partial, ffi::Buffer<ffi::F32> lse_partial, float scale,
-                     float softcap, int32_t window_left, int32_t window_right, int32_t num_splits) {
+                     float softcap, int32_t window_left, int32_t window_right, int32_t num_splits,
+                     bool split_halving) {
   Bshd qs, ks, vs;
   DType dtype, k_dtype, v_dtype;
   if (auto e = decode_bshd(q, "q", packed, &qs)) return *std::move(e);
@@ -54,6 +55,10 @@ ffi::Error run_paged(cudaStream_t stream, bool packed, ffi::AnyBuffer q, ffi::An
     return invalid("sizes beyond int32");
   }
   if (num_splits < 1) return invalid("num_splits must be >= 1");
+  if (split_halving && num_splits > kMaxHalvingSplits) {
+    return invalid("halving splits: num_splits " + std::to_string(num_splits) + " above " +
+                   std::to_string(kMaxHalvingSplits));
+  }
 
   PagedFwdParams params{};
   params.q = q.untyped_data();
@@ -84,6 +89,7 @@ ffi::Error run_paged(cudaStream_t stream, bool packed, ffi::AnyBuffer q, ffi::An
   params.max_pages = static_cast<int>(max_pages);
   params.cache_seqlens = cache_seqlens.typed_data();
   params.num_splits = num_splits;
+  params.split_halving = split_halving;
   if (!attn_supported(dtype, params.head_dim, params.head_dim_v)) {
     return invalid("this build has no kernel for head_dim " + std::to_string(params.head_dim) + ", head_dim_v " +
                    std::to_string(params.head_dim_v));
@@ -123,9 +129,10 @@ ffi::Error PagedFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k_
                         ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                         ffi::Result<ffi::Buffer<ffi::F32>> out_partial,
                         ffi::Result<ffi::Buffer<ffi::F32>> lse_partial, float scale, float softcap,
-                        int32_t window_left, int32_t window_right, int32_t num_splits) {
+                        int32_t window_left, int32_t window_right, int32_t num_splits, bool split_halving) {
   return run_paged(stream, /*packed=*/false, q, k_cache, v_cache, page_table, cache_seqlens, nullptr, *out, *lse,
-                   *out_partial, *lse_partial, scale, softcap, window_left, window_right, num_splits);
+                   *out_partial, *lse_partial, scale, softcap, window_left, window_right, num_splits,
+                   split_halving);
 }
 
 // max_seqlen_q is part of the call (each value has its own executable) but never sizes work.
@@ -135,10 +142,12 @@ ffi::Error PagedVarlenFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuf
                               ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                               ffi::Result<ffi::Buffer<ffi::F32>> out_partial,
                               ffi::Result<ffi::Buffer<ffi::F32>> lse_partial, float scale, float softcap,
-                              int32_t window_left, int32_t window_right, int32_t num_splits, int32_t max_seqlen_q) {
+                              int32_t window_left, int32_t window_right, int32_t num_splits, bool split_halving,
+                              int32_t max_seqlen_q) {
   (void)max_seqlen_q;
   return run_paged(stream, /*packed=*/true, q, k_cache, v_cache, page_table, cache_seqlens, &cu_seqlens_q, *out,
-                   *lse, *out_partial, *lse_partial, scale, softcap, window_left, window_right, num_splits);
+                   *lse, *out_partial, *lse_partial, scale, softcap, window_left, window_right, num_splits,
+                   split_halving);
 }
 
 }  // namespace
@@ -160,7 +169,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<float>("softcap")          // 0 = none
         .Attr<int32_t>("window_left")    // -1 = unbounded
         .Attr<int32_t>("window_right")   // -1 = unbounded; causal is 0
-        .Attr<int32_t>("num_splits"),
+        .Attr<int32_t>("num_splits")
+        .Attr<bool>("split_halving"),    // halving splits (PagedFwdParams::split_halving), else equal
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -182,6 +192,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<int32_t>("window_left")
         .Attr<int32_t>("window_right")
         .Attr<int32_t>("num_splits")
+        .Attr<bool>("split_halving")
         .Attr<int32_t>("max_seqlen_q"),
     {ffi::Traits::kCmdBufferCompatible});
 

@@ -65,11 +65,39 @@ struct PagedSeqInfo {
   }
 };
 
+// Split of this CTA. Dense grid z: (sequence, split) pairs, sequence-major with equal splits, split-major with
+// halving ones (every sequence's biggest split launches first); packed grid z: the split.
+__device__ __forceinline__ int paged_split_of_cta(const PagedFwdParams& p) {
+  if (p.packed()) return int(blockIdx.z);
+  return p.split_halving ? int(blockIdx.z) / p.batch : int(blockIdx.z) % p.num_splits;
+}
+
+// Key blocks [begin, end) of split `split` among the n = n_max - n_min visible ones. Equal parts, or halving:
+// split s < num_splits - 1 ends where ceil(n / 2^(s + 1)) blocks remain, and the last split takes those.
+__device__ __forceinline__ void paged_split_blocks(const PagedFwdParams& p, int split, int n_min, int n_max,
+                                                   int& begin, int& end) {
+  const int n = max(n_max - n_min, 0);
+  if (p.split_halving) {
+    auto left_after = [&](int s) {  // blocks after split s
+      return s + 1 >= p.num_splits ? 0 : int((int64_t(n) + (int64_t(1) << (s + 1)) - 1) >> (s + 1));
+    };
+    begin = n_max - (split == 0 ? n : left_after(split - 1));
+    end = n_max - left_after(split);
+  } else {
+    const int per_split = ceil_div(n, p.num_splits);
+    begin = min(n_min + split * per_split, n_max);
+    end = min(begin + per_split, n_max);
+  }
+}
+
 // The (sequence, row block) of this CTA. Dense grid: (row blocks, Hk, B * num_splits). Packed grid:
 // (ceil(Tq * kv_group / kBlockM) + B, Hk, num_splits), mapped to tiles by the lengths on the device.
 template <int kBlockM>
 __device__ TileCoord schedule_paged_tile(const PagedFwdParams& p) {
-  if (!p.packed()) return {int(blockIdx.z) / p.num_splits, int(blockIdx.x)};
+  if (!p.packed()) {
+    const int z = int(blockIdx.z);
+    return {p.split_halving ? z % p.batch : z / p.num_splits, int(blockIdx.x)};
+  }
   __shared__ TileCoord shared_coord;
   if (threadIdx.x < 32) {
     const TileCoord coord =
@@ -164,7 +192,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   if (tile.bidb < 0) return;
   const int bidb = tile.bidb;
   const int bidhk = blockIdx.y;
-  const int split = params.packed() ? int(blockIdx.z) : int(blockIdx.z) % params.num_splits;
+  const int split = paged_split_of_cta(params);
   const int tidx = threadIdx.x;
   const int warp = tidx / 32;
   const int group = params.kv_group;
@@ -179,11 +207,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
 
   // This split's share of the key blocks any row of the tile can see, last block first.
   const AttnMask mask(seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right);
-  int n_min, n_max;
+  int n_min, n_max, n_begin, n_end;
   mask.n_block_range_of_rows<kBlockN>(query_first, query_last, n_min, n_max);
-  const int per_split = ceil_div(n_max - n_min, params.num_splits);
-  const int n_begin = min(n_min + split * per_split, n_max);
-  const int n_end = min(n_begin + per_split, n_max);
+  paged_split_blocks(params, split, n_min, n_max, n_begin, n_end);
   const int n_tiles = n_end - n_begin;
   auto tile_fully_visible = [&](int n_block) {
     const int key_first = n_block * kBlockN;

@@ -78,6 +78,9 @@ struct AttnBwdParams : AttnFwdParams {
 // or packed THD with cu_seqlens_q; seqused_q / cu_seqlens_k / seqused_k are null) and the per-token / per-head
 // strides of the caches: k points at k_cache (num_pages, page_size, Hk, D), k_row_stride steps one token
 // inside a page, k_head_stride one head; likewise v. seqlen_k is the table's capacity max_pages * page_size.
+// Most splits of a halving split schedule (PagedFwdParams::split_halving): the last ones are 1/2^15 of a range.
+constexpr int kMaxHalvingSplits = 16;
+
 struct PagedFwdParams : AttnFwdParams {
   int64_t k_page_stride, v_page_stride;  // elements between consecutive pages
   int num_pages, page_size;
@@ -93,6 +96,11 @@ struct PagedFwdParams : AttnFwdParams {
   // LSEs go to out_partial (num_splits, rows, Hq, Dv) / lse_partial (num_splits, rows, Hq), rows = B * Sq or
   // Tq; a combine kernel merges them. num_splits == 1: the kernel writes out / lse itself (partials null).
   int num_splits;
+  // Halving splits (split_halving, decode over long caches): split s < num_splits - 1 takes half of the keys
+  // the splits before it left, the last split the rest; the grid lists every sequence's split 0 first, so the
+  // big parts run first and the small ones fill the slots that free up at different times (SMs stream at
+  // different rates). Otherwise the parts are equal. At most kMaxHalvingSplits splits.
+  bool split_halving;
   float* __restrict__ out_partial;
   float* __restrict__ lse_partial;
 };

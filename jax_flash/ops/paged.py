@@ -8,6 +8,7 @@ the "cuda" path fails in jax.ffi.ffi_call, which has no JVP rule.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
@@ -26,6 +27,19 @@ _MAX_AUTO_SPLITS = 64
 # more. benchmark_paged's own comparison at B=32 x 32k read 1.00x either way.
 _DECODE_WAVES = 4
 _DECODE_MIN_SPLIT_KEYS = 8192
+# Decode with a wave of (sequence, kv head) CTAs or more (at least 7/8 of _TARGET_CTAS) over caches of 32k
+# keys or more splits in halving parts instead: 1/2, 1/4, ..., the last two equal, down to 512 keys and at
+# most 8 parts, every sequence's biggest part launched first. Why: equal parts end together, and the SMs
+# stream at different rates (per-CTA timestamps on an H200, B=32 x 32k, one split: CTAs on the slowest SMs
+# ended 55 us after those on the fastest, the two CTAs on one SM correlated at 0.96), so the GPU drained for
+# the last ~50 us; with halving parts the small ones fill the SMs that finish early. Per-call time on the
+# GPU timeline (CUPTI), H200, 2026-11-22, against cuDNN's: B=32 x 32k 1.006 (7 parts) where 4 equal ones
+# read 1.000, 64 x 32k 1.019 (2 equal: 1.013), 32 x 128k 1.010 (4 equal: 1.003); but 8k caches lost (32 x 8k
+# 0.964 with 5 parts against 1.003 unsplit, 128 x 8k 0.992 against 1.007), hence the 32k floor.
+_HALVING_MIN_CTAS_EIGHTHS = 7
+_HALVING_MIN_KEYS = 32768
+_HALVING_MIN_LAST_KEYS = 512
+_HALVING_MAX_SPLITS = 8
 
 
 def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, max_seqlen_q=None,
@@ -50,8 +64,9 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
       causal: mask keys after each query's position (default True). Masks are bottom-right aligned per
         sequence: query i of a sequence with sq queries sits at key position i + seqlen_k - sq.
       window, softcap, scale: as in flash_attention.
-      num_splits: None (choose_num_splits) or a static int in [1, 256]: the kernel splits each query
-        tile's key range this many ways and combines the parts in fp32. Ignored by the reference.
+      num_splits: None (choose_split_plan) or a static int in [1, 256]: the kernel splits each query
+        tile's key range into this many equal parts and combines them in fp32. The automatic choice may
+        use halving parts for decode over long caches. Ignored by the reference.
       return_lse: also return the log-sum-exp, (B, Hq, Sq) or packed (Hq, Tq) float32.
       implementation: "cuda", "xla" (the reference) or None (cuda when available), as in flash_attention.
 
@@ -69,27 +84,43 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
                                              cu_seqlens_q=cu_seqlens_q, causal=False, window=config.window,
                                              softcap=config.softcap, scale=config.scale, return_lse=True)
     else:
+        plan = SplitPlan(num_splits)
         if num_splits is None:
             packed = cu_seqlens_q is not None
-            num_splits = choose_num_splits(
+            plan = choose_split_plan(
                 batch=page_table.shape[0], seqlen_q=q.shape[0] if packed else q.shape[1],
                 num_heads_q=q.shape[-2], num_heads_k=k_cache.shape[2], max_pages=page_table.shape[1],
                 page_size=k_cache.shape[1], packed=packed)
         out, lse = _ffi.paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config,
-                                  num_splits, max_seqlen_q)
+                                  plan.num_splits, max_seqlen_q, split_halving=plan.halving)
     return (out, lse) if return_lse else out
+
+
+class SplitPlan(NamedTuple):
+    """How the paged kernel splits each query tile's key range: num_splits parts, equal, or halving (1/2,
+    1/4, ..., the last two equal; see _HALVING_MIN_CTAS_EIGHTHS)."""
+    num_splits: int
+    halving: bool = False
 
 
 def choose_num_splits(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_k: int, max_pages: int,
                       page_size: int, packed: bool = False) -> int:
-    """Split-KV factor for the paged kernel, from static shapes only (the same shapes always launch the
+    """The number of parts of choose_split_plan."""
+    return choose_split_plan(batch=batch, seqlen_q=seqlen_q, num_heads_q=num_heads_q, num_heads_k=num_heads_k,
+                             max_pages=max_pages, page_size=page_size, packed=packed).num_splits
+
+
+def choose_split_plan(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_k: int, max_pages: int,
+                      page_size: int, packed: bool = False) -> SplitPlan:
+    """Split-KV plan for the paged kernel, from static shapes only (the same shapes always launch the
     same grid).
 
     seqlen_q is Sq for dense q, or Tq (total packed rows) with packed=True. The query heads of one kv head
     are packed along rows, so a CTA covers PAGED_BLOCK_M (query, head) rows of one kv head; splitting the
     key range raises the CTA count towards two per SM without passing it, while keeping each split at least
     4 key blocks long (the combine costs a pass over fp32 partials) and at most 64 splits. Decode over long
-    caches (see _DECODE_WAVES) splits further, up to four such waves of CTAs.
+    caches (see _DECODE_WAVES) splits further, up to four such waves of CTAs, or, with a wave of CTAs
+    already, into halving parts (see _HALVING_MIN_CTAS_EIGHTHS).
     """
     group = num_heads_q // num_heads_k
     if packed:
@@ -100,16 +131,20 @@ def choose_num_splits(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_
     ctas = m_tiles * num_heads_k
     n_blocks = math.ceil(max_pages * page_size / _ffi.PAGED_BLOCK_N)
     if ctas == 0:
-        return 1
+        return SplitPlan(1)
     # Whole waves only: rounding up overshoots into a nearly empty second wave (H100, B=8 decode, 32k cache:
     # 64 CTAs x 5 splits = 320 for 264 slots took 0.600 ms, x 4 splits 0.379 ms).
     one_wave = min(_TARGET_CTAS // ctas, max(n_blocks // 4, 1), _MAX_AUTO_SPLITS)
     decode = not packed and seqlen_q * group <= 16  # the split-key decode kernel (cuda/host/paged_launch.cuh)
     if not decode:
-        return max(1, one_wave)
-    waves = min(_DECODE_WAVES * _TARGET_CTAS // ctas, max_pages * page_size // _DECODE_MIN_SPLIT_KEYS,
-                _MAX_AUTO_SPLITS)
-    return max(1, one_wave, waves)
+        return SplitPlan(max(1, one_wave))
+    capacity = max_pages * page_size
+    if ctas * 8 >= _TARGET_CTAS * _HALVING_MIN_CTAS_EIGHTHS and capacity >= _HALVING_MIN_KEYS:
+        # n parts leave 1 / 2^(n - 1) of the keys to each of the last two: at least 512 keys of a full cache.
+        parts = (capacity // _HALVING_MIN_LAST_KEYS).bit_length()
+        return SplitPlan(min(parts, _HALVING_MAX_SPLITS), halving=True)
+    waves = min(_DECODE_WAVES * _TARGET_CTAS // ctas, capacity // _DECODE_MIN_SPLIT_KEYS, _MAX_AUTO_SPLITS)
+    return SplitPlan(max(1, one_wave, waves))
 
 
 def paged_kv_update(k_cache, v_cache, k_new, v_new, page_table, cache_seqlens, *, cu_seqlens_new=None):
