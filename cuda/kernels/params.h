@@ -74,13 +74,13 @@ struct AttnBwdParams : AttnFwdParams {
   bool deterministic;  // bitwise-repeatable gradients
 };
 
+// Most splits of a halving split schedule (PagedFwdParams::split_halving): the last ones are 1/2^15 of a range.
+constexpr int kMaxHalvingSplits = 16;
+
 // New queries over a paged KV cache (forward only). The AttnFwdParams part describes q, out, lse (dense BSHD,
 // or packed THD with cu_seqlens_q; seqused_q / cu_seqlens_k / seqused_k are null) and the per-token / per-head
 // strides of the caches: k points at k_cache (num_pages, page_size, Hk, D), k_row_stride steps one token
 // inside a page, k_head_stride one head; likewise v. seqlen_k is the table's capacity max_pages * page_size.
-// Most splits of a halving split schedule (PagedFwdParams::split_halving): the last ones are 1/2^15 of a range.
-constexpr int kMaxHalvingSplits = 16;
-
 struct PagedFwdParams : AttnFwdParams {
   int64_t k_page_stride, v_page_stride;  // elements between consecutive pages
   int num_pages, page_size;
