@@ -65,11 +65,19 @@ struct PagedSeqInfo {
   }
 };
 
-// Split of this CTA. Dense grid z: (sequence, split) pairs, sequence-major with equal splits, split-major with
-// halving ones (every sequence's biggest split launches first); packed grid z: the split.
+// Sequence and split of this CTA in the dense grid's z, its (sequence, split) pairs: sequence-major with equal
+// splits, split-major with halving ones (every sequence's biggest split launches first).
+struct PagedDenseZ {
+  int bidb, split;
+};
+__device__ __forceinline__ PagedDenseZ paged_dense_z(const PagedFwdParams& p) {
+  const int z = int(blockIdx.z);
+  return p.split_halving ? PagedDenseZ{z % p.batch, z / p.batch} : PagedDenseZ{z / p.num_splits, z % p.num_splits};
+}
+
+// Split of this CTA: the packed grid's z is the split itself.
 __device__ __forceinline__ int paged_split_of_cta(const PagedFwdParams& p) {
-  if (p.packed()) return int(blockIdx.z);
-  return p.split_halving ? int(blockIdx.z) / p.batch : int(blockIdx.z) % p.num_splits;
+  return p.packed() ? int(blockIdx.z) : paged_dense_z(p).split;
 }
 
 // Key blocks [begin, end) of split `split` among the n = n_max - n_min visible ones. Equal parts, or halving:
@@ -94,10 +102,7 @@ __device__ __forceinline__ void paged_split_blocks(const PagedFwdParams& p, int 
 // (ceil(Tq * kv_group / kBlockM) + B, Hk, num_splits), mapped to tiles by the lengths on the device.
 template <int kBlockM>
 __device__ TileCoord schedule_paged_tile(const PagedFwdParams& p) {
-  if (!p.packed()) {
-    const int z = int(blockIdx.z);
-    return {p.split_halving ? z % p.batch : z / p.num_splits, int(blockIdx.x)};
-  }
+  if (!p.packed()) return {paged_dense_z(p).bidb, int(blockIdx.x)};
   __shared__ TileCoord shared_coord;
   if (threadIdx.x < 32) {
     const TileCoord coord =

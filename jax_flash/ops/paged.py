@@ -84,13 +84,10 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
                                              cu_seqlens_q=cu_seqlens_q, causal=False, window=config.window,
                                              softcap=config.softcap, scale=config.scale, return_lse=True)
     else:
-        plan = SplitPlan(num_splits)
-        if num_splits is None:
-            packed = cu_seqlens_q is not None
-            plan = choose_split_plan(
-                batch=page_table.shape[0], seqlen_q=q.shape[0] if packed else q.shape[1],
-                num_heads_q=q.shape[-2], num_heads_k=k_cache.shape[2], max_pages=page_table.shape[1],
-                page_size=k_cache.shape[1], packed=packed)
+        packed = cu_seqlens_q is not None
+        plan = SplitPlan(num_splits) if num_splits is not None else choose_split_plan(
+            batch=page_table.shape[0], seqlen_q=q.shape[0] if packed else q.shape[1], num_heads_q=q.shape[-2],
+            num_heads_k=k_cache.shape[2], max_pages=page_table.shape[1], page_size=k_cache.shape[1], packed=packed)
         out, lse = _ffi.paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config,
                                   plan.num_splits, max_seqlen_q, split_halving=plan.halving)
     return (out, lse) if return_lse else out
