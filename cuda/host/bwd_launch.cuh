@@ -16,13 +16,13 @@
 #include "host/device_arch.h"
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
-#include "kernels/block_info.h"
-#include "kernels/bwd_dkdv_kernel.cuh"
-#include "kernels/bwd_dkdv_kernel_sm90.cuh"
-#include "kernels/bwd_dq_kernel.cuh"
-#include "kernels/bwd_preprocess.cuh"
-#include "kernels/bwd_tile_config.h"
-#include "kernels/bwd_workspace_layout.h"
+#include "kernels/bwd/dkdv_kernel.cuh"
+#include "kernels/bwd/dkdv_kernel_sm90.cuh"
+#include "kernels/bwd/dq_kernel.cuh"
+#include "kernels/bwd/preprocess.cuh"
+#include "kernels/bwd/tile_config.h"
+#include "kernels/bwd/workspace_layout.h"
+#include "kernels/common/seqlen.h"
 
 namespace jax_flash {
 namespace bwd_launch_detail {

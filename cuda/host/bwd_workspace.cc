@@ -1,6 +1,6 @@
-// Scratch size of the backward pass: a pure function of static shapes (see kernels/bwd_workspace_layout.h).
+// Scratch size of the backward pass: a pure function of static shapes (see kernels/bwd/workspace_layout.h).
 #include "host/attention.h"
-#include "kernels/bwd_workspace_layout.h"
+#include "kernels/bwd/workspace_layout.h"
 
 namespace jax_flash {
 

@@ -10,9 +10,9 @@
 #include "host/device_arch.h"
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
-#include "kernels/fwd_kernel.cuh"
-#include "kernels/tile_config.h"
-#include "kernels/tile_config_sm90.h"
+#include "kernels/fwd/kernel.cuh"
+#include "kernels/fwd/tile_config.h"
+#include "kernels/fwd/tile_config_sm90.h"
 
 namespace jax_flash {
 

@@ -1,9 +1,9 @@
-// Launchers of the packed-layout padding fill (kernels/packed_padding.cuh) for the forward and backward.
+// Launchers of the packed-layout padding fill (kernels/common/packed_padding.cuh) for the forward and backward.
 #include <algorithm>
 #include <string>
 
 #include "host/launch.h"
-#include "kernels/packed_padding.cuh"
+#include "kernels/common/packed_padding.cuh"
 
 namespace jax_flash {
 namespace {

@@ -1,4 +1,4 @@
-// Launcher of the split-KV combine (kernels/paged_combine.cuh), for both element types: it is small and
+// Launcher of the split-KV combine (kernels/fwd/paged_combine.cuh), for both element types: it is small and
 // does not depend on the head-dim tiles.
 #include <cutlass/numeric_types.h>
 
@@ -6,7 +6,7 @@
 #include <string>
 
 #include "host/launch.h"
-#include "kernels/paged_combine.cuh"
+#include "kernels/fwd/paged_combine.cuh"
 
 namespace jax_flash {
 

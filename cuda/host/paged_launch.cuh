@@ -12,8 +12,8 @@
 #include "host/launch.h"
 #include "host/paged_kv_tma.h"
 #include "host/smem_opt_in.h"
-#include "kernels/paged_fwd_kernel.cuh"
-#include "kernels/paged_tile_config.h"
+#include "kernels/fwd/paged_kernel.cuh"
+#include "kernels/fwd/paged_tile_config.h"
 
 namespace jax_flash {
 
@@ -82,7 +82,7 @@ Status launch_paged_fwd(const PagedFwdParams& params, const PagedKvTma& kv_tma, 
   return Status{};
 }
 
-// On Hopper the split-key decode loads K and V with the TMA unit (kernels/paged_kv_tma.h, its own tile config)
+// On Hopper the split-key decode loads K and V with the TMA unit (kernels/fwd/paged_kv_tma.h, its own tile config)
 // where the caches allow the tensor maps (head dims multiples of 64, 16-byte aligned strides): a choice from
 // shapes, strides and the device, like the rest. Everything else runs the cp.async kernels.
 template <typename Element, int kHeadDim, int kHeadDimV>

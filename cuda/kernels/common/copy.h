@@ -26,6 +26,18 @@ __device__ __forceinline__ void load_tile_zfill(TiledCopy const& tiled_copy, Src
   }
 }
 
+// load_tile_zfill that pays for the bounds checks only on ragged tiles: the backward's mainloops reload a tile
+// every step, and almost every step's tile is whole. whole: the tile lies entirely within `rows` x `cols`.
+template <class TiledCopy, class Src, class Dst, class Coords>
+__device__ __forceinline__ void load_tile(TiledCopy const& tiled_copy, Src const& src, Dst&& dst,
+                                          Coords const& coords, int rows, int cols, bool whole) {
+  if (whole) {
+    load_tile_zfill<false>(tiled_copy, src, dst, coords, rows, cols);
+  } else {
+    load_tile_zfill<true>(tiled_copy, src, dst, coords, rows, cols);
+  }
+}
+
 // Synchronous predicated store of a register tile partition to global memory: only elements with
 // tile-local row < rows and col < cols are written (a column chunk is all-or-nothing: cols % chunk == 0).
 template <class TiledCopy, class Src, class Dst, class Coords>

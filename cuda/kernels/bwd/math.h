@@ -9,8 +9,8 @@
 
 #include <cmath>
 
-#include "kernels/mask.h"
-#include "kernels/softmax.h"
+#include "kernels/common/mask.h"
+#include "kernels/common/softmax.h"
 
 namespace jax_flash {
 

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "kernels/block_info.h"
+#include "kernels/common/seqlen.h"
 
 namespace jax_flash {
 

@@ -12,7 +12,7 @@
 
 #include <type_traits>
 
-#include "kernels/tile_config.h"
+#include "kernels/fwd/tile_config.h"
 
 namespace jax_flash {
 

@@ -11,16 +11,16 @@
 
 #include <cute/tensor.hpp>
 
-#include "kernels/block_info.h"
-#include "kernels/bwd_dkdv_tiles.h"
-#include "kernels/bwd_math.h"
-#include "kernels/bwd_tile_config_sm90.h"
-#include "kernels/copy.h"
-#include "kernels/fragment.h"
-#include "kernels/mask.h"
+#include "kernels/bwd/dkdv_loads.h"
+#include "kernels/bwd/math.h"
+#include "kernels/bwd/tile_config_sm90.h"
+#include "kernels/common/copy.h"
+#include "kernels/common/fragment.h"
+#include "kernels/common/mask.h"
+#include "kernels/common/mma_sm90.h"
+#include "kernels/common/seqlen.h"
+#include "kernels/common/softmax.h"
 #include "kernels/params.h"
-#include "kernels/softmax.h"
-#include "kernels/wgmma.h"
 
 namespace jax_flash {
 

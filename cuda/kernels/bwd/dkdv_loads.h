@@ -9,10 +9,10 @@
 
 #include <cstdint>
 
-#include "kernels/block_info.h"
-#include "kernels/bwd_copy.h"
-#include "kernels/bwd_epilogue.h"
-#include "kernels/mask.h"
+#include "kernels/bwd/epilogue.h"
+#include "kernels/common/copy.h"
+#include "kernels/common/mask.h"
+#include "kernels/common/seqlen.h"
 #include "kernels/params.h"
 
 namespace jax_flash {

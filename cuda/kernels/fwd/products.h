@@ -9,9 +9,9 @@
 
 #include <cute/tensor.hpp>
 
-#include "kernels/fragment.h"
-#include "kernels/gemm.h"
-#include "kernels/wgmma.h"
+#include "kernels/common/fragment.h"
+#include "kernels/common/mma_sm80.h"
+#include "kernels/common/mma_sm90.h"
 
 namespace jax_flash {
 

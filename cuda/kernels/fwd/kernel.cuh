@@ -15,14 +15,14 @@
 
 #include <cute/tensor.hpp>
 
-#include "kernels/block_info.h"
-#include "kernels/copy.h"
-#include "kernels/fragment.h"
-#include "kernels/fwd_gemms.h"
-#include "kernels/mask.h"
+#include "kernels/common/copy.h"
+#include "kernels/common/fragment.h"
+#include "kernels/common/mask.h"
+#include "kernels/common/seqlen.h"
+#include "kernels/common/softmax.h"
+#include "kernels/fwd/products.h"
+#include "kernels/fwd/tile_config.h"
 #include "kernels/params.h"
-#include "kernels/softmax.h"
-#include "kernels/tile_config.h"
 
 namespace jax_flash {
 

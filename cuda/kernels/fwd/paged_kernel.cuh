@@ -31,14 +31,14 @@
 
 #include <cute/tensor.hpp>
 
-#include "kernels/block_info.h"
-#include "kernels/fragment.h"
-#include "kernels/gemm.h"
-#include "kernels/mask.h"
-#include "kernels/paged_copy.h"
-#include "kernels/paged_kv_tma.h"
+#include "kernels/common/fragment.h"
+#include "kernels/common/gather_copy.h"
+#include "kernels/common/mask.h"
+#include "kernels/common/mma_sm80.h"
+#include "kernels/common/seqlen.h"
+#include "kernels/common/softmax.h"
+#include "kernels/fwd/paged_kv_tma.h"
 #include "kernels/params.h"
-#include "kernels/softmax.h"
 
 namespace jax_flash {
 

@@ -13,7 +13,7 @@
 
 #include <cmath>
 
-#include "kernels/block_info.h"
+#include "kernels/common/seqlen.h"
 
 namespace jax_flash {
 

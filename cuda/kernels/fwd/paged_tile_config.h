@@ -11,7 +11,7 @@
 // (the Hopper decode's 128-key tiles then count as two blocks: a split still gets at least 2 of its tiles).
 #pragma once
 
-#include "kernels/tile_config.h"
+#include "kernels/fwd/tile_config.h"
 
 namespace jax_flash {
 

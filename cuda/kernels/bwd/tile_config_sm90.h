@@ -13,8 +13,8 @@
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cutlass/numeric_types.h>
 
-#include "kernels/bwd_tile_config.h"
-#include "kernels/tile_config_sm90.h"
+#include "kernels/bwd/tile_config.h"
+#include "kernels/fwd/tile_config_sm90.h"
 
 namespace jax_flash {
 

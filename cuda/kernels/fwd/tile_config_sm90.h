@@ -13,7 +13,7 @@
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cutlass/numeric_types.h>
 
-#include "kernels/tile_config.h"
+#include "kernels/fwd/tile_config.h"
 
 namespace jax_flash {
 
