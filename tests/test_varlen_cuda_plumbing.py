@@ -109,7 +109,9 @@ def test_public_op_passes_spans_when_seqused_is_absent(monkeypatch):
     seen = {}
 
     def spy_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k):
-        seen.update(used_q=used_q, used_k=used_k, max=(max_q, max_k))
+        # Traced inside the custom_partitioning wrapper: the values arrive at run time.
+        jax.debug.callback(lambda a, b: seen.update(used_q=a, used_k=b), used_q, used_k)
+        seen.update(max=(max_q, max_k))
         return fake_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k)
 
     monkeypatch.setattr(_ffi, "attn_varlen_fwd", spy_fwd)

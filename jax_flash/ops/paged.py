@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax_flash import _ffi, reference
 from jax_flash.ops._config import check_flags, check_paged, check_paged_update
 from jax_flash.ops._implementation import choose_implementation
+from jax_flash.ops._partition import batch_head_partitioned, map_vmap
 
 # Two resident CTAs on each of the 132 SMs of an H100/H200: fewer CTAs than this leave the GPU part idle,
 # so the key range is split until the grid reaches it.
@@ -83,14 +84,41 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
         out, lse = reference.paged_attention(q, k_cache, v_cache, page_table, cache_seqlens,
                                              cu_seqlens_q=cu_seqlens_q, causal=False, window=config.window,
                                              softcap=config.softcap, scale=config.scale, return_lse=True)
+    elif cu_seqlens_q is None:
+        out, lse = _paged(q, k_cache, v_cache, page_table, cache_seqlens, (config, num_splits))
     else:
-        packed = cu_seqlens_q is not None
-        plan = SplitPlan(num_splits) if num_splits is not None else choose_split_plan(
-            batch=page_table.shape[0], seqlen_q=q.shape[0] if packed else q.shape[1], num_heads_q=q.shape[-2],
-            num_heads_k=k_cache.shape[2], max_pages=page_table.shape[1], page_size=k_cache.shape[1], packed=packed)
-        out, lse = _ffi.paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config,
-                                  plan.num_splits, max_seqlen_q, split_halving=plan.halving)
+        out, lse = _paged_packed(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q,
+                                 (config, num_splits, max_seqlen_q))
     return (out, lse) if return_lse else out
+
+
+def _call(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits, max_seqlen_q):
+    """The kernel on one device's operands; the automatic split plan comes from this device's shapes."""
+    packed = cu_seqlens_q is not None
+    plan = SplitPlan(num_splits) if num_splits is not None else choose_split_plan(
+        batch=page_table.shape[0], seqlen_q=q.shape[0] if packed else q.shape[1], num_heads_q=q.shape[-2],
+        num_heads_k=k_cache.shape[2], max_pages=page_table.shape[1], page_size=k_cache.shape[1], packed=packed)
+    return tuple(_ffi.paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config,
+                                plan.num_splits, max_seqlen_q, split_halving=plan.halving))
+
+
+def _dense_call(q, k_cache, v_cache, page_table, cache_seqlens, static):
+    config, num_splits = static
+    return _call(q, k_cache, v_cache, page_table, cache_seqlens, None, config, num_splits, None)
+
+
+def _packed_call(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, static):
+    config, num_splits, max_seqlen_q = static
+    return _call(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits, max_seqlen_q)
+
+
+# Under sharded jit: per device, split over batch (dense q only) and kv heads; the caches' pages whole or split
+# with the batch (see paged_attention). Under vmap: one call per element, a shared cache passed as it is.
+_paged = map_vmap(batch_head_partitioned(
+    _dense_call, ("q", "k_cache", "v_cache", "page_table", "cache_seqlens"), ("out", "lse")))
+_paged_packed = map_vmap(batch_head_partitioned(
+    _packed_call, ("packed_q", "k_cache", "v_cache", "packed_page_table", "packed_cache_seqlens", "cu_q"),
+    ("packed_out", "packed_lse")))
 
 
 class SplitPlan(NamedTuple):

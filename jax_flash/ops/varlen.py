@@ -2,7 +2,9 @@
 custom_vjp.
 
 The kernels are the dense ones: a packed call only changes where each sequence's rows live and how
-CTAs find their tiles (cuda/kernels/block_info.h).
+CTAs find their tiles (cuda/kernels/block_info.h). Under sharded jit the kernels run per device on the
+heads' shards (tokens and offsets whole); under vmap the elements' sequences make one packed call
+(ops/_partition.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 from jax_flash import _ffi, reference
 from jax_flash.ops._config import check_flags, check_varlen
 from jax_flash.ops._implementation import choose_implementation
+from jax_flash.ops._partition import batch_head_partitioned, concat_vmap
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
@@ -64,23 +67,44 @@ def _spans(cu_seqlens):
     return cu_seqlens[1:] - cu_seqlens[:-1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _cuda_varlen(q, k, v, cu_q, cu_k, used_q, used_k, static):
-    config, max_q, max_k, _ = static
+_ARGS = ("packed_q", "packed_k", "packed_v", "cu_q", "cu_k", "used_q", "used_k")
+_FWD_OUTS = ("packed_out", "packed_lse")
+_BWD_ARGS = ("packed_q", "packed_k", "packed_v", "packed_out", "packed_lse", "packed_out", "packed_lse", "cu_q",
+             "cu_k", "used_q", "used_k")
+_BWD_OUTS = ("packed_q", "packed_k", "packed_v")
+
+
+def _fwd_call(q, k, v, cu_q, cu_k, used_q, used_k, static):
+    config, max_q, max_k = static
     return tuple(_ffi.attn_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k))
 
 
+def _bwd_call(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k, static):
+    config, max_q, max_k, deterministic = static
+    return tuple(_ffi.attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k, config,
+                                      deterministic, max_q, max_k))
+
+
+# Per device under sharded jit (heads split, tokens and offsets whole), one call over all elements under vmap.
+_fwd = concat_vmap(batch_head_partitioned(_fwd_call, _ARGS, _FWD_OUTS), _ARGS, _FWD_OUTS)
+_bwd = concat_vmap(batch_head_partitioned(_bwd_call, _BWD_ARGS, _BWD_OUTS), _BWD_ARGS, _BWD_OUTS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _cuda_varlen(q, k, v, cu_q, cu_k, used_q, used_k, static):
+    return _fwd(q, k, v, cu_q, cu_k, used_q, used_k, static[:3])
+
+
 def _cuda_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, static):
-    out, lse = _cuda_varlen(q, k, v, cu_q, cu_k, used_q, used_k, static)
+    out, lse = _fwd(q, k, v, cu_q, cu_k, used_q, used_k, static[:3])
     return (out, lse), (q, k, v, out, lse, cu_q, cu_k, used_q, used_k)
 
 
 def _cuda_varlen_bwd(static, residuals, cotangents):
-    config, max_q, max_k, deterministic = static
     q, k, v, out, lse, cu_q, cu_k, used_q, used_k = residuals
     dout, dlse = cotangents
-    dq, dk, dv = _ffi.attn_varlen_bwd(q, k, v, out, lse, dout.astype(out.dtype), dlse.astype(jnp.float32),
-                                      cu_q, cu_k, used_q, used_k, config, deterministic, max_q, max_k)
+    dq, dk, dv = _bwd(q, k, v, out, lse, dout.astype(out.dtype), dlse.astype(jnp.float32), cu_q, cu_k, used_q,
+                      used_k, static)
     # The index arrays are integers: no cotangent.
     return dq, dk, dv, None, None, None, None
 
