@@ -7,7 +7,8 @@
 Each device holds all parameters and 1/P of every sequence, in the layout's order (zigzag by default:
 balanced causal work). Inside shard_map everything but attention is per token; attention is
 jax_flash.parallel.ring_attention (or ulysses_attention) over the mesh axis, with rotary positions taken
-from the layout (layout_positions). Each device's loss and gradients are summed over the axis (psum).
+from the layout (layout_positions). The step is a plain jax.shard_map with its default checks (check_vma):
+the loss is summed over the axis (psum), the gradient of the replicated parameters comes out summed already.
 
 The task is train_lm.py's copy task. Before training, the loss of the context-parallel model is checked
 against the single-device model (lm_model.loss_fn) on the same batch; exits 1 if they differ or if the
@@ -34,7 +35,6 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
 
 import jax_flash.parallel as cp  # noqa: E402
-from jax_flash.parallel._shard_map import shard_map  # noqa: E402
 from lm_model import Config, attention_output, embed, init_params, logits, loss_fn, mlp, qkv  # noqa: E402
 from train_lm import adam_init, adam_update, copy_task_batch  # noqa: E402
 
@@ -83,14 +83,16 @@ def make_loss_and_grads(cfg, mesh, args):
     def per_device(params, inputs, targets, mask, positions):
         nll, grads = jax.value_and_grad(local_nll)(params, inputs, targets, mask, positions, cfg, attend)
         count = jax.lax.psum(jnp.sum(mask), AXIS)
-        # Every device's gradient includes what its keys and values gave the other devices' queries
-        # (the ring's backward returns those), so the sum over devices is the full gradient.
-        grads = jax.tree_util.tree_map(lambda g: jax.lax.psum(g, AXIS) / count, grads)
+        # The parameters are replicated (invariant over AXIS) and the loss varies: under check_vma, JAX
+        # transposes their implicit broadcast into a psum, so the gradient is already summed over the devices.
+        # Every device's part includes what its keys and values gave the other devices' queries (the ring's
+        # backward returns those), so that sum is the full gradient.
+        grads = jax.tree_util.tree_map(lambda g: g / count, grads)
         return jax.lax.psum(nll, AXIS) / count, grads
 
     seq_spec = P(None, AXIS)
-    mapped = shard_map(per_device, mesh=mesh, in_specs=(P(), seq_spec, seq_spec, seq_spec, P(AXIS)),
-                       out_specs=(P(), P()))
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), seq_spec, seq_spec, seq_spec, P(AXIS)),
+                           out_specs=(P(), P()))
 
     def loss_and_grads(params, tokens, mask):
         # Shift in natural order, then put every per-token array into the layout's order.

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_flash import _vma
+
 FWD_TARGET = "jax_flash_attn_fwd"
 BWD_TARGET = "jax_flash_attn_bwd"
 VARLEN_FWD_TARGET = "jax_flash_attn_varlen_fwd"
@@ -81,7 +83,7 @@ def attn_fwd(q, k, v, config):
     *lead, sq, hq, _ = q.shape
     out_types = (jax.ShapeDtypeStruct((*lead, sq, hq, v.shape[-1]), q.dtype),
                  jax.ShapeDtypeStruct((*lead, hq, sq), jnp.float32))
-    call = jax.ffi.ffi_call(FWD_TARGET, out_types, vmap_method="broadcast_all")
+    call = _vma.ffi_call(FWD_TARGET, out_types, vmap_method="broadcast_all")
     return call(q, k, v, **_attributes(config))
 
 
@@ -95,7 +97,7 @@ def attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic: bool):
     out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype),
                  jax.ShapeDtypeStruct((max(workspace, 1),), jnp.uint8))
-    call = jax.ffi.ffi_call(BWD_TARGET, out_types, vmap_method="broadcast_all")
+    call = _vma.ffi_call(BWD_TARGET, out_types, vmap_method="broadcast_all")
     dq, dk, dv_, _ = call(q, k, v, out, lse, dout, dlse, deterministic=np.bool_(deterministic),
                           **_attributes(config))
     return dq, dk, dv_
@@ -117,7 +119,7 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, c
     out_types = (jax.ShapeDtypeStruct((tq, hq, v.shape[-1]), q.dtype),
                  jax.ShapeDtypeStruct((hq, tq), jnp.float32))
     # A vmapped packed call runs one call per element (a packed batch has no batch axis to fold into).
-    call = jax.ffi.ffi_call(VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
+    call = _vma.ffi_call(VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
     return call(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
                 **_varlen_attributes(config, max_seqlen_q, max_seqlen_k))
 
@@ -132,7 +134,7 @@ def attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, s
     out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype),
                  jax.ShapeDtypeStruct((max(workspace, 1),), jnp.uint8))
-    call = jax.ffi.ffi_call(VARLEN_BWD_TARGET, out_types, vmap_method="sequential")
+    call = _vma.ffi_call(VARLEN_BWD_TARGET, out_types, vmap_method="sequential")
     dq, dk, dv_, _ = call(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
                           deterministic=np.bool_(deterministic),
                           **_varlen_attributes(config, max_seqlen_q, max_seqlen_k))
@@ -166,11 +168,11 @@ def paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, conf
                   jax.ShapeDtypeStruct((num_splits, rows, hq) if split else (1,), jnp.float32)]
     attributes = dict(_attributes(config), num_splits=np.int32(num_splits), split_halving=np.bool_(split_halving))
     if cu_seqlens_q is None:
-        call = jax.ffi.ffi_call(PAGED_FWD_TARGET, out_types, vmap_method="sequential")
+        call = _vma.ffi_call(PAGED_FWD_TARGET, out_types, vmap_method="sequential")
         out, lse, _, _ = call(q, k_cache, v_cache, page_table, cache_seqlens, **attributes)
     else:
         # max_seqlen_q never sizes work (the tiles come from Tq); it keys the executable like a static arg.
-        call = jax.ffi.ffi_call(PAGED_VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
+        call = _vma.ffi_call(PAGED_VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
         out, lse, _, _ = call(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q,
                               max_seqlen_q=np.int32(max_seqlen_q if max_seqlen_q is not None else -1),
                               **attributes)

@@ -13,8 +13,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["attention", "attention_varlen", "attention_with_lse", "gather_pages", "naive_attention",
-           "naive_attention_varlen", "naive_paged_attention", "paged_attention", "varlen_mask", "visible_mask"]
+__all__ = ["attention", "attention_bwd_from_lse", "attention_varlen", "attention_varlen_bwd_from_lse",
+           "attention_with_lse", "gather_pages", "naive_attention", "naive_attention_varlen",
+           "naive_paged_attention", "paged_attention", "varlen_mask", "visible_mask"]
 
 
 def _window_bounds(causal, window):
@@ -218,6 +219,81 @@ def naive_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=Non
                        compute_dtype=q.dtype, precision=None, mask=mask)
     out = out[0].astype(q.dtype)
     return (out, lse[0].astype(jnp.float32)) if return_lse else out
+
+
+def _bwd_from_lse(q, k, v, out, lse, dout, dlse, mask, *, softcap, scale):
+    """Attention gradients (dq, dk, dv) from the out and lse of the query rows, BSHD, float32 math.
+
+    The one definition of the backward from the LSE (see attention_bwd_from_lse). mask (Sq, Sk) or
+    broadcastable to (B, Hq, Sq, Sk). Rows whose lse is -inf (no visible key) get P = 0: exp is taken of
+    -inf, never of inf - inf, so their gradients are 0, never NaN.
+    """
+    _check_inputs(q, k, v)
+    compute_dtype = jnp.promote_types(jnp.float32, q.dtype)
+    q, k, v, out, dout = (x.astype(compute_dtype) for x in (q, k, v, out, dout))
+    lse, dlse = lse.astype(compute_dtype), dlse.astype(compute_dtype)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    hq, hk = q.shape[2], k.shape[2]
+    group = hq // hk
+    k_rep, v_rep = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)  # query head h reads h // group
+    highest = jax.lax.Precision.HIGHEST
+
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k_rep, precision=highest) * scale
+    if softcap:
+        tanh = jnp.tanh(s / softcap)
+        s = softcap * tanh
+    visible = mask & jnp.isfinite(lse)[..., None]
+    p = jnp.exp(jnp.where(visible, s - jnp.where(visible, lse[..., None], 0.0), -jnp.inf))
+
+    dv = jnp.einsum("bhqk,bqhe->bkhe", p, dout, precision=highest)
+    dp = jnp.einsum("bqhe,bkhe->bhqk", dout, v_rep, precision=highest)
+    delta = jnp.einsum("bqhe,bqhe->bhq", dout, out, precision=highest) - dlse
+    ds = p * (dp - delta[..., None])
+    if softcap:
+        ds = ds * (1.0 - tanh * tanh)
+    dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k_rep, precision=highest) * scale
+    dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q, precision=highest) * scale
+
+    def sum_groups(x):  # (B, Sk, Hq, E) -> (B, Sk, Hk, E): each kv head gathers its query heads
+        return x.reshape(*x.shape[:2], hk, group, x.shape[-1]).sum(axis=3)
+
+    return dq, sum_groups(dk), sum_groups(dv)
+
+
+def attention_bwd_from_lse(q, k, v, out, lse, dout, dlse, *, causal=False, window=None, softcap=None,
+                           scale=None):
+    """Gradients of attention given the out and lse of the query rows, in float32 (float64 for float64).
+
+    With s the (scaled, capped) scores: P = exp(s - lse) where visible, dV = P^T dO, dP = dO V^T,
+    dS = P (dP - delta) with delta = rowsum(dO * out) - dlse, through the softcap (ds/ds_raw = 1 - tanh^2),
+    dQ = scale dS K, dK = scale dS^T Q. dlse is the cotangent of lse.
+
+    out and lse need not come from these keys alone: given the out and lse of the query rows over a
+    larger key set (a ring's merged result), P is the globally normalised probability and the gradients
+    of blocks over disjoint key sets add up to the whole one's (jax_flash.parallel). Given this call's own
+    out and lse it equals the VJP of attention(..., return_lse=True).
+
+    Args:
+      q, k, v: as attention(); out (B, Sq, Hq, Dv), lse (B, Hq, Sq), dout like out, dlse like lse.
+      causal, window, softcap, scale: as attention().
+
+    Returns:
+      dq, dk, dv shaped like q, k, v; dk / dv summed over the query heads of each kv head.
+    """
+    mask = visible_mask(q.shape[1], k.shape[1], causal, window)
+    return _bwd_from_lse(q, k, v, out, lse, dout, dlse, mask, softcap=softcap, scale=scale)
+
+
+def attention_varlen_bwd_from_lse(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, *,
+                                  seqused_q=None, seqused_k=None, causal=False, window=None, softcap=None,
+                                  scale=None):
+    """attention_bwd_from_lse for packed sequences (THD): out (Tq, Hq, Dv), lse (Hq, Tq); metadata and
+    masks as attention_varlen. Padding rows and key rows outside every sequence get zero gradients."""
+    mask = varlen_mask(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], seqused_q=seqused_q,
+                       seqused_k=seqused_k, causal=causal, window=window)
+    grads = _bwd_from_lse(q[None], k[None], v[None], out[None], lse[None], dout[None], dlse[None], mask,
+                          softcap=softcap, scale=scale)
+    return tuple(g[0] for g in grads)
 
 
 def gather_pages(cache, page_table, lengths=None):

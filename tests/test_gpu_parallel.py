@@ -4,6 +4,9 @@ For P = 2 and P = all GPUs, every layout, causal and not: ring attention's outpu
 the float32 reference on one device, with plain bf16 attention setting the error budget (tests/oracle.py).
 Also softcap and a window, Ulysses, packed sequences (when the varlen kernels are built), bitwise-repeatable
 gradients with deterministic=True, and the compiled schedule: a K/V transfer in flight across a kernel call.
+And every function inside the user's own jax.shard_map, with its default checks (check_vma=True) and with
+check_vma=False, on a mesh of all GPUs (one GPU included: a mesh of one device still runs the shard_map
+plumbing), as tests/test_parallel_user_shard_map.py does on the CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from jax_flash import _ffi, reference
 from oracle import check_oracle
 from test_parallel_ring import (AXIS, CASES, NAMES, cp_vjp, dense_case, from_layout_order, packed_case,
                                 reference_vjp, sharded, to_layout_order)
+from test_parallel_user_shard_map import DATA, FUNCTIONS, bf16, case_id, check_by_oracle, run_cases
 
 pytestmark = pytest.mark.gpu
 
@@ -166,3 +170,49 @@ def test_compiled_ring_overlaps_a_transfer_with_a_kernel():
         kernels = [i for i, line in enumerate(lines) if _ffi.FWD_TARGET in line]
         overlapped |= any(s < kk < d for s in starts for d in dones for kk in kernels)
     assert overlapped, "no attention kernel runs while a K/V transfer is in flight"
+
+
+# The user's own shard_map: every function, every layout, causal or not, and a window / softcap case.
+USER_CASES = {
+    "ring": [*((layout, dict(causal=causal)) for layout, causal in CASES),
+             ("striped", dict(causal=True, window=(300, 0), softcap=30.0))],
+    "ring_varlen": [*((layout, dict(causal=causal)) for layout, causal in CASES),
+                    ("striped", dict(causal=True, window=(300, 0), softcap=30.0))],
+    "ulysses": [*((layout, dict(causal=causal)) for layout, causal in CASES),
+                ("zigzag", dict(window=(700, 200), softcap=30.0))],
+    "ulysses_varlen": [*((layout, dict(causal=causal)) for layout, causal in CASES),
+                       ("striped", dict(window=(700, 200), softcap=30.0))],
+}
+
+
+def _user_mesh():
+    """All GPUs as a ("dp", "cp") mesh: 2 x n/2 where n >= 4 is even (the batch or heads split too), else
+    1 x n."""
+    devices = jax.devices()
+    n = len(devices)
+    data = 2 if n >= 4 and n % 2 == 0 else 1
+    return Mesh(np.array(devices).reshape(data, n // data), (DATA, AXIS))
+
+
+@functools.cache
+def _user_arrays(name, size):
+    """(packing or None, bf16 arrays) for a function over `size` ranks of the sequence axis."""
+    hq, hk = HEADS
+    if name.endswith("varlen"):
+        lengths = (700, 0, 33, 1, 1500, 260)  # not multiples of 2P, an empty sequence
+        meta, arrays = packed_case(seed=8, hq=hq, hk=hk, d=D, dv=D, lengths=lengths, multiple=2 * size)
+        return meta, bf16(arrays)
+    return None, bf16(dense_case(seed=9, b=2, s=size * TOKENS_PER_GPU, hq=hq, hk=hk, d=D, dv=D))
+
+
+@pytest.mark.parametrize("check_vma", [True, False], ids=["check_vma", "no_check_vma"])
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_in_the_users_shard_map_on_gpus(name, check_vma):
+    mesh = _user_mesh()
+    size = mesh.shape[AXIS]
+    cases = [(name, layout, kw) for layout, kw in USER_CASES[name]]
+    results = run_cases(mesh, cases, lambda name: _user_arrays(name, size), check_vma=check_vma, vjp_inside=True,
+                        implementation="cuda")
+    meta, arrays = _user_arrays(name, size)
+    for (_, layout, kw), ours in zip(cases, results):
+        check_by_oracle(ours, arrays, meta, kw, f"{name} {case_id(layout, kw)} check_vma={check_vma}, P={size}")

@@ -19,7 +19,8 @@ position ids (RoPE). For example, with a mesh axis "seq" of P devices:
     out = from_layout(out, P, "zigzag")
 
 Inside a model already under shard_map, call ring_attention(q, k, v, axis_name="seq", causal=True) on the
-local shards instead (examples/train_cp.py).
+local shards instead (examples/train_cp.py): every function here works in the user's own jax.shard_map, with
+its default checks (check_vma=True) or without them.
 """
 
 from jax_flash.parallel.api import context_parallel_attention

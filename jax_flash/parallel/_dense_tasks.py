@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jax_flash.ops import _with_lse
 from jax_flash.ops._config import AttentionConfig
-from jax_flash.parallel import _blocks
 from jax_flash.parallel._merge import merge
 from jax_flash.parallel._schedule import dense_call, part_rows
 
@@ -28,7 +28,7 @@ class DenseTasks:
         q_len, k_len, config = self._call(task)
         q0, k0 = self._start(task.q_part, no_wrap), self._start(task.k_part, no_wrap)
         kt, vt = (_rows(x, k0, k_len) for x in (k, v))
-        out, lse = _blocks.block_fwd(_rows(q, q0, q_len), kt, vt, config, self.implementation)
+        out, lse = _with_lse.attention_fwd_lse(_rows(q, q0, q_len), kt, vt, config, self.implementation)
         out, lse = guarded(task.guard, no_wrap, (out, lse), (0.0, -jnp.inf))
         acc_out, acc_lse = acc
         out, lse = merge((_rows(acc_out, q0, q_len), _rows(acc_lse, q0, q_len, axis=2)), (out, lse))
@@ -42,8 +42,8 @@ class DenseTasks:
         qt, out_t, dout_t = (_rows(x, q0, q_len) for x in (q, out, dout))
         lse_t, dlse_t = (_rows(x, q0, q_len, axis=2) for x in (lse, dlse))
         kt, vt = (_rows(x, k0, k_len) for x in (k, v))
-        block = _blocks.block_bwd(qt, kt, vt, out_t, lse_t, dout_t, dlse_t, config, self.implementation,
-                                  self.deterministic)
+        block = _with_lse.attention_bwd_from_lse(qt, kt, vt, out_t, lse_t, dout_t, dlse_t, config,
+                                                 self.implementation, self.deterministic)
         block = guarded(task.guard, no_wrap, block, (0.0, 0.0, 0.0))
         dq, dk, dv = grads
         return tuple(_set_rows(acc, _rows(acc, start, x.shape[1]) + x.astype(jnp.float32), start)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jax_flash.ops import _with_lse
 from jax_flash.ops._config import AttentionConfig
-from jax_flash.parallel import _blocks
 from jax_flash.parallel._dense_tasks import guarded
 from jax_flash.parallel._merge import merge
 from jax_flash.parallel._schedule import ALL, FIRST
@@ -39,8 +39,8 @@ class PackedTasks:
     def forward(self, task, step, no_wrap, q, k, v, acc):
         """Merges the task's (out, lse) into acc = (out (T, Hq, Dv) float32, lse (Hq, T))."""
         (cu_q, cu_k, used_q, used_k, config), (q_rows, _) = self._call(task, step, no_wrap)
-        out, lse = _blocks.varlen_block_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, self.max_seqlen,
-                                            self.max_seqlen, self.implementation)
+        out, lse = _with_lse.attention_varlen_fwd_lse(q, k, v, cu_q, cu_k, used_q, used_k, config,
+                                                      self.max_seqlen, self.max_seqlen, self.implementation)
         # Rows outside the part must not contribute whatever a kernel leaves there.
         out = jnp.where(q_rows[:, None, None], out.astype(jnp.float32), 0.0)
         lse = jnp.where(q_rows[None, :], lse, -jnp.inf)
@@ -49,9 +49,9 @@ class PackedTasks:
     def backward(self, task, step, no_wrap, q, k, v, out, lse, dout, dlse, grads):
         """Adds the task's gradients to grads = (dq (T, Hq, D), dk (T, Hk, D), dv (T, Hk, Dv)) float32."""
         (cu_q, cu_k, used_q, used_k, config), (q_rows, k_rows) = self._call(task, step, no_wrap)
-        dq, dk, dv = _blocks.varlen_block_bwd(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k,
-                                              config, self.max_seqlen, self.max_seqlen, self.implementation,
-                                              self.deterministic)
+        dq, dk, dv = _with_lse.attention_varlen_bwd_from_lse(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q,
+                                                              used_k, config, self.max_seqlen, self.max_seqlen,
+                                                              self.implementation, self.deterministic)
         dq = jnp.where(q_rows[:, None, None], dq.astype(jnp.float32), 0.0)
         dk, dv = (jnp.where(k_rows[:, None, None], x.astype(jnp.float32), 0.0) for x in (dk, dv))
         block = guarded(task.guard, no_wrap, (dq, dk, dv), (0.0, 0.0, 0.0))

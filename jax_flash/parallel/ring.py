@@ -14,6 +14,11 @@ previous block's accumulator, issued before the step's compute; a rank adds its 
 accumulator it receives. A last permute returns every dK/dV to its owner. All transfers of a ring form one
 chain, so every rank issues them in the same order (the CPU runtime, for one, mixes up concurrent ones).
 Each block's backward uses the global out and lse of its queries, so the blocks' gradients just add.
+The blocks are jax_flash.ops' attention with LSE (ops/_with_lse.py): the kernels through flash_attention's
+wrappers, or the reference's backward from the LSE.
+
+Inside a shard_map with check_vma every value of the ring varies over the mesh axes q, k, v vary over and over
+axis_name (_sequence_shards), so the loops' carries keep one type from step to step.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jax_flash.parallel import _args, _blocks, _schedule
+from jax_flash import _vma
+from jax_flash.ops._implementation import choose_implementation
+from jax_flash.parallel import _args, _schedule
 from jax_flash.parallel._dense_tasks import DenseTasks
 from jax_flash.parallel._merge import empty_partial
 from jax_flash.parallel._packed_tasks import PackedTasks
@@ -79,9 +86,9 @@ def ring_attention(q, k, v, *, axis_name, causal=False, layout="zigzag", window=
     if layout == "zigzag" and n % 2:
         raise ValueError(f"layout 'zigzag' needs an even number of local rows (2 chunks per rank), got "
                          f"q {q.shape}: the sequence length must be a multiple of 2 * {size}")
-    impl = _blocks.choose(implementation, q.dtype, q.shape[-1], v.shape[-1], packed=False)
+    impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     ring = _make_ring(axis_name, size, layout, attrs, n, impl, deterministic, None)
-    out, lse = _ring(q, k, v, None, None, ring)
+    out, lse = _ring(*_sequence_shards(q, k, v, axis_name), None, None, ring)
     return (out, lse) if return_lse else out
 
 
@@ -112,9 +119,9 @@ def ring_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, max_s
     if layout == "zigzag" and total % 2:
         raise ValueError(f"layout 'zigzag' needs an even number of local rows, got q {q.shape}")
     local_max = total if max_seqlen is None else min(total, -(-max_seqlen // size))
-    impl = _blocks.choose(implementation, q.dtype, q.shape[-1], v.shape[-1], packed=True)
+    impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     ring = _make_ring(axis_name, size, layout, attrs, None, impl, deterministic, local_max)
-    out, lse = _ring(q, k, v, cu_seqlens, seqused, ring)
+    out, lse = _ring(*_sequence_shards(q, k, v, axis_name), cu_seqlens, seqused, ring)
     return (out, lse) if return_lse else out
 
 
@@ -124,6 +131,19 @@ def ring_schedule(axis_size: int, local_len: int, *, causal=False, layout="zigza
     check_layout(layout)
     left, right = _args.window_sides(window, causal)
     return _schedule.plan(layout, axis_size, left, right, local_len)
+
+
+def _sequence_shards(q, k, v, axis_name):
+    """q, k, v typed as what they are, shards of a sequence split over axis_name: varying over it (they
+    may already be) as well as over the axes they vary over. Inside the ring every value then varies over
+    those axes (see _varying), the type its loops' carries keep (shard_map's check_vma)."""
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    return _vma.vary((q, k, v), _vma.varying_axes(q, k, v) | frozenset(names))
+
+
+def _varying(values, like):
+    """values (zeros, cotangents) typed to vary over the manual axes `like` varies over."""
+    return _vma.vary(values, _vma.varying_axes(like))
 
 
 def _make_ring(axis_name, size, layout, attrs, local_len, impl, deterministic, max_seqlen):
@@ -192,14 +212,14 @@ def _forward(q, k, v, cu_seqlens, seqused, ring: _Ring):
         return kv, acc
 
     kv = jnp.concatenate([k, v], axis=-1)  # one transfer per step
-    acc = empty_partial((*q.shape[:-1], v.shape[-1]), _lse_shape(q))
+    acc = _varying(empty_partial((*q.shape[:-1], v.shape[-1]), _lse_shape(q)), q)
     _, (out, lse) = _run_steps(ring, body, (kv, acc))
     return out.astype(q.dtype), lse
 
 
 def _backward(ring: _Ring, residuals, cotangents):
     q, k, v, out, lse, cu_seqlens, seqused = residuals
-    dout, dlse = cotangents
+    dout, dlse = _varying(cotangents, q)
     rank = jax.lax.axis_index(ring.axis_name)
     tasks = _tasks(ring, q, cu_seqlens, seqused, rank)
     d = k.shape[-1]
@@ -223,7 +243,7 @@ def _backward(ring: _Ring, residuals, cotangents):
         return _close_step(ring, (kv, dkv, dq)) if send else (kv, dkv, dq)
 
     kv = jnp.concatenate([k, v], axis=-1)
-    carry = (kv, jnp.zeros(kv.shape, jnp.float32), jnp.zeros(q.shape, jnp.float32))
+    carry = (kv, *_varying((jnp.zeros(kv.shape, jnp.float32), jnp.zeros(q.shape, jnp.float32)), q))
     _, dkv, dq = _run_steps(ring, body, carry)
     dkv = _shift(ring, dkv, -(len(ring.steps) - 1))  # the last block held is rank r - last's: send it home
     dk, dv = dkv[..., :d], dkv[..., d:]
