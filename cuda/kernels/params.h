@@ -5,7 +5,7 @@
 // lse (B, Hq, Sq) float32.
 // Packed (varlen, THD) layout: q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv), out (Tq, Hq, Dv), lse (Hq, Tq);
 // `batch` is then the number of sequences N, seqlen_q / seqlen_k the token totals Tq / Tk, the batch
-// strides 0, and sequence b lives at the rows cu_seqlens[b] ... (block_info.h reads them on the device).
+// strides 0, and sequence b lives at the rows cu_seqlens[b] ... (common/seqlen.h reads them on the device).
 #pragma once
 
 #include <cuda.h>          // CUtensorMap

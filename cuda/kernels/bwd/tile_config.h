@@ -12,38 +12,17 @@
 
 #include <type_traits>
 
-#include "kernels/fwd/tile_config.h"
+#include "kernels/bwd/shared_storage.h"
+#include "kernels/common/mma_kind.h"
+#include "kernels/common/tile_atoms.h"
 
 namespace jax_flash {
-
-// A row-major (kRows, kCols) shared-memory tile made of swizzled 8-row atoms (see SmemTileAtom).
-template <typename Element, int kRows, int kCols>
-using SmemTile = decltype(cute::tile_to_shape(typename SmemTileAtom<Element, kCols>::Layout{},
-                                              cute::Shape<cute::Int<kRows>, cute::Int<kCols>>{}));
-
-// The (kCols, kRows) transposed view of a (kRows, kCols) tile: the same storage, read as an operand whose
-// contiguous dimension is its M/N mode (ldmatrix.trans).
-template <class Layout, int kRows, int kCols>
-using TransposedView = decltype(cute::composition(
-    Layout{}, cute::make_layout(cute::Shape<cute::Int<kCols>, cute::Int<kRows>>{}, cute::GenRowMajor{})));
-
-// The same tensor with its storage moved by `offset` elements: another stage of a multi-buffered tile (stage
-// sizes are whole swizzle periods, so the swizzle pattern is unchanged).
-template <class Tensor>
-__device__ __forceinline__ auto shifted(Tensor const& t, int offset) {
-  return cute::make_tensor(t.data() + offset, t.layout());
-}
-
-// kWarpsM x kWarpsN warps of m16n8k16; each warp's N is widened to 16 so B is read with 4-matrix ldmatrix.
-template <typename Element, int kWarpsM, int kWarpsN>
-using Sm80TiledMma =
-    cute::TiledMMA<Sm80MmaAtom<Element>, cute::Layout<cute::Shape<cute::Int<kWarpsM>, cute::Int<kWarpsN>, cute::_1>>,
-                   cute::Tile<cute::Int<16 * kWarpsM>, cute::Int<16 * kWarpsN>, cute::_16>>;
 
 template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kNWarps_,
           int kWarpsMSdP_, int kWarpsNdKV_, int kWarpsMdQ_, bool kDoubleBuffer_>
 struct BwdDkDvConfig {
   using Element = Element_;
+  using MmaKind = MmaSync;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kHeadDimV = kHeadDimV_;
   static constexpr int kBlockM = kBlockM_;  // queries per inner step
@@ -74,22 +53,15 @@ struct BwdDkDvConfig {
   using SmemLayoutKt = TransposedView<SmemLayoutK, kBlockN, kHeadDim>;      // (D, N): B of dQ
   using SmemLayoutPdSt = TransposedView<SmemLayoutPdS, kBlockM, kBlockN>;   // (N, M): A of dV, dK
 
-  static constexpr int kQElems = int(cute::cosize_v<SmemLayoutQ>);
+  static constexpr int kQElems = int(cute::cosize_v<SmemLayoutQ>);  // one stage
   static constexpr int kDoElems = int(cute::cosize_v<SmemLayoutDo>);
-  static constexpr int kKElems = int(cute::cosize_v<SmemLayoutK>);
-  static constexpr int kVElems = int(cute::cosize_v<SmemLayoutV>);
-  static constexpr int kPElems = int(cute::cosize_v<SmemLayoutPdS>);
-  // Element offsets: Q stages, dO stages, K, V, P, dS.
-  static constexpr int kOffDo = kStages * kQElems;
-  static constexpr int kOffK = kOffDo + kStages * kDoElems;
-  static constexpr int kOffV = kOffK + kKElems;
-  static constexpr int kOffP = kOffV + kVElems;
-  static constexpr int kOffDs = kOffP + kPElems;
-  static constexpr int kSmemBytes = (kOffDs + kPElems) * int(sizeof(Element));
+  using SharedStorage = DkdvSharedStorage<Element, kStages * kQElems, kStages * kDoElems, cute::cosize_v<SmemLayoutK>,
+                                          cute::cosize_v<SmemLayoutV>, cute::cosize_v<SmemLayoutPdS>>;
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 163 * 1024, "must fit the sm_80 per-block shared memory limit");
 
-  using GmemCopyQK = RowTiledCopy<Element, cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>, kHeadDim, kNThreads>;
-  using GmemCopyV = RowTiledCopy<Element, cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>, kHeadDimV, kNThreads>;
+  using GmemCopyQK = ZfillRowCopy<Element, kHeadDim, kNThreads>;
+  using GmemCopyV = ZfillRowCopy<Element, kHeadDimV, kNThreads>;
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;
   using SmemCopyAtomT = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, Element>;
   // Accumulator-shaped P / dS fragments to shared memory, two elements (32 bits) per store.
@@ -99,6 +71,7 @@ struct BwdDkDvConfig {
 template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kNWarps_>
 struct BwdDqConfig {
   using Element = Element_;
+  using MmaKind = MmaSync;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kHeadDimV = kHeadDimV_;
   static constexpr int kBlockM = kBlockM_;  // queries per CTA
@@ -118,18 +91,15 @@ struct BwdDqConfig {
   using SmemLayoutV = SmemTile<Element, kBlockN, kHeadDimV>;
   using SmemLayoutKt = TransposedView<SmemLayoutK, kBlockN, kHeadDim>;  // (D, N): B of dQ
 
-  static constexpr int kQElems = int(cute::cosize_v<SmemLayoutQ>);
-  static constexpr int kDoElems = int(cute::cosize_v<SmemLayoutDo>);
-  static constexpr int kKElems = int(cute::cosize_v<SmemLayoutK>);
+  static constexpr int kKElems = int(cute::cosize_v<SmemLayoutK>);  // one stage
   static constexpr int kVElems = int(cute::cosize_v<SmemLayoutV>);
-  static constexpr int kOffDo = kQElems;
-  static constexpr int kOffK = kOffDo + kDoElems;
-  static constexpr int kOffV = kOffK + kStages * kKElems;
-  static constexpr int kSmemBytes = (kOffV + kStages * kVElems) * int(sizeof(Element));
+  using SharedStorage = DqSharedStorage<Element, cute::cosize_v<SmemLayoutQ>, cute::cosize_v<SmemLayoutDo>,
+                                        kStages * kKElems, kStages * kVElems>;
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 163 * 1024, "must fit the sm_80 per-block shared memory limit");
 
-  using GmemCopyQK = RowTiledCopy<Element, cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>, kHeadDim, kNThreads>;
-  using GmemCopyV = RowTiledCopy<Element, cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>, kHeadDimV, kNThreads>;
+  using GmemCopyQK = ZfillRowCopy<Element, kHeadDim, kNThreads>;
+  using GmemCopyV = ZfillRowCopy<Element, kHeadDimV, kNThreads>;
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;
   using SmemCopyAtomT = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, Element>;
 };

@@ -81,7 +81,12 @@ struct AttnMask {
   template <int kBlockM, int kBlockN>
   __device__ bool tile_fully_visible(int m_block, int n_block) const {
     const int row_first = m_block * kBlockM;
-    const int row_last = min(row_first + kBlockM, seqlen_q) - 1;
+    return keys_fully_visible<kBlockN>(row_first, min(row_first + kBlockM, seqlen_q) - 1, n_block);
+  }
+
+  // The same for the query rows [row_first, row_last] (the paged kernel's rows are (query, head) pairs).
+  template <int kBlockN>
+  __device__ bool keys_fully_visible(int row_first, int row_last, int n_block) const {
     const int key_first = n_block * kBlockN;
     const int key_last = key_first + kBlockN - 1;
     return key_last < seqlen_k && key_first >= key_begin(row_last) && key_last < key_end(row_first);

@@ -45,10 +45,10 @@ __device__ __forceinline__ void wgmma_gemm(TiledMma& mma, FragA const& a, FragB 
 }
 
 // Called by every thread after its shared-memory writes completed and before the barrier that publishes
-// them, when wgmma (async proxy) will read them. No-op for mma.sync kernels.
-template <bool kWgmma>
+// them, when wgmma (async proxy) will read them. No-op for mma.sync kernels (MmaKind of mma_kind.h).
+template <class MmaKind>
 __device__ __forceinline__ void publish_smem_writes() {
-  if constexpr (kWgmma) cutlass::arch::fence_view_async_shared();
+  if constexpr (MmaKind::kNeedsSm90a) cutlass::arch::fence_view_async_shared();
 }
 
 }  // namespace jax_flash

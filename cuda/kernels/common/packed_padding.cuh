@@ -28,7 +28,7 @@ struct PaddingRows {
 constexpr int kPaddingThreads = 256;
 
 // True when packed row `row` lies in no sequence's used span (the same clamped spans the attention
-// kernels use, block_info.h). A binary search over the clamped, non-decreasing offsets.
+// kernels use, common/seqlen.h). A binary search over the clamped, non-decreasing offsets.
 __device__ __forceinline__ bool is_padding_row(const PaddingRows& f, int row) {
   auto offset = [&](int i) { return min(max(f.cu_seqlens[i], 0), f.total_rows); };
   int lo = 0, hi = f.num_seqs + 1;  // first i in [0, N + 1) with offset(i) > row

@@ -1,15 +1,9 @@
-// Where one (sequence, head) problem lives, and which one a CTA works on.
+// Where one (sequence, head) problem lives: a sequence's lengths and the element offsets of its rows.
 //
-// SeqlenInfo: a sequence's lengths and the element offsets of its rows. Dense layout addresses sequence b
-// through the batch strides; the packed (varlen) layout starts sequence b at token cu_seqlens[b] of one token
-// axis and addresses it through the row stride. The offset helpers are the only code that knows which, so
-// mainloops and epilogues stay layout-agnostic.
-//
-// schedule_tile: which (sequence, block) a CTA computes along the query or key axis. Dense grids have one
-// CTA per block and sequence. Packed grids have ceil(T / kBlock) + N CTAs per head, a bound known from
-// shapes alone (sum_b ceil(len_b / kBlock) <= T / kBlock + N); each CTA finds its tile from the lengths on
-// the device, and CTAs beyond the real tile count exit. max_seqlen never enters: no value of it can make a
-// kernel skip work or read out of bounds.
+// Dense layout addresses sequence b through the batch strides; the packed (varlen) layout starts sequence b at
+// token cu_seqlens[b] of one token axis and addresses it through the row stride. SeqlenInfo's offset helpers
+// are the only code that knows which, so mainloops and epilogues stay layout-agnostic. Which (sequence, block)
+// a CTA works on is the tile scheduler's business (kernels/sched/).
 //
 // Device data is never trusted: offsets are clamped to [0, T] and lengths to the rows that remain, so any
 // cu_seqlens / seqused content keeps every access inside the tensors. (Offsets that decrease give
@@ -71,73 +65,29 @@ struct SeqlenInfo {
   }
 };
 
-// The (sequence, block) of one CTA; bidb < 0: this CTA has no tile.
-struct TileCoord {
-  int bidb, block;
+// The paged forward's sequence b: its new queries (dense rows or a packed span, no seqused) and the valid keys
+// of its cache, cache_seqlens[b] clamped to the page table's capacity.
+struct PagedSeqInfo {
+  int seqlen_q, seqlen_k;
+  int64_t q_start;  // packed: first token of the sequence; dense: 0
+
+  __device__ static PagedSeqInfo make(const PagedFwdParams& p, int bidb) {
+    const int capacity = p.max_pages * p.page_size;
+    const int seqlen_k = min(max(p.cache_seqlens[bidb], 0), capacity);
+    if (!p.packed()) return {p.seqlen_q, seqlen_k, 0};
+    const PackedSpan q = PackedSpan::load(p.cu_seqlens_q, nullptr, bidb, p.seqlen_q);
+    return {q.length, seqlen_k, q.start};
+  }
+
+  // Row of query `query` in the (B * Sq) or (Tq) query-row axis shared by out / lse / the partials.
+  __device__ int64_t query_row(const PagedFwdParams& p, int bidb, int query) const {
+    return p.packed() ? q_start + query : int64_t(bidb) * p.seqlen_q + query;
+  }
+  // Index of (query, head) in lse: dense (B, Hq, Sq), packed (Hq, Tq).
+  __device__ int64_t lse_index(const PagedFwdParams& p, int bidb, int head, int query) const {
+    return (p.packed() ? q_start : int64_t(bidb) * p.lse_batch_stride) + int64_t(head) * p.lse_head_stride + query;
+  }
 };
-
-enum class TileAxis { kQuery, kKey };
-
-namespace block_info_detail {
-
-// Packed grids: tile `tile` of the sequences' tiles laid end to end (sequence-major, each sequence's blocks
-// last first, so its most expensive causal block starts early). One full warp runs this: each lane counts
-// one sequence's tiles per 32-sequence chunk, a warp scan finds the chunk and sequence that hold `tile`.
-// rows_per_token: tile rows per token of the axis (the paged kernel packs the query heads of one kv head
-// along rows, so a sequence of L queries spans L * kv_group rows).
-template <int kBlock, TileAxis kAxis>
-__device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile, int rows_per_token = 1) {
-  const int lane = threadIdx.x % 32;
-  const int* cu = kAxis == TileAxis::kQuery ? p.cu_seqlens_q : p.cu_seqlens_k;
-  const int* used = kAxis == TileAxis::kQuery ? p.seqused_q : p.seqused_k;
-  const int total = kAxis == TileAxis::kQuery ? p.seqlen_q : p.seqlen_k;
-  int before = 0;  // tiles of the chunks already passed
-#pragma unroll 1
-  for (int first = 0; first < p.batch; first += 32) {
-    const int b = first + lane;
-    const int tiles =
-        b < p.batch ? ceil_div(PackedSpan::load(cu, used, b, total).length * rows_per_token, kBlock) : 0;
-    int inclusive = tiles;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
-      if (lane >= offset) inclusive += up;
-    }
-    const int chunk_tiles = __shfl_sync(0xffffffffu, inclusive, 31);
-    if (tile < before + chunk_tiles) {
-      const int owner = __ffs(__ballot_sync(0xffffffffu, tile < before + inclusive)) - 1;
-      const int end = before + __shfl_sync(0xffffffffu, inclusive, owner);
-      return {first + owner, end - 1 - tile};
-    }
-    before += chunk_tiles;
-  }
-  return {-1, 0};
-}
-
-}  // namespace block_info_detail
-
-// The tile of this CTA along `kAxis` in blocks of kBlock rows. Dense: (blockIdx.z, blockIdx.x), the block
-// index reversed when `reverse` (last query blocks first: under a causal mask they are the longest). Packed:
-// blockIdx.x indexes the tiles of all sequences (see find_packed_tile). Every thread of the CTA must call
-// it (it synchronizes the CTA in the packed case) and gets the same answer.
-template <int kBlock, TileAxis kAxis>
-__device__ TileCoord schedule_tile(const AttnFwdParams& p, bool reverse) {
-  if (!p.packed()) {
-    return {int(blockIdx.z), reverse ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x)};
-  }
-  __shared__ TileCoord shared_coord;
-  if (threadIdx.x < 32) {
-    const TileCoord coord = block_info_detail::find_packed_tile<kBlock, kAxis>(p, int(blockIdx.x));
-    if (threadIdx.x == 0) shared_coord = coord;
-  }
-  __syncthreads();
-  return shared_coord;
-}
-
-// Grid x-extent along one axis: blocks of the longest sequence (dense) or the packed bound.
-__host__ __forceinline__ int tile_grid_x(const AttnFwdParams& p, int rows, int block) {
-  return p.packed() ? ceil_div(rows, block) + p.batch : ceil_div(rows, block);
-}
 
 // GQA/MQA: query head h reads kv head h / kv_group.
 __device__ __forceinline__ int kv_head_of(int bidh, int kv_group) { return bidh / kv_group; }

@@ -1,7 +1,7 @@
 // Tile shape of the dense forward kernel on Hopper (sm_90a): the products S = Q K^T and O += P V run as
 // warpgroup MMAs (wgmma), Q K V staying in shared memory and P feeding the second product from registers.
-// Everything else (cp.async pipeline, masks, online softmax, epilogue) is the SM80 kernel's: fwd_kernel.cuh
-// takes either config and fwd_gemms.h picks the product form from `kWgmma`.
+// Everything else (cp.async pipeline, masks, online softmax, epilogue) is the SM80 kernel's: fwd/kernel.cuh
+// takes either config and fwd/products.h picks the products from `MmaKind`.
 //
 // kBlockM query rows = kBlockM / 64 warpgroups stacked along M, each owning 64 rows (one wgmma M).
 // Shared-memory tiles use the wgmma canonical layouts: Q and K K-major, V read through its transposed
@@ -9,23 +9,21 @@
 // not multiples of 64.
 #pragma once
 
-#include <cute/tensor.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
-#include "kernels/fwd/tile_config.h"
+#include "kernels/common/mma_kind.h"
+#include "kernels/common/tile_atoms.h"
+#include "kernels/common/tile_atoms_sm90.h"
+#include "kernels/fwd/shared_storage.h"
 
 namespace jax_flash {
-
-// Canonical wgmma K-major shared-memory atom for a tile with kCols (contiguous) columns.
-template <typename Element, int kCols>
-using GmmaKMajorAtom = std::conditional_t<kCols % 64 == 0, cute::GMMA::Layout_K_SW128_Atom<Element>,
-                                          cute::GMMA::Layout_K_SW64_Atom<Element>>;
 
 template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kStages_>
 struct Sm90FwdTileConfig {
   using Element = Element_;
-  static constexpr bool kWgmma = true;
+  using MmaKind = Wgmma;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kHeadDimV = kHeadDimV_;
   static constexpr int kBlockM = kBlockM_;
@@ -53,29 +51,20 @@ struct Sm90FwdTileConfig {
 
   using SmemLayoutQ = decltype(cute::tile_to_shape(GmmaKMajorAtom<Element, kHeadDim>{},
                                                    cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
-  using SmemLayoutK = decltype(cute::tile_to_shape(
-      GmmaKMajorAtom<Element, kHeadDim>{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
-  using SmemLayoutV = decltype(cute::tile_to_shape(
-      GmmaKMajorAtom<Element, kHeadDimV>{},
-      cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDimV>, cute::Int<kStages>>{}));
-  using SmemLayoutVt = decltype(cute::composition(
-      SmemLayoutV{}, cute::make_layout(cute::Shape<cute::Int<kHeadDimV>, cute::Int<kBlockN>, cute::Int<kStages>>{},
-                                       cute::Stride<cute::Int<kBlockN>, cute::_1, cute::Int<kBlockN * kHeadDimV>>{})));
+  using SmemLayoutK = GmmaTile<Element, kBlockN, kHeadDim, kStages>;
+  using SmemLayoutV = GmmaTile<Element, kBlockN, kHeadDimV, kStages>;
+  using SmemLayoutVt = StagedTransposedView<SmemLayoutV, kBlockN, kHeadDimV, kStages>;
   // The output tile is staged through shared memory (aliasing Q) with the SM80 layout: plain stores.
-  using SmemLayoutO = decltype(cute::tile_to_shape(typename SmemTileAtom<Element, kHeadDimV>::Layout{},
-                                                   cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>>{}));
+  using SmemLayoutO = SmemTile<Element, kBlockM, kHeadDimV>;
 
-  static constexpr int kSmemQOElems =
-      cute::cosize_v<SmemLayoutQ> > cute::cosize_v<SmemLayoutO> ? cute::cosize_v<SmemLayoutQ> : cute::cosize_v<SmemLayoutO>;
-  static constexpr int kSmemKElems = cute::cosize_v<SmemLayoutK>;
-  static constexpr int kSmemVElems = cute::cosize_v<SmemLayoutV>;
-  static constexpr int kSmemBytes = (kSmemQOElems + kSmemKElems + kSmemVElems) * int(sizeof(Element));
+  using SharedStorage = FwdSharedStorage<Element, SmemLayoutQ, SmemLayoutO, SmemLayoutK, SmemLayoutV>;
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
 
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
-  using GmemCopyQK = RowTiledCopy<Element, cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>, kHeadDim, kNThreads>;
-  using GmemCopyV = RowTiledCopy<Element, cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>, kHeadDimV, kNThreads>;
-  using GmemCopyO = RowTiledCopy<Element, cute::UniversalCopy<cute::uint128_t>, kHeadDimV, kNThreads>;
+  using GmemCopyQK = ZfillRowCopy<Element, kHeadDim, kNThreads>;
+  using GmemCopyV = ZfillRowCopy<Element, kHeadDimV, kNThreads>;
+  using GmemCopyO = StoreRowCopy<Element, kHeadDimV, kNThreads>;
 };
 
 // The head-dim pairs with a Hopper forward; the others run the SM80 kernel on every GPU. Measured on H100
