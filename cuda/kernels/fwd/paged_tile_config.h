@@ -2,7 +2,7 @@
 //
 // PagedDefaultConfig, the cp.async kernels (every GPU, every query mode): 64 rows x 64 keys, 4 warps, two K/V
 // stages, for every head dim. Rows are (query, query head) pairs of one kv head (GQA packing,
-// paged_fwd_kernel.cuh); a decode step of a 4-way group is 4 rows, and then the kernel splits each 64-key tile
+// paged_rows.h); a decode step of a 4-way group is 4 rows, and then the kernel splits each 64-key tile
 // among the 4 warps instead (16 keys each). Three stages measured no faster than two on H100 (2026-11-22, both
 // splits), so two stages keep 2 x 64 keys of K and V in flight per CTA. 64 x 64 also fits D = 256 (160 KB of
 // shared memory) on sm_80.
