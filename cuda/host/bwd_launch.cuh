@@ -17,12 +17,12 @@
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
 #include "kernels/bwd/dkdv_kernel.cuh"
-#include "kernels/bwd/dkdv_kernel_sm90.cuh"
 #include "kernels/bwd/dq_kernel.cuh"
 #include "kernels/bwd/preprocess.cuh"
 #include "kernels/bwd/tile_config.h"
+#include "kernels/bwd/tile_config_sm90.h"
 #include "kernels/bwd/workspace_layout.h"
-#include "kernels/common/seqlen.h"
+#include "kernels/sched/single_tile_scheduler.h"
 
 namespace jax_flash {
 namespace bwd_launch_detail {

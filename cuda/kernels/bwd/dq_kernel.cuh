@@ -2,31 +2,33 @@
 //
 // Warps are stacked along the queries, so each warp holds whole rows of S, dP and dS; the CTA walks the key
 // blocks its rows can see (K, V double-buffered through cp.async):
-//   S = Q K^T, dP = dO V^T   (kBlockM, kBlockN), recomputed
-//   dS                       bwd_math.h, in registers
+//   S = Q K^T, dP = dO V^T   (kBlockM, kBlockN), recomputed (sdp_sm80.h, the dK/dV kernel's products)
+//   dS                       math.h, in registers
 //   dQ += dS K               dS as the A operand straight from the accumulator registers, K^T transposed
 // Each dQ element is summed by one thread in a fixed order: deterministic.
 #pragma once
 
 #include <cute/tensor.hpp>
 
-#include "kernels/bwd/dkdv_loads.h"
 #include "kernels/bwd/epilogue.h"
+#include "kernels/bwd/loads.h"
 #include "kernels/bwd/math.h"
-#include "kernels/bwd/tile_config.h"
+#include "kernels/bwd/sdp_sm80.h"
 #include "kernels/common/copy.h"
 #include "kernels/common/fragment.h"
 #include "kernels/common/mask.h"
 #include "kernels/common/mma_sm80.h"
 #include "kernels/common/seqlen.h"
+#include "kernels/common/smem.h"
 #include "kernels/common/softmax.h"
+#include "kernels/common/tile_atoms.h"
 #include "kernels/params.h"
+#include "kernels/sched/single_tile_scheduler.h"
 
 namespace jax_flash {
 
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kNThreads, 1)
-    bwd_dq_kernel(const AttnBwdParams params, const float* __restrict__ delta) {
+__device__ __forceinline__ void bwd_dq_tile(const AttnBwdParams& params, const float* __restrict__ delta) {
   using namespace cute;
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM;
@@ -34,19 +36,15 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   constexpr int kHeadDim = Cfg::kHeadDim;
   constexpr int kHeadDimV = Cfg::kHeadDimV;
   using TileMN = Shape<Int<kBlockM>, Int<kBlockN>>;
-
-  // One dynamic shared array for every kernel of the backward's translation unit: the wgmma dK/dV kernel's
-  // 1024-byte alignment (bwd_dkdv_kernel_sm90.cuh) is the one all of them get, so all of them say it.
-  extern __shared__ __align__(1024) char smem_raw[];
-  Element* smem = reinterpret_cast<Element*>(smem_raw);
-
+  auto& storage = shared_storage<typename Cfg::SharedStorage>();
   const int tid = threadIdx.x;
+
   // Last query blocks first: under a causal mask they see the most keys, so the long CTAs start early.
-  const TileCoord tile = schedule_tile<kBlockM, TileAxis::kQuery>(params, /*reverse=*/true);
-  if (tile.bidb < 0) return;
+  const WorkTile tile = SingleTileScheduler<kBlockM, TileAxis::kQuery, /*kReverse=*/true>::get_tile(params);
+  if (!tile.valid()) return;
   const int m_block = tile.block;
   const int bidb = tile.bidb;
-  const int bidh = blockIdx.y;
+  const int bidh = tile.head;
   const int bidhk = kv_head_of(bidh, params.kv_group);
 
   const SeqlenInfo seq = SeqlenInfo::make(params, bidb);
@@ -57,12 +55,13 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   const int row0 = m_block * kBlockM;
   const int rows_left = seq.seqlen_q - row0;
 
-  Tensor sQ = make_tensor(make_smem_ptr(smem), typename Cfg::SmemLayoutQ{});
-  Tensor sDo = make_tensor(make_smem_ptr(smem + Cfg::kOffDo), typename Cfg::SmemLayoutDo{});
-  Tensor sK = make_tensor(make_smem_ptr(smem + Cfg::kOffK), typename Cfg::SmemLayoutK{});  // stage 0
-  Tensor sKt = make_tensor(make_smem_ptr(smem + Cfg::kOffK), typename Cfg::SmemLayoutKt{});
-  Tensor sV = make_tensor(make_smem_ptr(smem + Cfg::kOffV), typename Cfg::SmemLayoutV{});
+  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data()), typename Cfg::SmemLayoutQ{});
+  Tensor sDo = make_tensor(make_smem_ptr(storage.dout.data()), typename Cfg::SmemLayoutDo{});
+  Tensor sK = make_tensor(make_smem_ptr(storage.k.data()), typename Cfg::SmemLayoutK{});  // stage 0
+  Tensor sKt = make_tensor(sK.data(), typename Cfg::SmemLayoutKt{});
+  Tensor sV = make_tensor(make_smem_ptr(storage.v.data()), typename Cfg::SmemLayoutV{});
 
+  // K and V of key block n_block into buffer `stage`, bounds checks only on ragged tiles.
   typename Cfg::GmemCopyQK gmem_copy_qk;
   typename Cfg::GmemCopyV gmem_copy_v;
   auto gmem_thr_qk = gmem_copy_qk.get_thread_slice(tid);
@@ -75,7 +74,6 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   const Element* v_head = static_cast<const Element*>(params.v) +
                           seq.k_offset(params.v_batch_stride, params.v_row_stride, bidb) +
                           int64_t(bidhk) * params.v_head_stride;
-
   auto load_k_v = [&](int n_block, int stage) {
     const int keys_left = seq.seqlen_k - n_block * kBlockN;
     Tensor gK = make_tensor(make_gmem_ptr(k_head + int64_t(n_block) * kBlockN * params.k_row_stride),
@@ -97,18 +95,10 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 
   typename Cfg::TiledMma mma;
   auto thr_mma = mma.get_thread_slice(tid);
-  Tensor tSrQ = make_tensor<Element>(partition_shape_A(mma, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-  Tensor tSrK = make_tensor<Element>(partition_shape_B(mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  Tensor tSrDo = make_tensor<Element>(partition_shape_A(mma, Shape<Int<kBlockM>, Int<kHeadDimV>>{}));
-  Tensor tSrV = make_tensor<Element>(partition_shape_B(mma, Shape<Int<kBlockN>, Int<kHeadDimV>>{}));
+  auto s_dp = make_sdp_sm80<Element, typename Cfg::TiledMma, typename Cfg::SmemCopyAtom, kBlockM, kBlockN, kHeadDim,
+                            kHeadDimV>(sQ, sDo, sK, sV, tid);
   Tensor tdQrKt = make_tensor<Element>(partition_shape_B(mma, Shape<Int<kHeadDim>, Int<kBlockN>>{}));
-  auto smem_copy_a = make_tiled_copy_A(typename Cfg::SmemCopyAtom{}, mma);
-  auto smem_copy_b = make_tiled_copy_B(typename Cfg::SmemCopyAtom{}, mma);
   auto smem_copy_bt = make_tiled_copy_B(typename Cfg::SmemCopyAtomT{}, mma);
-  Tensor tSsQ = smem_copy_a.get_thread_slice(tid).partition_S(sQ);
-  Tensor tSsDo = smem_copy_a.get_thread_slice(tid).partition_S(sDo);
-  Tensor tSsK = smem_copy_b.get_thread_slice(tid).partition_S(sK);
-  Tensor tSsV = smem_copy_b.get_thread_slice(tid).partition_S(sV);
   Tensor tdQsKt = smem_copy_bt.get_thread_slice(tid).partition_S(sKt);
   Tensor tScS = rowcol_view(thr_mma.partition_C(make_identity_tensor(TileMN{})));
   constexpr int kRows = decltype(size<0>(tScS))::value;
@@ -131,11 +121,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 
     Tensor acc_s = partition_fragment_C(mma, TileMN{});
     Tensor acc_dp = partition_fragment_C(mma, TileMN{});
-    clear(acc_s);
-    clear(acc_dp);
-    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, shifted(tSsK, stage * Cfg::kKElems), mma, smem_copy_a, smem_copy_b);
-    gemm_ss(acc_dp, tSrDo, tSrV, tSsDo, shifted(tSsV, stage * Cfg::kVElems), mma, smem_copy_a, smem_copy_b);
-
+    s_dp(acc_s, acc_dp, 0, 0, stage * Cfg::kKElems, stage * Cfg::kVElems);
     Tensor scores = rowcol_view(acc_s);
     Tensor dscores = rowcol_view(acc_dp);
     const bool needs_mask = !mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, n_block);
@@ -151,6 +137,12 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   Element* dq = static_cast<Element*>(params.dq) + seq.q_offset(params.dq_batch_stride, params.dq_row_stride, bidb) +
                 int64_t(row0) * params.dq_row_stride + int64_t(bidh) * params.dq_head_stride;
   store_acc_rows(acc_dq, tdQc, dq, params.dq_row_stride, rows_left, params.head_dim, params.scale);
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kNThreads, 1)
+    bwd_dq_kernel(const AttnBwdParams params, const float* __restrict__ delta) {
+  bwd_dq_tile<Cfg>(params, delta);
 }
 
 }  // namespace jax_flash
