@@ -1,0 +1,75 @@
+// Launcher of the warp-specialized Hopper forward (kernels/fwd/sm90_ws/) for one (Element, kHeadDim,
+// kHeadDimV) instantiation: checks, tensor maps, launch. Included only by instantiation files (and the GPU
+// check tool); host code elsewhere sees launch.h alone.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "host/attention.h"
+#include "host/smem_opt_in.h"
+#include "kernels/fwd/sm90_ws/kernel_fwd_sm90_ws.cuh"
+#include "kernels/fwd/sm90_ws/shared_storage.h"
+#include "kernels/fwd/sm90_ws/tile_size.h"
+
+namespace jax_flash {
+
+// What the tensor maps of Q, K, V (16-byte aligned bases, strides in multiples of 16 bytes) and the 16-byte
+// stores of O need.
+inline bool sm90_ws_operands_aligned(const AttnFwdParams& p) {
+  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  auto strides_ok = [](int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; };
+  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.out) && p.head_dim % 8 == 0 &&
+         p.head_dim_v % 8 == 0 && strides_ok(p.q_batch_stride, p.q_row_stride, p.q_head_stride) &&
+         strides_ok(p.k_batch_stride, p.k_row_stride, p.k_head_stride) &&
+         strides_ok(p.v_batch_stride, p.v_row_stride, p.v_head_stride) &&
+         strides_ok(p.out_batch_stride, p.out_row_stride, p.out_head_stride);
+}
+
+template <class Cfg>
+Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream) {
+#ifndef JAX_FLASH_HAS_SM90A
+  return Status{"attn_fwd_sm90_ws: this build has no sm_90a code"};
+#else
+  if (params.head_dim > Cfg::kHeadDim || params.head_dim_v > Cfg::kHeadDimV) {
+    return Status{"attn_fwd_sm90_ws: head dims (" + std::to_string(params.head_dim) + ", " +
+                  std::to_string(params.head_dim_v) + ") exceed the tile (" + std::to_string(Cfg::kHeadDim) +
+                  ", " + std::to_string(Cfg::kHeadDimV) + ")"};
+  }
+  if (params.kv_group < 1 || params.heads_q != params.heads_k * params.kv_group) {
+    return Status{"attn_fwd_sm90_ws: heads_q (" + std::to_string(params.heads_q) + ") must equal heads_k (" +
+                  std::to_string(params.heads_k) + ") * kv_group (" + std::to_string(params.kv_group) + ")"};
+  }
+  if (!sm90_ws_operands_aligned(params)) {
+    return Status{"attn_fwd_sm90_ws: q/k/v/out need 16-byte aligned base pointers and row/head/batch strides "
+                  "that are multiples of 8 elements"};
+  }
+  if (params.batch == 0 || params.heads_q == 0 || params.seqlen_q == 0) return Status{};
+  if (params.heads_q > 65535 || params.layout_batch() > 65535) {
+    return Status{"attn_fwd_sm90_ws: batch and heads must each be <= 65535"};
+  }
+  const dim3 grid = Sm90WsScheduler<Cfg>::grid(params, params.heads_q);
+  const Sm90WsKernelParams<Cfg> kernel_params{params, Sm90WsMainloop<Cfg>::make_params(params)};
+  auto kernel = params.softcap > 0.f ? &attn_fwd_sm90_ws_kernel<Cfg, true> : &attn_fwd_sm90_ws_kernel<Cfg, false>;
+  constexpr int kSmem = int(sizeof(Sm90WsSharedStorage<Cfg>));
+  if (Status s = opt_in_dynamic_smem(kernel, kSmem, "attn_fwd_sm90_ws"); !s.ok()) return s;
+  kernel<<<grid, Cfg::kThreads, kSmem, stream>>>(kernel_params);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return Status{"attn_fwd_sm90_ws: launch (head dims " + std::to_string(Cfg::kHeadDim) + "/" +
+                  std::to_string(Cfg::kHeadDimV) + ", grid " + std::to_string(grid.x) + "x" +
+                  std::to_string(grid.y) + "x" + std::to_string(grid.z) + "): " + cudaGetErrorString(err)};
+  }
+  return Status{};
+#endif
+}
+
+// The default tile of the head-dim pair (tile_size.h). The caller has checked that the device is a Hopper.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream) {
+  return launch_attn_fwd_sm90_ws<Sm90WsFwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, stream);
+}
+
+}  // namespace jax_flash

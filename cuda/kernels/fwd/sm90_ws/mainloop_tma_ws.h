@@ -1,0 +1,296 @@
+// Mainloop of the warp-specialized Hopper forward: the producer's TMA loads and the consumers' products and
+// online softmax, meeting in two mbarrier pipelines (K stages, V stages) and one barrier for Q.
+//
+// Producer (one thread): Q once, then the key tiles from the last visible block down, K of tile t+1 ahead of
+// V of tile t, because the consumers need them in that order (below). Each tile is one TMA box set completing
+// on its stage's full barrier; a stage is reused once both consumer warpgroups released it.
+//
+// Consumers (each warpgroup its 64 rows), with intra-warpgroup overlap: step t issues S(t) = Q K(t)^T and
+// O += P(t-1) V(t-1) back to back, then runs the softmax of S(t) while P(t-1) V(t-1) is still on the tensor
+// cores; only then is P(t) written over P(t-1). With the pingpong (named_barriers.h), the warpgroups issue
+// their step's GEMMs in turn, so one's softmax also runs under the other's GEMMs.
+//
+// Rows past the sequence and columns past the real head dims arrive as zeros (the tensor maps are the real
+// shapes, and the TMA unit fills out-of-range boxes with zeros). Packed layouts: a key tile reaching past
+// its sequence reads the next sequence's keys, which the mask hides (their probabilities are exactly 0).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/detail/helper_macros.hpp>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/common/fragment.h"
+#include "kernels/common/mma_sm90.h"
+#include "kernels/common/softmax.h"
+#include "kernels/fwd/block_work.h"
+#include "kernels/fwd/sm90_ws/named_barriers.h"
+#include "kernels/fwd/sm90_ws/shared_storage.h"
+#include "kernels/params.h"
+
+namespace jax_flash {
+
+// One online-softmax step that leaves the output accumulator alone: the caller rescales O by `correction`
+// later, when no wgmma in flight is writing it. (OnlineSoftmax::step rescales what it is given: here a column
+// of ones, which it turns into each row's correction factor.)
+template <int kRows, class Scores>
+__device__ __forceinline__ void softmax_step_deferred(OnlineSoftmax<kRows>& softmax, Scores& scores,
+                                                      float (&correction)[kRows]) {
+  using namespace cute;
+  Tensor ones = make_tensor<float>(Shape<Int<kRows>, _1>{});
+  CUTE_UNROLL
+  for (int r = 0; r < kRows; ++r) ones(r, 0) = 1.f;
+  softmax.step(scores, ones);
+  CUTE_UNROLL
+  for (int r = 0; r < kRows; ++r) correction[r] = ones(r, 0);
+}
+
+// acc(r, c) *= correction[r] on a (row, col) view.
+template <int kRows, class RowCol>
+__device__ __forceinline__ void rescale_rows(RowCol& acc, const float (&correction)[kRows]) {
+  CUTE_UNROLL
+  for (int r = 0; r < kRows; ++r) {
+    CUTE_UNROLL
+    for (int c = 0; c < cute::size<1>(acc); ++c) acc(r, c) *= correction[r];
+  }
+}
+
+template <class Cfg>
+struct Sm90WsMainloop {
+  using Element = typename Cfg::Element;
+  static constexpr int kBlockM = Cfg::kBlockM;
+  static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kHeadDimV = Cfg::kHeadDimV;
+  using Storage = Sm90WsSharedStorage<Cfg>;
+  using Pipeline = typename Storage::Pipeline;
+  using PipelineState = typename Pipeline::PipelineState;
+
+  // Global tensors as the tensor maps see them: (rows, head dim, heads, batch), the head dim contiguous.
+  using Shape4 = cute::Shape<int, int, int, int>;
+  using Stride4 = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
+  using GmemTensor = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<const Element*>(nullptr)),
+                                                Shape4{}, Stride4{}));
+  using TileQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>;
+  using TileK = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>;
+  using TileV = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDimV>>;
+  using TmaQ = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{}, typename Cfg::SmemLayoutQ{},
+                                            TileQ{}, cute::_1{}));
+  using TmaK = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{},
+                                            cute::take<0, 2>(typename Cfg::SmemLayoutK{}), TileK{}, cute::_1{}));
+  using TmaV = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{},
+                                            cute::take<0, 2>(typename Cfg::SmemLayoutV{}), TileV{}, cute::_1{}));
+
+  // The tensor maps (they hold the tensors' addresses, so they are encoded on the host at each launch).
+  struct Params {
+    TmaQ tma_q;
+    TmaK tma_k;
+    TmaV tma_v;
+  };
+
+  // Shapes of the three maps; the device builds its coordinate tensors from the same values. An empty key
+  // axis still gets a one-row map (never read: such a launch has no key tiles).
+  __host__ __device__ static Shape4 shape_q(const AttnFwdParams& p) {
+    return cute::make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.layout_batch());
+  }
+  __host__ __device__ static Shape4 shape_k(const AttnFwdParams& p) {
+    return cute::make_shape(p.seqlen_k > 0 ? p.seqlen_k : 1, p.head_dim, p.heads_k, p.layout_batch());
+  }
+  __host__ __device__ static Shape4 shape_v(const AttnFwdParams& p) {
+    return cute::make_shape(p.seqlen_k > 0 ? p.seqlen_k : 1, p.head_dim_v, p.heads_k, p.layout_batch());
+  }
+
+  // Host: encode the maps. The caller checked what a map needs (16-byte aligned bases and strides).
+  static Params make_params(const AttnFwdParams& p) {
+    using namespace cute;
+    // A packed layout is one batch: its batch stride is never stepped, but a map wants a valid one.
+    auto strides = [&](int64_t row, int64_t head, int64_t batch) {
+      return make_stride(row, _1{}, head, p.packed() ? row : batch);
+    };
+    auto tensor = [&](const void* ptr, Shape4 shape, Stride4 stride) {
+      return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), shape, stride);
+    };
+    Tensor q = tensor(p.q, shape_q(p), strides(p.q_row_stride, p.q_head_stride, p.q_batch_stride));
+    // With no keys at all the K / V maps are never read, and their buffers may be empty (null): any valid
+    // address serves.
+    const void* k_base = p.seqlen_k > 0 ? p.k : p.q;
+    const void* v_base = p.seqlen_k > 0 ? p.v : p.q;
+    Tensor k = tensor(k_base, shape_k(p), strides(p.k_row_stride, p.k_head_stride, p.k_batch_stride));
+    Tensor v = tensor(v_base, shape_v(p), strides(p.v_row_stride, p.v_head_stride, p.v_batch_stride));
+    return {make_tma_copy(SM90_TMA_LOAD{}, q, typename Cfg::SmemLayoutQ{}, TileQ{}, _1{}),
+            make_tma_copy(SM90_TMA_LOAD{}, k, take<0, 2>(typename Cfg::SmemLayoutK{}), TileK{}, _1{}),
+            make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Cfg::SmemLayoutV{}), TileV{}, _1{})};
+  }
+
+  // Producer: run by one thread, for a block with at least one key tile.
+  __device__ static void load(const Params& mp, const AttnFwdParams& p, Storage& st, Pipeline& pipe_k,
+                              Pipeline& pipe_v, const FwdBlockWork& w) {
+    using namespace cute;
+    prefetch_tma_descriptor(mp.tma_q.get_tma_descriptor());
+    prefetch_tma_descriptor(mp.tma_k.get_tma_descriptor());
+    prefetch_tma_descriptor(mp.tma_v.get_tma_descriptor());
+    Tensor mQ = mp.tma_q.get_tma_tensor(shape_q(p))(_, _, w.bidh, w.batch_coord());
+    Tensor mK = mp.tma_k.get_tma_tensor(shape_k(p))(_, _, w.bidh_kv, w.batch_coord());
+    Tensor mV = mp.tma_v.get_tma_tensor(shape_v(p))(_, _, w.bidh_kv, w.batch_coord());
+    Tensor gQ = local_tile(domain_offset(make_coord(w.q_row0(), _0{}), mQ), TileQ{}, make_coord(w.m_block, _0{}));
+    Tensor gK = local_tile(domain_offset(make_coord(w.k_row0(), _0{}), mK), TileK{}, make_coord(_, _0{}));
+    Tensor gV = local_tile(domain_offset(make_coord(w.k_row0(), _0{}), mV), TileV{}, make_coord(_, _0{}));
+    Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Cfg::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(st.v.data()), typename Cfg::SmemLayoutV{});
+
+    auto cta_q = mp.tma_q.get_slice(_0{});
+    auto cta_k = mp.tma_k.get_slice(_0{});
+    auto cta_v = mp.tma_v.get_slice(_0{});
+    Tensor tQgQ = cta_q.partition_S(gQ);
+    Tensor tQsQ = cta_q.partition_D(sQ);
+    Tensor tKgK = group_modes<0, 3>(cta_k.partition_S(gK));  // (TMA, key block)
+    Tensor tKsK = group_modes<0, 3>(cta_k.partition_D(sK));  // (TMA, stage)
+    Tensor tVgV = group_modes<0, 3>(cta_v.partition_S(gV));
+    Tensor tVsV = group_modes<0, 3>(cta_v.partition_D(sV));
+
+    PipelineState write_k = cutlass::make_producer_start_state<Pipeline>();
+    PipelineState write_v = write_k;
+    // K / V are read by every query block of the head: keep them in L2; Q is read once.
+    auto load_k = [&](int n_block) CUTLASS_LAMBDA_FUNC_INLINE {
+      pipe_k.producer_acquire(write_k);
+      copy(mp.tma_k.with(*pipe_k.producer_get_barrier(write_k), 0, TMA::CacheHintSm90::EVICT_LAST),
+           tKgK(_, n_block), tKsK(_, write_k.index()));
+      ++write_k;
+    };
+    auto load_v = [&](int n_block) CUTLASS_LAMBDA_FUNC_INLINE {
+      pipe_v.producer_acquire(write_v);
+      copy(mp.tma_v.with(*pipe_v.producer_get_barrier(write_v), 0, TMA::CacheHintSm90::EVICT_LAST),
+           tVgV(_, n_block), tVsV(_, write_v.index()));
+      ++write_v;
+    };
+
+    load_k(w.n_max - 1);
+    st.barrier_q.arrive_and_expect_tx(Cfg::kBytesQ);
+    copy(mp.tma_q.with(reinterpret_cast<uint64_t&>(st.barrier_q), 0, TMA::CacheHintSm90::EVICT_FIRST), tQgQ, tQsQ);
+#pragma unroll 1
+    for (int n_block = w.n_max - 2; n_block >= w.n_min; --n_block) {
+      load_k(n_block);
+      load_v(n_block + 1);
+    }
+    load_v(w.n_min);
+  }
+
+  // Consumers: acc_o (the PV accumulator partition of thread tidx, 0 .. kMmaThreads - 1, zeroed) and softmax
+  // end holding the unnormalized output and the row statistics of every visible key. Needs >= 1 key tile.
+  template <bool kSoftcap, class AccO, int kRows>
+  __device__ static void mma(Storage& st, Pipeline& pipe_k, Pipeline& pipe_v, const FwdBlockWork& w, int tidx,
+                             const ScoreScale& score_scale, AccO& acc_o, OnlineSoftmax<kRows>& softmax) {
+    using namespace cute;
+    Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Cfg::SmemLayoutK{});
+    Tensor sVt = make_tensor(make_smem_ptr(st.v.data()), typename Cfg::SmemLayoutVt{});
+    typename Cfg::TiledMmaQK mma_qk;
+    typename Cfg::TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(tidx);
+    auto thr_pv = mma_pv.get_thread_slice(tidx);
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // descriptors
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, N, K, stage)
+    Tensor tOrVt = thr_pv.partition_fragment_B(sVt);  // (MMA, Dv, N, stage)
+    // Tile-local (row, col) of each score this thread holds, for the mask.
+    Tensor tScS_rc = rowcol_view(thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+    Tensor acc_o_rc = rowcol_view(acc_o);
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+
+    const WarpgroupTurns<Cfg::kPingpong, Cfg::kMmaWarpgroups> turns{tidx / 128};
+    // One arrival per warpgroup frees a stage (the empty barriers count warpgroups): a warpgroup's wgmma
+    // reads of a stage are complete once its wait returns.
+    const bool signals_release = tidx % 128 == 0;
+    PipelineState read_k, read_v;
+    auto wait = [](Pipeline& pipe, PipelineState& s) CUTLASS_LAMBDA_FUNC_INLINE {
+      pipe.consumer_wait(s, pipe.consumer_try_wait(s));
+    };
+    auto release = [&](Pipeline& pipe, PipelineState& s) CUTLASS_LAMBDA_FUNC_INLINE {
+      if (signals_release) pipe.consumer_release(s);
+      ++s;
+    };
+    // Softcap, then the mask where the tile needs one; returns the (row, col) view of the scores.
+    auto finish_scores = [&](int n_block, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
+      if constexpr (kSoftcap) apply_softcap(acc_s, score_scale.pre_tanh);
+      Tensor scores = rowcol_view(acc_s);
+      if constexpr (decltype(masked_tag)::value) {
+        w.mask.apply(scores, tScS_rc, w.m_block * kBlockM, n_block * kBlockN);
+      }
+      return scores;
+    };
+
+    // First key tile: nothing to overlap with yet, and O is zero, so the softmax may rescale it directly.
+    st.barrier_q.wait(0);
+    wait(pipe_k, read_k);
+    wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, read_k.index()), acc_s);
+    release(pipe_k, read_k);
+    {
+      Tensor scores = finish_scores(w.n_max - 1, cute::true_type{});
+      softmax.step(scores, acc_o_rc);
+    }
+    auto p_tile = convert_fragment<Element>(acc_s);  // P of the tile whose P V is next
+    Tensor tOrP = make_tensor(p_tile.data(), acc_as_a_layout(p_tile.layout()));
+    float correction[kRows];  // pending rescale of O (kRescaleBeforePv)
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) correction[r] = 1.f;
+
+    const int n_tiles = w.n_tiles();
+    if (n_tiles > 1) turns.open_first();
+
+    // Step t >= 1: S(t) and P(t-1) V(t-1) on the tensor cores, then the softmax of S(t).
+    auto step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
+      const int n_block = w.n_max - 1 - t;
+      wait(pipe_k, read_k);
+      turns.sync_own();
+      warpgroup_fence_operand(acc_s);
+      warpgroup_arrive();
+      wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, read_k.index()), acc_s);
+      warpgroup_commit_batch();
+      if constexpr (Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
+      wait(pipe_v, read_v);
+      warpgroup_fence_operand(acc_o);
+      warpgroup_fence_operand(tOrP);
+      warpgroup_arrive();
+      wgmma_issue<false>(mma_pv, tOrP, tOrVt(_, _, _, read_v.index()), acc_o);
+      warpgroup_commit_batch();
+      turns.open_next(t == n_tiles - 1);
+      warpgroup_wait<1>();  // S(t) is in
+      warpgroup_fence_operand(acc_s);
+      release(pipe_k, read_k);
+      Tensor scores = finish_scores(n_block, masked_tag);
+      softmax_step_deferred(softmax, scores, correction);
+      warpgroup_wait<0>();  // P(t-1) V(t-1) is in: P(t-1) may be overwritten
+      warpgroup_fence_operand(acc_o);
+      release(pipe_v, read_v);
+      copy(convert_fragment<Element>(acc_s), p_tile);
+      if constexpr (!Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
+    };
+
+    // Tiles run from the last key block down in three phases: masked tiles at the seqlen-k / right-window
+    // edge, fully visible tiles, masked tiles at the left-window edge (one loop body per kind).
+    int n_hi, n_lo;  // fully visible key blocks: [n_lo, n_hi)
+    w.mask.full_n_block_range<kBlockM, kBlockN>(w.m_block, n_hi, n_lo);
+    n_hi = max(min(n_hi, w.n_max), w.n_min);
+    n_lo = max(min(n_lo, n_hi), w.n_min);
+    int t = 1;
+#pragma unroll 1
+    for (; t < w.n_max - n_hi; ++t) step(t, cute::true_type{});
+#pragma unroll 1
+    for (; t < w.n_max - n_lo; ++t) step(t, cute::false_type{});
+#pragma unroll 1
+    for (; t < n_tiles; ++t) step(t, cute::true_type{});
+
+    // The last P V.
+    if constexpr (Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
+    wait(pipe_v, read_v);
+    warpgroup_fence_operand(tOrP);
+    wgmma_gemm<false>(mma_pv, tOrP, tOrVt(_, _, _, read_v.index()), acc_o);
+    release(pipe_v, read_v);
+  }
+};
+
+}  // namespace jax_flash

@@ -1,0 +1,126 @@
+// Tile shapes, thread roles and register budgets of the warp-specialized Hopper forward (sm_90a), per head dim.
+//
+// A CTA is 1 producer warpgroup + kBlockM / 64 consumer warpgroups. The producer's first thread issues every
+// TMA load; the consumers each own 64 query rows of the tile and run the two products as wgmma: S = Q K^T with
+// Q and K in shared memory, O += P V with P from registers and V read through its transposed (MN-major) view.
+// setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers (which hold the
+// S, P and O fragments): 24 + 2 x 240 per thread, 3 x 128 threads, within the 64K registers of an SM.
+//
+// Per head dim (the largest key tile whose Q + 2 stages of K and V fit the 227 KB of shared memory, as
+// FlashAttention-3's hopper/tile_size.h chooses): the pingpong between the consumer warpgroups (their GEMMs
+// take turns, so one's softmax runs under the other's GEMMs) pays while the softmax is a large share of a step
+// (D <= 128); at D 256 each warpgroup's own overlap (softmax of tile j under the QK^T of tile j+1) is enough.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cutlass/numeric_types.h>
+
+#include <type_traits>
+
+#include "kernels/common/tile_atoms.h"
+#include "kernels/common/tile_atoms_sm90.h"
+
+namespace jax_flash {
+
+template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockN_, int kStages_, bool kPingpong_>
+struct Sm90WsFwdConfig {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kHeadDimV = kHeadDimV_;
+  static constexpr int kBlockM = 128;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr bool kPingpong = kPingpong_;
+  // Rescale O by the softmax correction before the P V product that adds to it (under the QK^T in flight)
+  // rather than after it: for wide O the rescale is long enough to be worth hiding.
+  static constexpr bool kRescaleBeforePv = kHeadDimV > 128;
+
+  static constexpr int kMmaWarpgroups = kBlockM / 64;
+  static constexpr int kMmaThreads = 128 * kMmaWarpgroups;
+  static constexpr int kThreads = 128 + kMmaThreads;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kMmaRegs = 240;
+  static_assert(kMmaWarpgroups == 2, "register budget set for 2 consumer warpgroups");
+  static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 64 * 1024, "registers of one SM");
+
+  static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
+  static_assert(kHeadDim % 32 == 0 && kHeadDimV % 32 == 0 && kHeadDim <= 256 && kHeadDimV <= 256);
+  // kBlockN % 16: P is the A operand of k16 slices; wgmma N up to 256.
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256);
+  static_assert(kStages >= 2);
+
+  using WarpgroupsAlongM = cute::Layout<cute::Shape<cute::Int<kMmaWarpgroups>, cute::_1, cute::_1>>;
+  using TiledMmaQK = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
+      WarpgroupsAlongM{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>, cute::Int<kBlockN>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      WarpgroupsAlongM{}));
+
+  // Shared tiles in the wgmma canonical K-major layouts; the TMA boxes land in them as they are.
+  using SmemLayoutQ = decltype(cute::tile_to_shape(GmmaKMajorAtom<Element, kHeadDim>{},
+                                                   cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutK = GmmaTile<Element, kBlockN, kHeadDim, kStages>;
+  using SmemLayoutV = GmmaTile<Element, kBlockN, kHeadDimV, kStages>;
+  // V as the (kHeadDimV, kBlockN) B operand of O += P V: the same storage, transposed view.
+  using SmemLayoutVt = StagedTransposedView<SmemLayoutV, kBlockN, kHeadDimV, kStages>;
+  // The output staging tile (aliasing Q, see epilogue_ws.h): the same 8-row atoms as Q, so that each
+  // warpgroup's 64 rows of O cover exactly the bytes of its own 64 rows of Q.
+  using SmemLayoutO = SmemTile<Element, kBlockM, kHeadDimV>;
+  using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
+  using GmemCopyO = StoreRowCopy<Element, kHeadDimV, kMmaThreads>;
+  static_assert((kHeadDim % 64 == 0) == (kHeadDimV % 64 == 0), "Q and O atoms must have the same width");
+
+  static constexpr int kSmemQOElems = cute::cosize_v<SmemLayoutQ> > cute::cosize_v<SmemLayoutO>
+                                          ? cute::cosize_v<SmemLayoutQ>
+                                          : cute::cosize_v<SmemLayoutO>;
+  static constexpr int kBytesQ = kBlockM * kHeadDim * int(sizeof(Element));
+  static constexpr int kBytesK = kBlockN * kHeadDim * int(sizeof(Element));
+  static constexpr int kBytesV = kBlockN * kHeadDimV * int(sizeof(Element));
+};
+
+// The tile of each head-dim pair (key tile, K/V stages, pingpong), FlashAttention-3's choices for two consumer
+// warpgroups of 64 rows where they fit, measured on H100 where noted in BENCHMARKS.md.
+template <int kHeadDim, int kHeadDimV>
+struct Sm90WsTileSize;
+template <>
+struct Sm90WsTileSize<64, 64> {
+  static constexpr int kBlockN = 192, kStages = 2;
+  static constexpr bool kPingpong = true;
+};
+template <>
+struct Sm90WsTileSize<96, 96> {
+  static constexpr int kBlockN = 144, kStages = 2;
+  static constexpr bool kPingpong = true;
+};
+template <>
+struct Sm90WsTileSize<128, 128> {
+  static constexpr int kBlockN = 128, kStages = 2;
+  static constexpr bool kPingpong = true;
+};
+template <>
+struct Sm90WsTileSize<192, 128> {
+  static constexpr int kBlockN = 128, kStages = 2;
+  static constexpr bool kPingpong = false;
+};
+template <>
+struct Sm90WsTileSize<192, 192> {
+  static constexpr int kBlockN = 112, kStages = 2;
+  static constexpr bool kPingpong = false;
+};
+template <>
+struct Sm90WsTileSize<256, 256> {
+  static constexpr int kBlockN = 80, kStages = 2;
+  static constexpr bool kPingpong = false;
+};
+
+template <typename Element, int kHeadDim, int kHeadDimV>
+using Sm90WsFwdDefaultConfig =
+    Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Sm90WsTileSize<kHeadDim, kHeadDimV>::kBlockN,
+                    Sm90WsTileSize<kHeadDim, kHeadDimV>::kStages, Sm90WsTileSize<kHeadDim, kHeadDimV>::kPingpong>;
+
+}  // namespace jax_flash

@@ -1,0 +1,574 @@
+// GPU check of the warp-specialized Hopper forward (kernels/fwd/sm90_ws/): every output element against an
+// fp32 reference, with the current forward's error on the same inputs as the yardstick (DESIGN.md's oracle
+// rule with the current kernel in the place of the naive one), then speed beside the current forward.
+//
+// Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D):
+//   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
+//        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
+//        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
+// Run: fwd_sm90_ws_check [--small] [--no-timing]
+//   --small      a few small cases, the new kernel only, fixed tolerances (for compute-sanitizer)
+//   --no-timing  correctness only
+// Exit status 0 when every case passes.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "host/fwd_sm90_ws_launch.cuh"
+#include "host/smem_opt_in.h"
+#include "kernels/fwd/kernel.cuh"
+#include "kernels/fwd/tile_config.h"
+#include "kernels/fwd/tile_config_sm90.h"
+#include "kernels/sched/single_tile_scheduler.h"
+
+#ifndef CHECK_HEAD_DIM
+#define CHECK_HEAD_DIM 128
+#endif
+#ifndef CHECK_HEAD_DIM_V
+#define CHECK_HEAD_DIM_V CHECK_HEAD_DIM
+#endif
+
+namespace jax_flash {
+namespace {
+
+constexpr int kD = CHECK_HEAD_DIM;
+constexpr int kDv = CHECK_HEAD_DIM_V;
+
+#define CHECK_CUDA(call)                                                                          \
+  do {                                                                                            \
+    const cudaError_t err_ = (call);                                                              \
+    if (err_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
+      std::exit(2);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+void check_status(const Status& s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, s.message.c_str());
+    std::exit(2);
+  }
+}
+
+// ---- The current forward (the kernel the new one replaces), launched directly -------------------------------
+template <class Element, int D, int Dv, bool = Sm90FwdDefaultConfig<Element, D, Dv>::kAvailable>
+struct CurrentConfig {
+  using type = typename FwdDefaultConfig<Element, D, Dv>::type;
+};
+template <class Element, int D, int Dv>
+struct CurrentConfig<Element, D, Dv, true> {
+  using type = typename Sm90FwdDefaultConfig<Element, D, Dv>::type;
+};
+
+template <class Element>
+Status launch_current(const AttnFwdParams& p, cudaStream_t stream) {
+  using Cfg = typename CurrentConfig<Element, kD, kDv>::type;
+  const dim3 grid(tile_grid_x(p, p.seqlen_q, Cfg::kBlockM), p.heads_q, p.layout_batch());
+  auto kernel = p.softcap > 0.f ? &attn_fwd_kernel<Cfg, true> : &attn_fwd_kernel<Cfg, false>;
+  if (Status s = opt_in_dynamic_smem(kernel, Cfg::kSmemBytes, "current forward"); !s.ok()) return s;
+  kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? Status{} : Status{cudaGetErrorString(err)};
+}
+
+// ---- Inputs and the fp32 reference -------------------------------------------------------------------------------
+__device__ float uniform_hash(uint64_t i, uint32_t seed) {
+  uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  return float(x >> 40) * (1.f / float(1 << 24)) * 2.f - 1.f;  // [-1, 1)
+}
+
+template <class Element>
+__global__ void fill_uniform(Element* x, int64_t n, uint32_t seed, float amplitude) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    x[i] = Element(amplitude * uniform_hash(uint64_t(i), seed));
+  }
+}
+
+// Tensors are contiguous: q (rows, hq, d), k (rows, hk, d), v (rows, hk, dv), out (rows, hq, dv); the
+// reference writes ref_out (rows_q, hq, dv) and ref_lse (rows_q, hq) in fp32.
+struct RefProblem {
+  const void *q, *k, *v;
+  float *out, *lse;
+  bool packed;
+  int sq, sk;  // dense lengths
+  const int *cu_q, *cu_k, *used_q, *used_k;
+  int hq, hk, d, dv;
+  float scale, softcap;
+  int window_left, window_right;
+};
+
+__device__ float block_reduce(float v, bool is_max, float* scratch) {
+  for (int o = 16; o > 0; o /= 2) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = scratch[0];
+  for (int i = 1; i < warps; ++i) r = is_max ? fmaxf(r, scratch[i]) : r + scratch[i];
+  return r;
+}
+
+// One block per (query row, head, sequence): the scores of all keys in shared memory, then exact softmax.
+template <class Element>
+__global__ void reference_fwd(RefProblem r) {
+  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  int q0, sq, k0, sk;
+  if (r.packed) {
+    q0 = r.cu_q[b];
+    k0 = r.cu_k[b];
+    sq = r.used_q ? r.used_q[b] : r.cu_q[b + 1] - q0;
+    sk = r.used_k ? r.used_k[b] : r.cu_k[b + 1] - k0;
+  } else {
+    q0 = b * r.sq;
+    k0 = b * r.sk;
+    sq = r.sq;
+    sk = r.sk;
+  }
+  if (i >= sq) return;
+  extern __shared__ float sm[];
+  float* q_row = sm;        // 256
+  float* scratch = sm + 256;  // 32
+  float* s = sm + 288;        // sk
+  const int hkv = h / (r.hq / r.hk);
+  const Element* q = static_cast<const Element*>(r.q) + (int64_t(q0 + i) * r.hq + h) * r.d;
+  const Element* k = static_cast<const Element*>(r.k);
+  const Element* v = static_cast<const Element*>(r.v);
+  for (int c = threadIdx.x; c < r.d; c += blockDim.x) q_row[c] = float(q[c]);
+  __syncthreads();
+  const int pos = i + sk - sq;
+  float local_max = -INFINITY;
+  for (int j = threadIdx.x; j < sk; j += blockDim.x) {
+    const bool visible = (r.window_left < 0 || j >= pos - r.window_left) && (r.window_right < 0 || j <= pos + r.window_right);
+    float x = -INFINITY;
+    if (visible) {
+      const Element* kj = k + (int64_t(k0 + j) * r.hk + hkv) * r.d;
+      float dot = 0.f;
+      for (int c = 0; c < r.d; ++c) dot += q_row[c] * float(kj[c]);
+      x = dot * r.scale;
+      if (r.softcap > 0.f) x = r.softcap * tanhf(x / r.softcap);
+    }
+    s[j] = x;
+    local_max = fmaxf(local_max, x);
+  }
+  const float m = block_reduce(local_max, true, scratch);
+  float* out = r.out + (int64_t(q0 + i) * r.hq + h) * r.dv;
+  float* lse = r.lse + int64_t(q0 + i) * r.hq + h;
+  if (m == -INFINITY) {
+    for (int c = threadIdx.x; c < r.dv; c += blockDim.x) out[c] = 0.f;
+    if (threadIdx.x == 0) *lse = -INFINITY;
+    return;
+  }
+  float local_sum = 0.f;
+  for (int j = threadIdx.x; j < sk; j += blockDim.x) {
+    const float p = expf(s[j] - m);
+    s[j] = p;
+    local_sum += p;
+  }
+  const float sum = block_reduce(local_sum, false, scratch);
+  __syncthreads();
+  for (int c = threadIdx.x; c < r.dv; c += blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < sk; ++j) acc += s[j] * float(v[(int64_t(k0 + j) * r.hk + hkv) * r.dv + c]);
+    out[c] = acc / sum;
+  }
+  if (threadIdx.x == 0) *lse = m + logf(sum);
+}
+
+// ---- One problem: shapes, buffers, params ---------------------------------------------------------------------
+struct Case {
+  std::string name;
+  int batch, sq, sk, hq, hk, d, dv;
+  int window_left, window_right;  // causal: (-1, 0)
+  float softcap;
+  std::vector<int> lens_q, lens_k, used_q, used_k;  // packed when lens_q is not empty; used_* optional
+  int pad_rows;                                    // packed: rows after the last sequence
+};
+
+template <class T>
+T* device_alloc(int64_t n) {
+  T* p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, sizeof(T) * size_t(n > 0 ? n : 1)));
+  return p;
+}
+int* device_ints(const std::vector<int>& v) {
+  if (v.empty()) return nullptr;
+  int* p = device_alloc<int>(int64_t(v.size()));
+  CHECK_CUDA(cudaMemcpy(p, v.data(), sizeof(int) * v.size(), cudaMemcpyHostToDevice));
+  return p;
+}
+
+template <class Element>
+struct Problem {
+  Case c;
+  bool packed;
+  int rows_q, rows_k, n_seq;
+  std::vector<int> cu_q, cu_k;
+  Element *q, *k, *v, *out;
+  float* lse;
+  int *d_cu_q = nullptr, *d_cu_k = nullptr, *d_used_q = nullptr, *d_used_k = nullptr;
+  AttnFwdParams p{};
+
+  explicit Problem(const Case& c_) : c(c_), packed(!c_.lens_q.empty()) {
+    if (packed) {
+      n_seq = int(c.lens_q.size());
+      cu_q = {0};
+      cu_k = {0};
+      for (int b = 0; b < n_seq; ++b) {
+        cu_q.push_back(cu_q.back() + c.lens_q[b]);
+        cu_k.push_back(cu_k.back() + c.lens_k[b]);
+      }
+      rows_q = cu_q.back() + c.pad_rows;
+      rows_k = cu_k.back() + c.pad_rows;
+    } else {
+      n_seq = c.batch;
+      rows_q = c.batch * c.sq;
+      rows_k = c.batch * c.sk;
+    }
+    q = device_alloc<Element>(int64_t(rows_q) * c.hq * c.d);
+    k = device_alloc<Element>(int64_t(rows_k) * c.hk * c.d);
+    v = device_alloc<Element>(int64_t(rows_k) * c.hk * c.dv);
+    out = device_alloc<Element>(int64_t(rows_q) * c.hq * c.dv);
+    lse = device_alloc<float>(int64_t(rows_q) * c.hq);
+    fill_uniform<<<1024, 256>>>(q, int64_t(rows_q) * c.hq * c.d, 1u, 3.f);
+    fill_uniform<<<1024, 256>>>(k, int64_t(rows_k) * c.hk * c.d, 2u, 1.f);
+    fill_uniform<<<1024, 256>>>(v, int64_t(rows_k) * c.hk * c.dv, 3u, 1.f);
+    CHECK_CUDA(cudaGetLastError());
+    if (packed) {
+      d_cu_q = device_ints(cu_q);
+      d_cu_k = device_ints(cu_k);
+      d_used_q = device_ints(c.used_q);
+      d_used_k = device_ints(c.used_k);
+    }
+
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.out = out;
+    p.lse = lse;
+    const int64_t sq = packed ? 0 : c.sq, sk = packed ? 0 : c.sk;
+    p.q_row_stride = int64_t(c.hq) * c.d, p.q_head_stride = c.d, p.q_batch_stride = sq * p.q_row_stride;
+    p.k_row_stride = int64_t(c.hk) * c.d, p.k_head_stride = c.d, p.k_batch_stride = sk * p.k_row_stride;
+    p.v_row_stride = int64_t(c.hk) * c.dv, p.v_head_stride = c.dv, p.v_batch_stride = sk * p.v_row_stride;
+    p.out_row_stride = int64_t(c.hq) * c.dv, p.out_head_stride = c.dv, p.out_batch_stride = sq * p.out_row_stride;
+    // lse: dense (B, Hq, Sq), packed (Hq, Tq)
+    p.lse_head_stride = packed ? rows_q : c.sq;
+    p.lse_batch_stride = packed ? 0 : int64_t(c.hq) * c.sq;
+    p.batch = n_seq;
+    p.seqlen_q = packed ? rows_q : c.sq;
+    p.seqlen_k = packed ? rows_k : c.sk;
+    p.heads_q = c.hq;
+    p.heads_k = c.hk;
+    p.kv_group = c.hq / c.hk;
+    p.head_dim = c.d;
+    p.head_dim_v = c.dv;
+    p.scale = 1.f / std::sqrt(float(c.d));
+    p.softcap = c.softcap;
+    p.window_left = c.window_left;
+    p.window_right = c.window_right;
+    p.cu_seqlens_q = d_cu_q;
+    p.cu_seqlens_k = d_cu_k;
+    p.seqused_q = d_used_q;
+    p.seqused_k = d_used_k;
+  }
+
+  ~Problem() {
+    for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)out, (void*)lse, (void*)d_cu_q, (void*)d_cu_k,
+                      (void*)d_used_q, (void*)d_used_k}) {
+      if (ptr) cudaFree(ptr);
+    }
+  }
+
+  void poison() {
+    CHECK_CUDA(cudaMemset(out, 0xff, sizeof(Element) * size_t(rows_q) * c.hq * c.dv));  // NaN
+    CHECK_CUDA(cudaMemset(lse, 0xff, sizeof(float) * size_t(rows_q) * c.hq));
+  }
+
+  // Rows [start, start + count) of each sequence that the kernel must write.
+  std::vector<std::pair<int, int>> valid_rows() const {
+    std::vector<std::pair<int, int>> rows;
+    for (int b = 0; b < n_seq; ++b) {
+      if (!packed) {
+        rows.push_back({b * c.sq, c.sq});
+      } else {
+        rows.push_back({cu_q[b], c.used_q.empty() ? c.lens_q[b] : c.used_q[b]});
+      }
+    }
+    return rows;
+  }
+  int max_len_q() const {
+    int m = 0;
+    for (auto [s, n] : valid_rows()) m = std::max(m, n);
+    return m;
+  }
+  int max_len_k() const {
+    if (!packed) return c.sk;
+    int m = 0;
+    for (int b = 0; b < n_seq; ++b) m = std::max(m, c.used_k.empty() ? c.lens_k[b] : c.used_k[b]);
+    return m;
+  }
+};
+
+// Host copies of one kernel's output over the valid rows, in reference layout.
+struct Result {
+  std::vector<float> out;  // (rows_q, hq, dv)
+  std::vector<float> lse;  // (rows_q, hq)
+};
+
+float to_float(cutlass::bfloat16_t x) { return float(x); }
+float to_float(cutlass::half_t x) { return float(x); }
+
+template <class Element>
+Result fetch(const Problem<Element>& pr) {
+  const auto& c = pr.c;
+  std::vector<Element> out(size_t(pr.rows_q) * c.hq * c.dv);
+  std::vector<float> lse_raw(size_t(pr.rows_q) * c.hq);
+  CHECK_CUDA(cudaMemcpy(out.data(), pr.out, sizeof(Element) * out.size(), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(lse_raw.data(), pr.lse, sizeof(float) * lse_raw.size(), cudaMemcpyDeviceToHost));
+  Result r;
+  r.out.resize(out.size());
+  for (size_t i = 0; i < out.size(); ++i) r.out[i] = to_float(out[i]);
+  r.lse.resize(lse_raw.size());
+  for (int row = 0; row < pr.rows_q; ++row) {
+    for (int h = 0; h < c.hq; ++h) {
+      // dense lse (B, Hq, Sq); packed (Hq, Tq)
+      const int64_t src = pr.packed ? int64_t(h) * pr.rows_q + row
+                                    : (int64_t(row / c.sq) * c.hq + h) * c.sq + row % c.sq;
+      r.lse[size_t(row) * c.hq + h] = lse_raw[src];
+    }
+  }
+  return r;
+}
+
+struct Errors {
+  double out = 0, lse = 0;
+  long bad = 0;  // NaN, or a row without keys that is not exactly (0, -inf)
+};
+
+template <class Element>
+Errors compare(const Problem<Element>& pr, const Result& got, const Result& ref) {
+  const auto& c = pr.c;
+  Errors e;
+  for (auto [start, count] : pr.valid_rows()) {
+    for (int row = start; row < start + count; ++row) {
+      for (int h = 0; h < c.hq; ++h) {
+        const size_t li = size_t(row) * c.hq + h;
+        const float rl = ref.lse[li], gl = got.lse[li];
+        const bool empty = std::isinf(rl) && rl < 0;
+        if (std::isnan(gl) || (empty && !(std::isinf(gl) && gl < 0))) ++e.bad;
+        if (!empty && !std::isnan(gl)) e.lse = std::max(e.lse, double(std::fabs(gl - rl)));
+        for (int col = 0; col < c.dv; ++col) {
+          const size_t oi = li * c.dv + col;
+          const float g = got.out[oi];
+          if (std::isnan(g) || (empty && g != 0.f)) ++e.bad;
+          if (!std::isnan(g)) e.out = std::max(e.out, double(std::fabs(g - ref.out[oi])));
+        }
+      }
+    }
+  }
+  return e;
+}
+
+template <class Element>
+Result run_reference(const Problem<Element>& pr) {
+  const auto& c = pr.c;
+  float* out = device_alloc<float>(int64_t(pr.rows_q) * c.hq * c.dv);
+  float* lse = device_alloc<float>(int64_t(pr.rows_q) * c.hq);
+  CHECK_CUDA(cudaMemset(out, 0, sizeof(float) * size_t(pr.rows_q) * c.hq * c.dv));
+  CHECK_CUDA(cudaMemset(lse, 0, sizeof(float) * size_t(pr.rows_q) * c.hq));
+  RefProblem r{pr.q, pr.k, pr.v, out, lse, pr.packed, c.sq, c.sk, pr.d_cu_q, pr.d_cu_k, pr.d_used_q, pr.d_used_k,
+               c.hq, c.hk, c.d, c.dv, pr.p.scale, c.softcap, c.window_left, c.window_right};
+  const int max_q = std::max(pr.max_len_q(), 1);
+  const size_t smem = sizeof(float) * (288 + size_t(std::max(pr.max_len_k(), 1)));
+  CHECK_CUDA(cudaFuncSetAttribute(reference_fwd<Element>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  reference_fwd<Element><<<dim3(max_q, c.hq, pr.n_seq), 128, smem>>>(r);
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaDeviceSynchronize());
+  Result res;
+  res.out.resize(size_t(pr.rows_q) * c.hq * c.dv);
+  res.lse.resize(size_t(pr.rows_q) * c.hq);
+  CHECK_CUDA(cudaMemcpy(res.out.data(), out, sizeof(float) * res.out.size(), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(res.lse.data(), lse, sizeof(float) * res.lse.size(), cudaMemcpyDeviceToHost));
+  cudaFree(out);
+  cudaFree(lse);
+  return res;
+}
+
+template <class Element>
+Status launch_new(const AttnFwdParams& p, cudaStream_t stream) {
+  return run_attn_fwd_sm90_ws<Element, kD, kDv>(p, stream);
+}
+
+// ---- Correctness ------------------------------------------------------------------------------------------------
+std::vector<Case> correctness_cases(bool small) {
+  const int d = kD, dv = kDv;
+  const int c_wl = -1, c_wr = 0;  // causal
+  if (small) {
+    return {
+        {"small causal gqa2 sq200 sk300", 2, 200, 300, 4, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
+        {"small window(40,8) softcap sq260 sk190", 1, 260, 190, 2, 2, d, dv, 40, 8, 20.f, {}, {}, {}, {}, 0},
+        {"small packed causal", 0, 0, 0, 2, 1, d, dv, c_wl, c_wr, 0.f,
+         {0, 150, 1, 70}, {3, 130, 90, 0}, {0, 140, 1, 70}, {3, 130, 80, 0}, 16},
+    };
+  }
+  return {
+      {"full B2 S1024 H4", 2, 1024, 1024, 4, 4, d, dv, -1, -1, 0.f, {}, {}, {}, {}, 0},
+      {"causal B2 S1024 H4", 2, 1024, 1024, 4, 4, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
+      {"causal sq777 sk1000", 1, 777, 1000, 2, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
+      {"causal sq1000 sk777 (empty rows)", 1, 1000, 777, 2, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
+      {"window(100,30) B2 S900 gqa2", 2, 900, 900, 2, 1, d, dv, 100, 30, 0.f, {}, {}, {}, {}, 0},
+      {"window(-1,64) softcap20 S700", 1, 700, 700, 2, 2, d, dv, -1, 64, 20.f, {}, {}, {}, {}, 0},
+      {"full softcap30 gqa7 sq513 sk1500", 1, 513, 1500, 14, 2, d, dv, -1, -1, 30.f, {}, {}, {}, {}, 0},
+      {"causal sq300 sk5", 1, 300, 5, 2, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
+      {"full sk0 (no keys)", 2, 100, 0, 2, 2, d, dv, -1, -1, 0.f, {}, {}, {}, {}, 0},
+      {"causal decode sq1 sk1000", 3, 1, 1000, 8, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
+      {"full head dims D-8", 1, 600, 700, 3, 1, d - 8, dv - 8, -1, -1, 0.f, {}, {}, {}, {}, 0},
+      {"packed full gqa2", 0, 0, 0, 4, 2, d, dv, -1, -1, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0}, {}, {}, 16},
+      {"packed causal seqused", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0},
+       {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16},
+  };
+}
+
+template <class Element>
+bool check_correctness(bool small, const char* dtype) {
+  bool all_ok = true;
+  for (const Case& c : correctness_cases(small)) {
+    Problem<Element> pr(c);
+    const Result ref = run_reference(pr);
+    Errors cur{};
+    if (!small) {
+      pr.poison();
+      check_status(launch_current<Element>(pr.p, nullptr), "current forward");
+      CHECK_CUDA(cudaDeviceSynchronize());
+      cur = compare(pr, fetch(pr), ref);
+    }
+    pr.poison();
+    check_status(launch_new<Element>(pr.p, nullptr), "sm90_ws forward");
+    CHECK_CUDA(cudaDeviceSynchronize());
+    const Result got = fetch(pr);
+    const Errors e = compare(pr, got, ref);
+    // A second run on the same inputs must give the same bits.
+    pr.poison();
+    check_status(launch_new<Element>(pr.p, nullptr), "sm90_ws forward");
+    CHECK_CUDA(cudaDeviceSynchronize());
+    const Result again = fetch(pr);
+    bool same = true;
+    for (auto [start, count] : pr.valid_rows()) {
+      const size_t o0 = size_t(start) * c.hq * c.dv, on = size_t(count) * c.hq * c.dv;
+      const size_t l0 = size_t(start) * c.hq, ln = size_t(count) * c.hq;
+      same = same && std::memcmp(&got.out[o0], &again.out[o0], on * sizeof(float)) == 0 &&
+             std::memcmp(&got.lse[l0], &again.lse[l0], ln * sizeof(float)) == 0;
+    }
+    const double out_tol = small ? 2e-2 : 2 * cur.out + 1e-3;
+    const double lse_tol = small ? 1e-3 : 2 * cur.lse + 1e-3;
+    const bool ok = e.bad == 0 && e.out <= out_tol && e.lse <= lse_tol && same && (small || cur.bad == 0);
+    all_ok = all_ok && ok;
+    std::printf("%-5s D%d/%d %-40s out err %.2e (current %.2e) lse err %.2e (current %.2e) bad %ld/%ld %s %s\n",
+                dtype, c.d, c.dv, c.name.c_str(), e.out, cur.out, e.lse, cur.lse, e.bad, cur.bad,
+                same ? "repeatable" : "NOT REPEATABLE", ok ? "PASS" : "FAIL");
+  }
+  return all_ok;
+}
+
+// Largest element-wise difference; NaN if either side has a NaN.
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return NAN;
+    d = std::max(d, double(std::fabs(a[i] - b[i])));
+  }
+  return d;
+}
+
+// ---- Speed ------------------------------------------------------------------------------------------------------
+template <class Launch>
+float time_ms(Launch&& launch, int reps) {
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  for (int i = 0; i < 3; ++i) launch();
+  CHECK_CUDA(cudaEventRecord(start));
+  for (int i = 0; i < reps; ++i) launch();
+  CHECK_CUDA(cudaEventRecord(stop));
+  CHECK_CUDA(cudaEventSynchronize(stop));
+  float ms = 0.f;
+  CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / reps;
+}
+
+template <class Element>
+void benchmark(const char* dtype) {
+  const int heads = 2048 / kD;
+  for (bool causal : {false, true}) {
+    for (int s : {1024, 4096, 16384}) {
+      const int batch = 16384 / s;
+      Case c{"bench", batch, s, s, heads, heads, kD, kDv, -1, causal ? 0 : -1, 0.f, {}, {}, {}, {}, 0};
+      Problem<Element> pr(c);
+      check_status(launch_current<Element>(pr.p, nullptr), "current forward");
+      CHECK_CUDA(cudaDeviceSynchronize());
+      const Result cur = fetch(pr);
+      check_status(launch_new<Element>(pr.p, nullptr), "sm90_ws forward");
+      CHECK_CUDA(cudaDeviceSynchronize());
+      const Result got = fetch(pr);
+      const double diff = max_abs_diff(got.out, cur.out);
+      const int reps = s >= 16384 ? 10 : 20;
+      const float ms_cur = time_ms([&] { launch_current<Element>(pr.p, nullptr); }, reps);
+      const float ms_new = time_ms([&] { launch_new<Element>(pr.p, nullptr); }, reps);
+      // FlashAttention-3's wider key tile for D128 without a mask (176 keys: 208 KB of shared memory).
+      float ms_wide = 0.f;
+      double wide_diff = 0;
+      if constexpr (kD == 128 && kDv == 128) {
+        using Wide = Sm90WsFwdConfig<Element, 128, 128, 176, 2, true>;
+        ms_wide = time_ms([&] { launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr); }, reps);
+        pr.poison();
+        check_status(launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr), "sm90_ws N176");
+        CHECK_CUDA(cudaDeviceSynchronize());
+        wide_diff = max_abs_diff(fetch(pr).out, cur.out);
+      }
+      CHECK_CUDA(cudaGetLastError());
+      const double flops = 2.0 * batch * heads * double(s) * s * (kD + kDv) * (causal ? 0.5 : 1.0);
+      std::printf("%-5s D%d/%d %-6s B%-2d S%-5d H%-2d current %7.3f ms %6.1f TFLOP/s | sm90_ws %7.3f ms %6.1f TFLOP/s"
+                  " | x%.3f | max |new - current| %.2e",
+                  dtype, kD, kDv, causal ? "causal" : "full", batch, s, heads, ms_cur, flops / ms_cur * 1e-9, ms_new,
+                  flops / ms_new * 1e-9, ms_cur / ms_new, diff);
+      if (ms_wide > 0.f) std::printf(" | N176 %6.1f TFLOP/s, diff %.2e", flops / ms_wide * 1e-9, wide_diff);
+      std::printf("\n");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace jax_flash
+
+int main(int argc, char** argv) {
+  using namespace jax_flash;
+  bool small = false, timing = true;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--small") == 0) small = true;
+    if (std::strcmp(argv[i], "--no-timing") == 0) timing = false;
+  }
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+  bool ok = check_correctness<cutlass::bfloat16_t>(small, "bf16");
+  if (!small) ok = check_correctness<cutlass::half_t>(small, "fp16") && ok;
+  if (timing && !small) {
+    benchmark<cutlass::bfloat16_t>("bf16");
+    benchmark<cutlass::half_t>("fp16");
+  }
+  std::printf("%s\n", ok ? "ALL PASS" : "SOME FAILED");
+  return ok ? 0 : 1;
+}
