@@ -118,7 +118,8 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, c
     tq, hq, _ = q.shape
     out_types = (jax.ShapeDtypeStruct((tq, hq, v.shape[-1]), q.dtype),
                  jax.ShapeDtypeStruct((hq, tq), jnp.float32))
-    # A vmapped packed call runs one call per element (a packed batch has no batch axis to fold into).
+    # vmapped here, a packed call runs once per element (a packed batch has no batch axis to fold into);
+    # flash_attention_varlen wraps it in a custom_vmap that makes one call of all elements (ops/_partition.py).
     call = _vma.ffi_call(VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
     return call(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
                 **_varlen_attributes(config, max_seqlen_q, max_seqlen_k))

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jax_flash
 from jax_flash import _ffi, reference
+from jax_flash.ops import choose_num_splits
 
 CALLS = []
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
@@ -38,7 +39,7 @@ def fake_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k, c
 
 def fake_paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits,
                    max_seqlen_q=None, split_halving=False):
-    CALLS.append(("paged_fwd", q.shape, k_cache.shape, page_table.shape))
+    CALLS.append(("paged_fwd", q.shape, k_cache.shape, page_table.shape, num_splits))
     return reference.paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q=cu_seqlens_q,
                                      causal=False, window=config.window, softcap=config.softcap,
                                      scale=config.scale, return_lse=True)
@@ -214,7 +215,8 @@ def test_varlen_heads_stay_sharded(hq, hk, split):
 # Paged: batch split (q, page table, lengths), kv heads split with the caches, pages whole or split with the
 # batch.
 
-B, SQ, HQ, HK, D, PAGE, MAX_PAGES, NUM_PAGES = 4, 3, 8, 4, 16, 8, 4, 16
+# 1024 pages of 8 slots per sequence: enough key blocks that the split plan depends on the batch and heads.
+B, SQ, HQ, HK, D, PAGE, MAX_PAGES, NUM_PAGES = 4, 3, 8, 4, 16, 8, 1024, 16
 
 
 def _paged_inputs(seed=0, pages_per_block=None):
@@ -256,7 +258,11 @@ def test_paged_stays_sharded(batch, heads, pages):
     rows = B // MESH_SHAPE[0] if batch else B
     kv_heads = HK // MESH_SHAPE[1] if heads else HK
     pool = NUM_PAGES // MESH_SHAPE[0] if pages else NUM_PAGES
-    assert ("paged_fwd", (rows, SQ, HQ * kv_heads // HK, D), (pool, PAGE, kv_heads, D), (rows, MAX_PAGES)) in CALLS
+    # The automatic split plan is chosen from each device's own shapes.
+    splits = choose_num_splits(batch=rows, seqlen_q=SQ, num_heads_q=HQ * kv_heads // HK, num_heads_k=kv_heads,
+                               max_pages=MAX_PAGES, page_size=PAGE)
+    assert ("paged_fwd", (rows, SQ, HQ * kv_heads // HK, D), (pool, PAGE, kv_heads, D), (rows, MAX_PAGES),
+            splits) in CALLS
     out, lse = compiled(*sharded)
     assert out.sharding.is_equivalent_to(NamedSharding(mesh, P(batch, None, heads, None)), 4)
     _assert_close((out, lse), want, tol=1e-6)
@@ -302,5 +308,7 @@ def test_paged_packed_queries_split_over_heads():
     compiled = jax.jit(attend).lower(*sharded).compile()
     _assert_stays_local(compiled)
     n = MESH_SHAPE[1]
-    assert ("paged_fwd", (10, HQ // n, D), (NUM_PAGES, PAGE, HK // n, D), (B, MAX_PAGES)) in CALLS
+    splits = choose_num_splits(batch=B, seqlen_q=10, num_heads_q=HQ // n, num_heads_k=HK // n, max_pages=MAX_PAGES,
+                               page_size=PAGE, packed=True)
+    assert ("paged_fwd", (10, HQ // n, D), (NUM_PAGES, PAGE, HK // n, D), (B, MAX_PAGES), splits) in CALLS
     _assert_close(compiled(*sharded), want, tol=1e-6)

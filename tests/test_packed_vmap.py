@@ -1,8 +1,8 @@
 """vmap of packed attention makes one kernel call: the elements' packed tokens are concatenated into one call
 (varlen: offsets shifted by each element's token offset, seqused concatenated) or folded into the batch
-(segment ids), and the results split back; forward and backward. The reference stands in for the FFI calls
-(the "cuda" path runs with recording fakes); each case counts the calls in the traced program and compares
-with a Python loop over the elements."""
+(segment ids), and the results split back; forward and backward. Paged attention runs once per element, a
+shared cache passed as it is. The reference stands in for the FFI calls (the "cuda" path runs with recording
+fakes); each case counts the calls in the traced program and compares with a Python loop over the elements."""
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +32,21 @@ def fake_bwd(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k, config, 
     return vjp((dout, dlse))
 
 
+def fake_paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, config, num_splits,
+                   max_seqlen_q=None, split_halving=False):
+    CALLS.append(("paged", q.shape, k_cache.shape))
+    return reference.paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q=cu_seqlens_q,
+                                     causal=False, window=config.window, softcap=config.softcap,
+                                     scale=config.scale, return_lse=True)
+
+
 @pytest.fixture(autouse=True)
 def kernels_replaced_by_reference(monkeypatch):
     monkeypatch.setattr(_ffi, "unavailable_reason", lambda: None)
     monkeypatch.setattr(_ffi, "supported", lambda dtype, d, dv: True)
     monkeypatch.setattr(_ffi, "attn_varlen_fwd", fake_fwd)
     monkeypatch.setattr(_ffi, "attn_varlen_bwd", fake_bwd)
+    monkeypatch.setattr(_ffi, "paged_fwd", fake_paged_fwd)
     CALLS.clear()
 
 
@@ -184,3 +193,25 @@ def test_vmapped_segment_ids_are_one_call_equal_to_a_loop():
     assert _kernel_calls(batched_grads, q, k, v, dout, dlse, ids) == 2
     _assert_equal_trees(jax.jit(batched_grads)(q, k, v, dout, dlse, ids),
                         _loop(grads, q, k, v, dout, dlse, ids, in_axes=(0,) * 6))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paged: one call per element; a cache shared by the elements is not copied for each.
+
+def test_vmapped_paged_runs_per_element_on_the_shared_cache():
+    b, sq, page, max_pages, num_pages = 2, 3, 8, 6, 10
+    keys = jax.random.split(jax.random.key(4), 3)
+    q = _normal(keys[0], (V, b, sq, HQ, D))
+    k_cache, v_cache = _normal(keys[1], (num_pages, page, HK, D)), _normal(keys[2], (num_pages, page, HK, DV))
+    rng = np.random.default_rng(5)
+    table = jnp.asarray(rng.integers(-1, num_pages + 1, (V, b, max_pages)), jnp.int32)
+    lengths = jnp.asarray(rng.integers(sq, max_pages * page + 1, (V, b)), jnp.int32)
+
+    def attend(q, k_cache, v_cache, table, lengths):
+        return jax_flash.paged_attention(q, k_cache, v_cache, table, lengths, softcap=5.0, return_lse=True,
+                                         implementation="cuda")
+
+    in_axes = (0, None, None, 0, 0)
+    got = jax.jit(jax.vmap(attend, in_axes=in_axes))(q, k_cache, v_cache, table, lengths)
+    assert {call[2] for call in CALLS if call[0] == "paged"} == {k_cache.shape}
+    _assert_equal_trees(got, _loop(attend, q, k_cache, v_cache, table, lengths, in_axes=in_axes))

@@ -36,7 +36,8 @@ def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
       segment_ids: documents packed along each row: (B, S) int32 ids (0 = padding) for q and kv alike
         (Sq == Sk), or a pair (q ids (B, Sq), kv ids (B, Sk)). A token attends only inside its own
         document (its run of equal ids), with causal/window applied per document. Runs on the packed
-        (varlen) path: the reference only, for now. See segment_ids_to_varlen.
+        (varlen) kernels, per device under sharded jit (batch and/or heads split), as one call under
+        vmap. See segment_ids_to_varlen.
       max_segments: static bound on documents per row, required with segment_ids; documents beyond it
         are treated as padding (output 0).
 

@@ -74,6 +74,15 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
     Returns:
       out (B, Sq, Hq, Dv) or (Tq, Hq, Dv) in q's dtype [, lse]. A query that sees no key gets out 0 and
       lse -inf.
+
+    Under sharded jit the kernel runs on each device's shards, with no collective: q, page_table and
+    cache_seqlens split over the batch (dense q), q and the caches over kv heads (an even split of both head
+    axes). The caches' page axis is whole on every device (any sequence may read any page), or split over
+    exactly the batch's mesh axes (data-parallel serving, a block of P / n pages per device): the page table
+    keeps global indices and each sequence must use pages of its own device's block, a page of another
+    block reading there as a page of zeros. Any other split of the pages raises ValueError at compile time
+    (it would gather the whole cache). The automatic split plan is chosen from each device's shapes. Under
+    vmap the kernel runs once per element; a cache not vmapped is passed to every call as it is.
     """
     config = check_paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, num_splits,
                          causal=causal, window=window, softcap=softcap, scale=scale)
