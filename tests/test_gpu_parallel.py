@@ -216,3 +216,17 @@ def test_in_the_users_shard_map_on_gpus(name, check_vma):
     meta, arrays = _user_arrays(name, size)
     for (_, layout, kw), ours in zip(cases, results):
         check_by_oracle(ours, arrays, meta, kw, f"{name} {case_id(layout, kw)} check_vma={check_vma}, P={size}")
+
+
+def test_shard_map_over_the_sequence_axis_only_on_gpus():
+    """The user's shard_map manual over "cp" alone, jit keeping the batch (dense) or the heads (packed) split
+    over "dp": the kernels' custom_partitioning then runs inside the partly manual program."""
+    mesh = _user_mesh()
+    size = mesh.shape[AXIS]
+    cases = [("ring", "zigzag", dict(causal=False)), ("ring_varlen", "zigzag", dict(causal=True)),
+             ("ulysses", "contiguous", dict(causal=True)), ("ulysses_varlen", "striped", dict(causal=False))]
+    results = run_cases(mesh, cases, lambda name: _user_arrays(name, size), check_vma=True, vjp_inside=True,
+                        implementation="cuda", data_axis=None, manual_axes={AXIS})
+    for (name, layout, kw), ours in zip(cases, results):
+        meta, arrays = _user_arrays(name, size)
+        check_by_oracle(ours, arrays, meta, kw, f"{name} {layout} {kw}, manual over {AXIS} only, P={size}")

@@ -21,9 +21,15 @@ def _arrays(seed, lead, sq, sk, hq=6, hk=2, d=8, dv=12):
     return tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes)
 
 
-def _autodiff(attend, q, k, v, dout, dlse):
-    (out, lse), vjp = jax.vjp(attend, q, k, v)
-    return out, lse, vjp((dout, dlse))
+def _autodiff_and_from_lse(attend, backward_from_lse, q, k, v, dout, dlse):
+    """(autodiff gradients, backward_from_lse(out, lse) gradients) of attend(q, k, v) -> (out, lse), in one
+    compiled program (eager ops compile one by one)."""
+    @jax.jit
+    def both(q, k, v, dout, dlse):
+        (out, lse), vjp = jax.vjp(attend, q, k, v)
+        return vjp((dout, dlse)), backward_from_lse(q, k, v, out, lse, dout, dlse)
+
+    return both(q, k, v, dout, dlse)
 
 
 # Masks where some query rows see no key (causal with Sq > Sk, a narrow window), softcap, GQA.
@@ -34,9 +40,9 @@ MASKS = [dict(causal=False), dict(causal=True), dict(window=(3, 1)), dict(causal
 @pytest.mark.parametrize("mask", MASKS, ids=str)
 def test_dense_backward_from_lse_equals_autodiff(mask):
     q, k, v, dout, dlse = _arrays(0, (2,), sq=20, sk=13)
-    out, lse, grads = _autodiff(lambda q, k, v: reference.attention(q, k, v, return_lse=True, **mask),
-                                q, k, v, dout, dlse)
-    ours = reference.attention_bwd_from_lse(q, k, v, out, lse, dout, dlse, **mask)
+    grads, ours = _autodiff_and_from_lse(
+        lambda q, k, v: reference.attention(q, k, v, return_lse=True, **mask),
+        lambda *args: reference.attention_bwd_from_lse(*args, **mask), q, k, v, dout, dlse)
     for name, a, b in zip(("dq", "dk", "dv"), ours, grads):
         assert_close(name, a, b, tol=1e-5)
 
@@ -50,8 +56,10 @@ def test_packed_backward_from_lse_equals_autodiff(mask):
     def attend(q, k, v):
         return reference.attention_varlen(q, k, v, cu_q, cu_k, return_lse=True, **meta, **mask)
 
-    out, lse, grads = _autodiff(attend, q, k, v, dout, dlse)
-    ours = reference.attention_varlen_bwd_from_lse(q, k, v, out, lse, dout, dlse, cu_q, cu_k, **meta, **mask)
+    def backward_from_lse(*args):
+        return reference.attention_varlen_bwd_from_lse(*args, cu_q, cu_k, **meta, **mask)
+
+    grads, ours = _autodiff_and_from_lse(attend, backward_from_lse, q, k, v, dout, dlse)
     for name, a, b in zip(("dq", "dk", "dv"), ours, grads):
         assert_close(name, a, b, tol=1e-5)
 
@@ -59,17 +67,22 @@ def test_packed_backward_from_lse_equals_autodiff(mask):
 def test_block_gradients_add_up_to_the_whole():
     """Keys split in two blocks: merged forward = whole forward; block backwards with the merged out and lse
     sum to the whole backward (dq) or fill their keys' rows (dk, dv). Through ops' xla blocks."""
-    q, k, v, dout, dlse = _arrays(2, (2,), sq=16, sk=16)
     config = AttentionConfig(scale=0.3, softcap=3.0, window_left=-1, window_right=-1)
-    whole_out, whole_lse = _with_lse.attention_fwd_lse(q, k, v, config, "xla")
-    halves = [(k[:, :7], v[:, :7]), (k[:, 7:], v[:, 7:])]
-    parts = [_with_lse.attention_fwd_lse(q, kb, vb, config, "xla") for kb, vb in halves]
-    out, lse = merge(parts[0], parts[1])
+
+    @jax.jit
+    def blocks_and_whole(q, k, v, dout, dlse):
+        whole_out, whole_lse = _with_lse.attention_fwd_lse(q, k, v, config, "xla")
+        whole = _with_lse.attention_bwd_from_lse(q, k, v, whole_out, whole_lse, dout, dlse, config, "xla", False)
+        halves = [(k[:, :7], v[:, :7]), (k[:, 7:], v[:, 7:])]
+        parts = [_with_lse.attention_fwd_lse(q, kb, vb, config, "xla") for kb, vb in halves]
+        out, lse = merge(parts[0], parts[1])
+        grads = [_with_lse.attention_bwd_from_lse(q, kb, vb, out, lse, dout, dlse, config, "xla", False)
+                 for kb, vb in halves]
+        return (out, lse, grads), (whole_out, whole_lse, whole)
+
+    (out, lse, grads), (whole_out, whole_lse, whole) = blocks_and_whole(*_arrays(2, (2,), sq=16, sk=16))
     assert_close("out", out, whole_out)
     assert_close("lse", lse, whole_lse)
-    grads = [_with_lse.attention_bwd_from_lse(q, kb, vb, out, lse, dout, dlse, config, "xla", False)
-             for kb, vb in halves]
-    whole = _with_lse.attention_bwd_from_lse(q, k, v, whole_out, whole_lse, dout, dlse, config, "xla", False)
     assert_close("dq", grads[0][0] + grads[1][0], whole[0])
     for i, name in ((1, "dk"), (2, "dv")):
         assert_close(name, jnp.concatenate([grads[0][i], grads[1][i]], axis=1), whole[i])

@@ -4,8 +4,9 @@ path), with shard_map's default checks (check_vma=True) and with check_vma=False
 A 2 x 4 mesh ("dp", "cp"), as in a training step with data and context parallelism: the sequence is split over
 "cp", the batch (dense) or the heads (packed) over "dp". Ring and Ulysses, dense and packed, every layout,
 causal or not, and windows and softcap: the user's jax.jit(jax.shard_map(...)) with the VJP taken inside the
-shard_map body, and, for one case of each function, jax.vjp taken outside it. Output, lse and gradients
-against single-device reference attention by the oracle rule (bf16 inputs, tests/oracle.py).
+shard_map body; for one case of each function, jax.vjp taken outside it; and a shard_map manual over "cp"
+alone. Output, lse and gradients against single-device reference attention by the oracle rule (bf16 inputs,
+tests/oracle.py).
 
 Compile time dominates on the CPU: each (function, check_vma) compiles one program holding all its cases.
 """
@@ -61,10 +62,12 @@ def user_specs(packed: bool, data_axis=DATA):
     return P(data_axis, AXIS), P(data_axis, None, AXIS)
 
 
-def user_shard_map(fn, mesh, packed: bool, *, check_vma: bool, vjp_inside: bool, data_axis=DATA, **kw):
+def user_shard_map(fn, mesh, packed: bool, *, check_vma: bool, vjp_inside: bool, data_axis=DATA,
+                   manual_axes=None, **kw):
     """fn (a jax_flash.parallel function) in the user's own jax.shard_map, with its default arguments when
     check_vma is True. The mapped function takes (q, k, v, dout, dlse[, cu_seqlens, seqused]) and returns
-    (out, lse, dq, dk, dv) with the VJP taken in the shard_map body (vjp_inside), or (out, lse) alone."""
+    (out, lse, dq, dk, dv) with the VJP taken in the shard_map body (vjp_inside), or (out, lse) alone.
+    manual_axes: shard_map's axis_names (None: every mesh axis is manual)."""
     rows, lse_spec = user_specs(packed, data_axis)
 
     def attend(q, k, v, *meta):
@@ -81,14 +84,15 @@ def user_shard_map(fn, mesh, packed: bool, *, check_vma: bool, vjp_inside: bool,
     in_specs = (rows,) * 4 + (lse_spec,) + ((P(), P()) if packed else ())
     out_specs = (rows, lse_spec, rows, rows, rows) if vjp_inside else (rows, lse_spec)
     options = {} if check_vma else dict(check_vma=False)
+    if manual_axes is not None:
+        options["axis_names"] = manual_axes
     return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, **options)
 
 
-def user_vjp(fn, mesh, inputs, meta, *, check_vma: bool, vjp_inside: bool, data_axis=DATA, **kw):
+def user_vjp(fn, mesh, inputs, meta, *, check_vma: bool, vjp_inside: bool, **kw):
     """(out, lse, dq, dk, dv) of fn in the user's shard_map on layout-ordered global inputs (q, k, v, dout,
-    dlse[, cu_seqlens, seqused]); the VJP inside the shard_map body or around it."""
-    mapped = user_shard_map(fn, mesh, meta is not None, check_vma=check_vma, vjp_inside=vjp_inside,
-                            data_axis=data_axis, **kw)
+    dlse[, cu_seqlens, seqused]); the VJP inside the shard_map body or around it. kw: user_shard_map's."""
+    mapped = user_shard_map(fn, mesh, meta is not None, check_vma=check_vma, vjp_inside=vjp_inside, **kw)
     if vjp_inside:
         return mapped(*inputs)
     q, k, v, dout, dlse, *extra = inputs
@@ -110,10 +114,10 @@ def user_inputs(mesh, arrays, layout, meta, data_axis=DATA):
 
 
 def run_cases(mesh, cases, case_arrays, *, check_vma: bool, vjp_inside: bool, implementation: str,
-              compiler_options=None):
+              compiler_options=None, **options):
     """cases: (function name, layout, kw); case_arrays(name) -> (packing or None, natural arrays). One program
     runs the cases one after another (see `after`); returns each case's (out, lse, dq, dk, dv) in natural
-    order."""
+    order. The inputs lie on the mesh as user_specs says; options: user_shard_map's (data_axis, manual_axes)."""
     size = mesh.shape[AXIS]
     inputs = [user_inputs(mesh, case_arrays(name)[1], layout, case_arrays(name)[0]) for name, layout, _ in cases]
 
@@ -122,7 +126,8 @@ def run_cases(mesh, cases, case_arrays, *, check_vma: bool, vjp_inside: bool, im
         for (name, layout, kw), x in zip(cases, inputs):
             chained = (*after(x[:5], previous), *x[5:])
             previous = user_vjp(FUNCTIONS[name], mesh, chained, case_arrays(name)[0], check_vma=check_vma,
-                                vjp_inside=vjp_inside, implementation=implementation, layout=layout, **kw)
+                                vjp_inside=vjp_inside, implementation=implementation, layout=layout, **options,
+                                **kw)
             results.append(previous)
         return results
 
@@ -200,3 +205,13 @@ def test_gradients_taken_outside_the_users_shard_map():
     for (name, layout, kw), ours in zip(OUTSIDE, results):
         meta, arrays = _arrays(name)
         check_by_oracle(ours, arrays, meta, kw, f"{name} {layout} {kw}, vjp outside")
+
+
+def test_shard_map_over_the_sequence_axis_only():
+    """The user's shard_map manual over "cp" alone (axis_names), jit keeping the batch split over "dp"."""
+    cases = [("ring", "zigzag", dict(causal=False)), ("ulysses", "zigzag", dict(causal=True))]
+    results = run_cases(_mesh(), cases, _arrays, check_vma=True, vjp_inside=True, implementation="xla",
+                        compiler_options=FAST_COMPILE, data_axis=None, manual_axes={AXIS})
+    for (name, layout, kw), ours in zip(cases, results):
+        meta, arrays = _arrays(name)
+        check_by_oracle(ours, arrays, meta, kw, f"{name} {layout} {kw}, manual over {AXIS} only")
