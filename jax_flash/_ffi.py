@@ -1,6 +1,7 @@
 """The CUDA extension: loading it, registering its FFI targets once, and `ffi_call` wrappers.
 
-Everything that knows target names, attribute names and the handlers' buffer order lives here.
+Everything that knows target names, attribute names and the handlers' buffer order lives here, and the
+extension's static facts: its kernel variants and the tiles of its kernel table (cuda/host/kernel_table.h).
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ VARLEN_BWD_TARGET = "jax_flash_attn_varlen_bwd"
 PAGED_FWD_TARGET = "jax_flash_paged_fwd"
 PAGED_VARLEN_FWD_TARGET = "jax_flash_paged_varlen_fwd"
 
-# Tile of the paged kernel (cuda/kernels/paged_tile_config.h): query rows per CTA, after the query heads of
-# one kv head are packed along rows (GQA packing), and keys per mainloop step. Static facts of the build, used
-# to pick num_splits from static shapes.
-PAGED_BLOCK_M = 64
-PAGED_BLOCK_N = 64
+# Kernel variants in the order of their FFI attribute values (KernelVariant, cuda/host/kernel_table.h): "auto"
+# lets the kernel choice pick for the device, the others pin a kernel family. The extension exports the same
+# tuple (kernel_variants); this copy lets configs be checked and calls be lowered where the extension is absent
+# (tests/test_kernel_variants.py holds the two equal where it is present).
+KERNEL_VARIANTS = ("auto", "sm80", "sm90")
+
+# The paged kernels' cp.async tile: (query, head) rows per CTA after GQA packing, keys per mainloop step. The
+# extension exports its kernel table's values (paged_block_m / paged_block_n); these serve only where it is
+# absent, where no kernel runs and the split plan is computed for tests alone.
+_PAGED_TILE_WITHOUT_EXTENSION = (64, 64)
 
 
 @functools.cache
@@ -54,14 +60,54 @@ def unavailable_reason() -> str | None:
     return reason or _gpu_reason()
 
 
-@functools.cache
-def _registered():
+def _module():
     module, reason = _load_module()
     if module is None:
         raise RuntimeError(f"jax_flash: {reason}")
+    return module
+
+
+@functools.cache
+def _registered():
+    module = _module()
     for name, capsule in module.registrations().items():
         jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     return module
+
+
+def paged_tile() -> tuple[int, int]:
+    """(rows, keys) of the paged kernels' tile, from the extension's kernel table; used to pick num_splits."""
+    module, _ = _load_module()
+    if module is None:
+        return _PAGED_TILE_WITHOUT_EXTENSION
+    return module.paged_block_m, module.paged_block_n
+
+
+def runnable_variants(feature: str, dtype, head_dim: int, head_dim_v: int) -> list[str]:
+    """The kernel variants that can serve `feature` ("fwd", "bwd", "bwd_deterministic", "paged",
+    "paged_decode") for the dtype and head dims on the current device; [] without the extension."""
+    module, _ = _load_module()
+    if module is None:
+        return []
+    return list(module.variants(feature, jnp.dtype(dtype).name, head_dim, head_dim_v))
+
+
+def kernel_choice(feature: str, dtype, head_dim: int, head_dim_v: int, variant: str = "auto") -> dict:
+    """The kernel the extension runs for such a call on the current device: {variant, tile, block_m, block_n,
+    atomic_dq}. ValueError saying why when none can serve it."""
+    return _module().kernel_choice(feature, jnp.dtype(dtype).name, head_dim, head_dim_v, variant)
+
+
+def _check_variant(module, feature: str, dtype, head_dim: int, head_dim_v: int, variant: str) -> None:
+    """A pinned variant that cannot serve the call is an error at trace time (the handler checks again when it
+    runs, on the device it runs on)."""
+    if variant == "auto":
+        return
+    try:
+        module.kernel_choice(feature, jnp.dtype(dtype).name, head_dim, head_dim_v, variant)
+    except ValueError as e:
+        raise ValueError(f"kernel variant {variant!r} (_variant or JAX_FLASH_KERNEL_VARIANT) cannot run here: "
+                         f"{e}") from None
 
 
 def supported(dtype, head_dim: int, head_dim_v: int) -> bool:
@@ -73,13 +119,17 @@ def supported(dtype, head_dim: int, head_dim_v: int) -> bool:
 
 
 def _attributes(config) -> dict:
+    """The attributes of every call (AttnAttributes, cuda/ffi/attributes.h). The variant is one of them, so each
+    pinned variant compiles its own executable."""
     return dict(scale=np.float32(config.scale), softcap=np.float32(config.softcap or 0.0),
-                window_left=np.int32(config.window_left), window_right=np.int32(config.window_right))
+                window_left=np.int32(config.window_left), window_right=np.int32(config.window_right),
+                variant=np.int32(KERNEL_VARIANTS.index(config.variant)))
 
 
 def attn_fwd(q, k, v, config):
     """out (..., Sq, Hq, Dv) in q.dtype, lse (..., Hq, Sq) float32. Leading dims fold into the batch."""
-    _registered()
+    module = _registered()
+    _check_variant(module, "fwd", q.dtype, q.shape[-1], v.shape[-1], config.variant)
     *lead, sq, hq, _ = q.shape
     out_types = (jax.ShapeDtypeStruct((*lead, sq, hq, v.shape[-1]), q.dtype),
                  jax.ShapeDtypeStruct((*lead, hq, sq), jnp.float32))
@@ -92,6 +142,7 @@ def attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic: bool):
     module = _registered()
     *lead, sq, hq, d = q.shape
     sk, hk, dv = v.shape[-3:]
+    _check_variant(module, _bwd_feature(deterministic), q.dtype, d, dv, config.variant)
     batch = math.prod(lead)
     workspace = module.bwd_workspace_bytes(batch, sq, sk, hq, hk, d, dv, bool(deterministic))
     out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
@@ -101,6 +152,10 @@ def attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic: bool):
     dq, dk, dv_, _ = call(q, k, v, out, lse, dout, dlse, deterministic=np.bool_(deterministic),
                           **_attributes(config))
     return dq, dk, dv_
+
+
+def _bwd_feature(deterministic: bool) -> str:
+    return "bwd_deterministic" if deterministic else "bwd"
 
 
 def _varlen_attributes(config, max_seqlen_q: int, max_seqlen_k: int) -> dict:
@@ -114,7 +169,8 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, c
     """Packed (THD) forward: out (Tq, Hq, Dv) in q.dtype, lse (Hq, Tq) float32.
 
     cu_seqlens_* (N + 1,) and seqused_* (N,) int32 (never None at this level)."""
-    _registered()
+    module = _registered()
+    _check_variant(module, "fwd", q.dtype, q.shape[-1], v.shape[-1], config.variant)
     tq, hq, _ = q.shape
     out_types = (jax.ShapeDtypeStruct((tq, hq, v.shape[-1]), q.dtype),
                  jax.ShapeDtypeStruct((hq, tq), jnp.float32))
@@ -131,6 +187,7 @@ def attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, s
     module = _registered()
     tq, hq, d = q.shape
     tk, hk, dv = v.shape
+    _check_variant(module, _bwd_feature(deterministic), q.dtype, d, dv, config.variant)
     workspace = module.bwd_workspace_bytes(1, tq, tk, hq, hk, d, dv, bool(deterministic))
     out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype),
@@ -151,7 +208,8 @@ def paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, conf
     num_splits >= 1: the key range of each query tile is split this many ways and combined in fp32, in
     equal parts or, with split_halving (num_splits <= 16), in parts that halve: 1/2, 1/4, ..., the last two
     equal (see PagedFwdParams::split_halving).
-    Returns out like q with Dv, lse (B, Hq, Sq) or (Hq, Tq) float32.
+    Returns out like q with Dv, lse (B, Hq, Sq) or (Hq, Tq) float32. A pinned config.variant is checked when the
+    call runs (sm90 is the Hopper decode, for decode shapes only).
     """
     _registered()
     hq, dv = q.shape[-2], v_cache.shape[-1]

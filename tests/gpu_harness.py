@@ -1,6 +1,7 @@
 """Running one dense case on the GPU: ours, the fp32 reference and the naive attention, forward and
 gradients, in one jitted function per case, checked by the oracle rule. Also what every GPU test file shares:
-poisoned memory, bitwise comparisons, and a child process under XLA command buffers."""
+poisoned memory, bitwise comparisons, a child process under XLA command buffers, and the kernel variants the
+grids run under."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jax_flash
-from jax_flash import reference
+from jax_flash import _ffi, reference
 from oracle import check_oracle
 
 
@@ -34,6 +36,38 @@ def assert_bitwise(names, a, b, what):
         count = int(differ.sum())
         gap = float(np.abs(x[differ].astype(np.float64) - y[differ].astype(np.float64)).max()) if count else 0.0
         assert count == 0, f"{what}: {name} differs in {count} of {x.size} elements (max |diff| {gap:.3g})"
+
+
+# The kernel variants a grid runs under: each pinned forward + atomic backward family, and the deterministic
+# backward (after the "auto" forward). On an H100: sm80 and sm90 forward, sm80 and sm90 atomic dK/dV and the
+# deterministic dq kernel.
+GRID_VARIANTS = ("sm80", "sm90", "deterministic")
+
+
+def _variant_kernels(variant, dtype, head_dim, head_dim_v):
+    """(pin, deterministic, the kernels both directions run) of a grid variant, or None where this machine
+    cannot run it."""
+    pin, deterministic = ("auto", True) if variant == "deterministic" else (variant, False)
+    try:
+        kernels = [sorted(_ffi.kernel_choice(feature, dtype, head_dim, head_dim_v, pin).items())
+                   for feature in ("fwd", "bwd_deterministic" if deterministic else "bwd")]
+    except ValueError:
+        return None
+    return pin, deterministic, kernels
+
+
+def variant_or_skip(variant, dtype, head_dim, head_dim_v):
+    """(pin, deterministic) to run a case under the grid variant `variant`. Skips where the machine cannot run
+    it, or where an earlier variant of GRID_VARIANTS runs the same kernels (above head dim 128, say, the
+    deterministic backward is the only one)."""
+    this = _variant_kernels(variant, dtype, head_dim, head_dim_v)
+    if this is None:
+        pytest.skip(f"kernel variant {variant} cannot run {dtype} D={head_dim}/{head_dim_v} here")
+    for earlier in GRID_VARIANTS[:GRID_VARIANTS.index(variant)]:
+        other = _variant_kernels(earlier, dtype, head_dim, head_dim_v)
+        if other is not None and other[2] == this[2]:
+            pytest.skip(f"variant {variant} runs the kernels of {earlier} here")
+    return this[0], this[1]
 
 
 COMMAND_BUFFER_FLAGS = "--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
@@ -68,10 +102,11 @@ def make_inputs(case, seed=0, batch=None):
     return q, k, v, dout
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "causal", "window", "softcap", "deterministic"))
-def forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, deterministic=False):
+@functools.partial(jax.jit, static_argnames=("impl", "causal", "window", "softcap", "deterministic", "variant"))
+def forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, deterministic=False, variant=None):
+    """variant: the kernel variant pin of "ours" (None: JAX_FLASH_KERNEL_VARIANT, else auto)."""
     return _forward_and_grads(q, k, v, dout, impl=impl, causal=causal, window=window, softcap=softcap,
-                              deterministic=deterministic)
+                              deterministic=deterministic, variant=variant)
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "window", "softcap"))
@@ -82,13 +117,13 @@ def reference_and_naive(q, k, v, dout, *, causal, window, softcap):
             _forward_and_grads(q, k, v, dout, impl="naive", **kw))
 
 
-def _forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, deterministic=False):
+def _forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, deterministic=False, variant=None):
     """(out, lse, dq, dk, dv) of `impl`: "ours", "ref" (fp32 reference) or "naive" (input dtype)."""
     def attn(q, k, v):
         kw = dict(causal=causal, window=window, softcap=softcap)
         if impl == "ours":
             return jax_flash.flash_attention(q, k, v, return_lse=True, deterministic=deterministic,
-                                             implementation="cuda", **kw)
+                                             implementation="cuda", _variant=variant, **kw)
         if impl == "ref":
             f32 = [x.astype(jnp.float32) for x in (q, k, v)]
             return reference.attention(*f32, return_lse=True, **kw)
@@ -99,11 +134,12 @@ def _forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, determin
     return (out, lse, *grads)
 
 
-def run_case(case, seed=0, check_grads=True):
+def run_case(case, seed=0, check_grads=True, variant=None, deterministic=False):
     q, k, v, dout = make_inputs(case, seed)
     kw = dict(causal=case["causal"], window=case["window"], softcap=case["softcap"])
     poison_device_memory()
-    ours = jax.device_get(forward_and_grads(q, k, v, dout, impl="ours", **kw))
+    ours = jax.device_get(forward_and_grads(q, k, v, dout, impl="ours", deterministic=deterministic,
+                                            variant=variant, **kw))
     ref, naive = jax.device_get(reference_and_naive(q, k, v, dout, **kw))
     grad_factor = 3.0 if case["softcap"] else 2.0
     names = ["out", "lse", "dq", "dk", "dv"] if check_grads else ["out", "lse"]

@@ -1,4 +1,5 @@
-"""Dense attention on the GPU against the fp32 reference by the oracle rule (DESIGN.md)."""
+"""Dense attention on the GPU against the fp32 reference by the oracle rule (DESIGN.md); the grid under every
+kernel variant the machine can run (gpu_harness.GRID_VARIANTS)."""
 
 import jax
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 
 import jax_flash
 from cases import case_id, pairwise_cases
-from gpu_harness import (forward_and_grads, make_inputs, poison_device_memory, reference_and_naive,
-                         run_case)
+from gpu_harness import (GRID_VARIANTS, forward_and_grads, make_inputs, poison_device_memory,
+                         reference_and_naive, run_case, variant_or_skip)
 from oracle import check_oracle, oracle_bound
 
 pytestmark = pytest.mark.gpu
@@ -16,8 +17,10 @@ CASES = pairwise_cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_grid(case):
-    run_case(case)
+@pytest.mark.parametrize("variant", GRID_VARIANTS)
+def test_grid(variant, case):
+    pin, deterministic = variant_or_skip(variant, case["dtype"], *case["head_dims"])
+    run_case(case, variant=pin, deterministic=deterministic)
 
 
 def test_deterministic_gradients_are_bitwise_repeatable():

@@ -1,5 +1,6 @@
 """Packed (varlen) attention on the GPU against the fp32 reference by the oracle rule (DESIGN.md), with the
-exact rules for padding rows, under command buffers, bitwise across packings, and through segment_ids.
+exact rules for padding rows, under command buffers, bitwise across packings, and through segment_ids. The grid
+runs under every kernel variant the machine can run (gpu_harness.GRID_VARIANTS).
 
 JAX_FLASH_TEST_IMPL=xla runs the same code with the reference standing in for the kernels (see
 varlen_harness.py); the `gpu` marker still decides whether a test runs.
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 import jax_flash
-from gpu_harness import assert_bitwise, assert_same_bits_under_command_buffers, poison_device_memory
+from gpu_harness import (GRID_VARIANTS, assert_bitwise, assert_same_bits_under_command_buffers,
+                         poison_device_memory, variant_or_skip)
 from gpu_subprocess_varlen import run as run_trials
 from varlen_harness import (DOCUMENTS, EDGE_LENGTHS, FACTORS, IMPL, Packing, case_id, case_packing, check_case,
                             make_inputs, pack, pairwise_cases, reference_and_naive, run_case, run_ours,
@@ -23,8 +25,10 @@ CASES = pairwise_cases()
 
 @gpu
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_grid(case):
-    run_case(case)
+@pytest.mark.parametrize("variant", GRID_VARIANTS)
+def test_grid(variant, case):
+    pin, deterministic = variant_or_skip(variant, case["dtype"], *case["head_dims"])
+    run_case(case, variant=pin, deterministic=deterministic)
 
 
 LARGE_CASES = [

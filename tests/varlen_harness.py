@@ -213,31 +213,33 @@ def with_grads(attn, q, k, v, dout):
     return (out, lse, *vjp((dout.astype(out.dtype), jnp.zeros_like(lse))))
 
 
-STATIC = ("max_seqlen_q", "max_seqlen_k", "causal", "window", "softcap", "deterministic")
+STATIC = ("max_seqlen_q", "max_seqlen_k", "causal", "window", "softcap", "deterministic", "variant")
 
 
 def forward_and_grads_fn(q, k, v, dout, cu_q, cu_k, used_q, used_k, *, max_seqlen_q, max_seqlen_k, causal,
-                         window, softcap, deterministic=False):
-    """Ours: flash_attention_varlen with implementation=IMPL, forward and gradients."""
+                         window, softcap, deterministic=False, variant=None):
+    """Ours: flash_attention_varlen with implementation=IMPL, forward and gradients; variant: the kernel
+    variant pin (None: JAX_FLASH_KERNEL_VARIANT, else auto)."""
     def attn(q, k, v):
         return jax_flash.flash_attention_varlen(
             q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, seqused_q=used_q, seqused_k=used_k,
             causal=causal, window=window, softcap=softcap, return_lse=True, deterministic=deterministic,
-            implementation=IMPL)
+            implementation=IMPL, _variant=variant)
     return with_grads(attn, q, k, v, dout)
 
 
 forward_and_grads = jax.jit(forward_and_grads_fn, static_argnames=STATIC)
 
 
-def run_ours(case, packing, inputs, *, deterministic=False, max_seqlen=None, step=forward_and_grads):
+def run_ours(case, packing, inputs, *, deterministic=False, max_seqlen=None, step=forward_and_grads,
+             variant=None):
     """Ours on the host: (out, lse, dq, dk, dv) as numpy. max_seqlen: (q, k) bounds other than the
     packing's own."""
     used_q, used_k = packing.seqused()
     max_q, max_k = max_seqlen or packing.max_seqlen()
     return jax.device_get(step(*inputs, packing.cu_q, packing.cu_k, used_q, used_k, max_seqlen_q=max_q,
                                max_seqlen_k=max_k, causal=case["causal"], window=case["window"],
-                               softcap=case["softcap"], deterministic=deterministic))
+                               softcap=case["softcap"], deterministic=deterministic, variant=variant))
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "window", "softcap"))
@@ -324,11 +326,11 @@ def _assert_zero(what, x):
     assert not bad.any(), f"{what}: {int(bad.sum())} of {bad.size} elements are not exactly 0"
 
 
-def run_case(case, seed=0):
+def run_case(case, seed=0, variant=None, deterministic=False):
     packing = case_packing(case)
     inputs = make_inputs(case, packing.total_q, packing.total_k, seed)
     poison_device_memory()
-    ours = run_ours(case, packing, inputs)
+    ours = run_ours(case, packing, inputs, deterministic=deterministic, variant=variant)
     ref, naive = reference_and_naive(case, packing, inputs)
     check_case(ours, ref, naive, packing, softcap=case["softcap"])
     return ours, ref

@@ -1,6 +1,7 @@
 // XLA FFI handlers of the attention backward, dense (BSHD) and packed (THD): decode, validate, fill params,
 // launch. run_bwd is what the two share once q/k/v (and the packed index arrays) are decoded.
 #include "ffi/attn_handlers.h"
+#include "ffi/attributes.h"
 #include "ffi/buffers.h"
 
 namespace jax_flash::ffi_glue {
@@ -14,14 +15,8 @@ struct BwdBuffers {
   ffi::AnyBuffer dq, dk, dv, workspace;
 };
 
-struct Attributes {
-  float scale, softcap;
-  int32_t window_left, window_right;
-  bool deterministic;
-};
-
 ffi::Error run_bwd(cudaStream_t stream, AttnBwdParams& params, DType dtype, bool packed, BwdBuffers& b,
-                   const Attributes& attrs) {
+                   const AttnAttributes& attrs, bool deterministic) {
   const int layout_batch = params.layout_batch();
   const Bshd o_shape{layout_batch, params.seqlen_q, params.heads_q, params.head_dim_v};
   const Bshd q_shape{layout_batch, params.seqlen_q, params.heads_q, params.head_dim};
@@ -39,7 +34,7 @@ ffi::Error run_bwd(cudaStream_t stream, AttnBwdParams& params, DType dtype, bool
   }
   const size_t needed = attn_bwd_workspace_bytes(layout_batch, params.seqlen_q, params.seqlen_k, params.heads_q,
                                                  params.heads_k, params.head_dim, params.head_dim_v,
-                                                 attrs.deterministic);
+                                                 deterministic);
   if (b.workspace.size_bytes() < needed) {
     return ffi::Error::InvalidArgument("jax_flash: backward workspace has " +
                                        std::to_string(b.workspace.size_bytes()) + " bytes, needs " +
@@ -68,11 +63,11 @@ ffi::Error run_bwd(cudaStream_t stream, AttnBwdParams& params, DType dtype, bool
   params.dv_row_stride = v_shape.row_stride();
   params.dv_head_stride = v_shape.head_stride();
   params.workspace = b.workspace.untyped_data();
-  params.deterministic = attrs.deterministic;
-  fill_attributes(attrs.scale, attrs.softcap, attrs.window_left, attrs.window_right, &params);
+  params.deterministic = deterministic;
+  fill_attributes(attrs, &params);
   if (layout_batch == 0 || params.heads_q == 0) return ffi::Error::Success();
 
-  Status status = attn_bwd(params, dtype, stream);
+  Status status = attn_bwd(params, dtype, attrs.variant, stream);
   if (!status.ok()) return ffi::Error::Internal("jax_flash backward: " + status.message);
   return ffi::Error::Success();
 }
@@ -84,14 +79,17 @@ static ffi::Error AttnBwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuf
                               ffi::AnyBuffer dout, ffi::Buffer<ffi::F32> dlse,
                               ffi::Result<ffi::AnyBuffer> dq,
                               ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
-                              ffi::Result<ffi::AnyBuffer> workspace, float scale, float softcap,
-                              int32_t window_left, int32_t window_right, bool deterministic) {
+                              ffi::Result<ffi::AnyBuffer> workspace, ffi::Dictionary attrs) {
+  AttnAttributes attributes;
+  bool deterministic = false;
+  if (auto e = decode_attributes(attrs, &attributes, OwnAttr<bool>{"deterministic", &deterministic})) {
+    return *std::move(e);
+  }
   AttnBwdParams params{};
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/false, &params, &dtype)) return *std::move(e);
   BwdBuffers buffers{out, dout, lse, dlse, *dq, *dk, *dv, *workspace};
-  return run_bwd(stream, params, dtype, false, buffers,
-                 Attributes{scale, softcap, window_left, window_right, deterministic});
+  return run_bwd(stream, params, dtype, false, buffers, attributes, deterministic);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -109,11 +107,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::AnyBuffer>()           // dk (..., Sk, Hk, D)
         .Ret<ffi::AnyBuffer>()           // dv (..., Sk, Hk, Dv)
         .Ret<ffi::AnyBuffer>()           // workspace: uint8 scratch, attn_bwd_workspace_bytes long
-        .Attr<float>("scale")
-        .Attr<float>("softcap")
-        .Attr<int32_t>("window_left")
-        .Attr<int32_t>("window_right")
-        .Attr<bool>("deterministic"),
+        .Attrs(),                        // AttnAttributes (attributes.h), deterministic (bool)
     {ffi::Traits::kCmdBufferCompatible});
 
 // max_seqlen_q / max_seqlen_k: recorded in the call, never used to size work (see the forward handler).
@@ -124,17 +118,21 @@ static ffi::Error AttnVarlenBwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::
                                     ffi::Buffer<ffi::S32> seqused_q, ffi::Buffer<ffi::S32> seqused_k,
                                     ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                                     ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::AnyBuffer> workspace,
-                                    float scale, float softcap, int32_t window_left, int32_t window_right,
-                                    bool deterministic, int32_t max_seqlen_q, int32_t max_seqlen_k) {
-  (void)max_seqlen_q;
-  (void)max_seqlen_k;
+                                    ffi::Dictionary attrs) {
+  AttnAttributes attributes;
+  bool deterministic = false;
+  int32_t max_seqlen_q = 0, max_seqlen_k = 0;
+  if (auto e = decode_attributes(attrs, &attributes, OwnAttr<bool>{"deterministic", &deterministic},
+                                 OwnAttr<int32_t>{"max_seqlen_q", &max_seqlen_q},
+                                 OwnAttr<int32_t>{"max_seqlen_k", &max_seqlen_k})) {
+    return *std::move(e);
+  }
   AttnBwdParams params{};
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/true, &params, &dtype)) return *std::move(e);
   if (auto e = fill_packed(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, &params)) return *std::move(e);
   BwdBuffers buffers{out, dout, lse, dlse, *dq, *dk, *dv, *workspace};
-  return run_bwd(stream, params, dtype, true, buffers,
-                 Attributes{scale, softcap, window_left, window_right, deterministic});
+  return run_bwd(stream, params, dtype, true, buffers, attributes, deterministic);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -156,13 +154,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::AnyBuffer>()           // dk (Tk, Hk, D)
         .Ret<ffi::AnyBuffer>()           // dv (Tk, Hk, Dv)
         .Ret<ffi::AnyBuffer>()           // workspace
-        .Attr<float>("scale")
-        .Attr<float>("softcap")
-        .Attr<int32_t>("window_left")
-        .Attr<int32_t>("window_right")
-        .Attr<bool>("deterministic")
-        .Attr<int32_t>("max_seqlen_q")
-        .Attr<int32_t>("max_seqlen_k"),
+        .Attrs(),                        // AttnAttributes, deterministic, max_seqlen_q, max_seqlen_k
     {ffi::Traits::kCmdBufferCompatible});
 
 }  // namespace jax_flash::ffi_glue

@@ -1,14 +1,14 @@
 // XLA FFI handlers of the attention forward, dense (BSHD) and packed (THD): decode, validate, fill params,
 // launch. The two differ only in the layout and the packed index arrays; run_fwd is what they share.
 #include "ffi/attn_handlers.h"
+#include "ffi/attributes.h"
 #include "ffi/buffers.h"
 
 namespace jax_flash::ffi_glue {
 
 // Checks out / lse against the decoded q/k/v geometry, fills the rest of params and launches.
 static ffi::Error run_fwd(cudaStream_t stream, AttnFwdParams& params, DType dtype, bool packed,
-                          ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse, float scale, float softcap,
-                          int32_t window_left, int32_t window_right) {
+                          ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse, const AttnAttributes& attrs) {
   const int layout_batch = params.layout_batch();
   const Bshd out_shape{layout_batch, params.seqlen_q, params.heads_q, params.head_dim_v};
   if (auto e = expect_bshd(out, "out", packed, out_shape)) return *std::move(e);
@@ -21,22 +21,23 @@ static ffi::Error run_fwd(cudaStream_t stream, AttnFwdParams& params, DType dtyp
   params.out_row_stride = out_shape.row_stride();
   params.out_head_stride = out_shape.head_stride();
   params.lse = lse.typed_data();
-  fill_attributes(scale, softcap, window_left, window_right, &params);
+  fill_attributes(attrs, &params);
   if (layout_batch == 0 || params.seqlen_q == 0 || params.heads_q == 0) return ffi::Error::Success();
 
-  Status status = attn_fwd(params, dtype, stream);
+  Status status = attn_fwd(params, dtype, attrs.variant, stream);
   if (!status.ok()) return ffi::Error::Internal("jax_flash forward: " + status.message);
   return ffi::Error::Success();
 }
 
 static ffi::Error AttnFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
                               ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
-                              ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, float softcap,
-                              int32_t window_left, int32_t window_right) {
+                              ffi::Result<ffi::Buffer<ffi::F32>> lse, ffi::Dictionary attrs) {
+  AttnAttributes attributes;
+  if (auto e = decode_attributes(attrs, &attributes)) return *std::move(e);
   AttnFwdParams params{};
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/false, &params, &dtype)) return *std::move(e);
-  return run_fwd(stream, params, dtype, false, *out, *lse, scale, softcap, window_left, window_right);
+  return run_fwd(stream, params, dtype, false, *out, *lse, attributes);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -48,28 +49,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::AnyBuffer>()           // v (..., Sk, Hk, Dv)
         .Ret<ffi::AnyBuffer>()           // out (..., Sq, Hq, Dv)
         .Ret<ffi::Buffer<ffi::F32>>()    // lse (..., Hq, Sq)
-        .Attr<float>("scale")
-        .Attr<float>("softcap")          // 0 = none
-        .Attr<int32_t>("window_left")    // -1 = unbounded
-        .Attr<int32_t>("window_right"),  // -1 = unbounded; causal is 0
+        .Attrs(),                        // AttnAttributes (attributes.h)
     {ffi::Traits::kCmdBufferCompatible});
 
 // max_seqlen_q / max_seqlen_k are part of the call (so each value has its own executable) but never
-// steer the kernels: their work comes from a bound on the shapes (block_info.h).
+// steer the kernels: their work comes from a bound on the shapes (kernels/common/seqlen.h).
 static ffi::Error AttnVarlenFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
                                     ffi::AnyBuffer v, ffi::Buffer<ffi::S32> cu_seqlens_q,
                                     ffi::Buffer<ffi::S32> cu_seqlens_k, ffi::Buffer<ffi::S32> seqused_q,
                                     ffi::Buffer<ffi::S32> seqused_k, ffi::Result<ffi::AnyBuffer> out,
-                                    ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, float softcap,
-                                    int32_t window_left, int32_t window_right, int32_t max_seqlen_q,
-                                    int32_t max_seqlen_k) {
-  (void)max_seqlen_q;
-  (void)max_seqlen_k;
+                                    ffi::Result<ffi::Buffer<ffi::F32>> lse, ffi::Dictionary attrs) {
+  AttnAttributes attributes;
+  int32_t max_seqlen_q = 0, max_seqlen_k = 0;
+  if (auto e = decode_attributes(attrs, &attributes, OwnAttr<int32_t>{"max_seqlen_q", &max_seqlen_q},
+                                 OwnAttr<int32_t>{"max_seqlen_k", &max_seqlen_k})) {
+    return *std::move(e);
+  }
   AttnFwdParams params{};
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/true, &params, &dtype)) return *std::move(e);
   if (auto e = fill_packed(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, &params)) return *std::move(e);
-  return run_fwd(stream, params, dtype, true, *out, *lse, scale, softcap, window_left, window_right);
+  return run_fwd(stream, params, dtype, true, *out, *lse, attributes);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -85,12 +85,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::S32>>()    // seqused_k (N,)
         .Ret<ffi::AnyBuffer>()           // out (Tq, Hq, Dv)
         .Ret<ffi::Buffer<ffi::F32>>()    // lse (Hq, Tq)
-        .Attr<float>("scale")
-        .Attr<float>("softcap")
-        .Attr<int32_t>("window_left")
-        .Attr<int32_t>("window_right")
-        .Attr<int32_t>("max_seqlen_q")
-        .Attr<int32_t>("max_seqlen_k"),
+        .Attrs(),                        // AttnAttributes, max_seqlen_q, max_seqlen_k (int32)
     {ffi::Traits::kCmdBufferCompatible});
 
 }  // namespace jax_flash::ffi_glue

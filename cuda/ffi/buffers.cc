@@ -130,12 +130,4 @@ std::optional<ffi::Error> expect_bshd(const ffi::AnyBuffer& buffer, const char* 
   return std::nullopt;
 }
 
-void fill_attributes(float scale, float softcap, int32_t window_left, int32_t window_right,
-                     AttnFwdParams* params) {
-  params->scale = scale;
-  params->softcap = softcap;
-  params->window_left = window_left;
-  params->window_right = window_right;
-}
-
 }  // namespace jax_flash::ffi_glue

@@ -49,8 +49,4 @@ std::optional<ffi::Error> fill_packed(const ffi::Buffer<ffi::S32>& cu_seqlens_q,
 std::optional<ffi::Error> expect_bshd(const ffi::AnyBuffer& buffer, const char* name, bool packed,
                                       const Bshd& expected);
 
-// The attributes every attention call carries.
-void fill_attributes(float scale, float softcap, int32_t window_left, int32_t window_right,
-                     AttnFwdParams* params);
-
 }  // namespace jax_flash::ffi_glue

@@ -1,10 +1,16 @@
 // The nanobind module: FFI capsules for jax.ffi.register_ffi_target, plus the static facts Python
-// needs at trace time (which head dims this build serves, how much backward scratch to ask for).
+// needs at trace time (which head dims this build serves, how much backward scratch to ask for, the kernel
+// variants and tiles of the kernel table).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <string>
+#include <vector>
 
 #include "ffi/attn_handlers.h"
 #include "host/attention.h"
+#include "host/kernel_choice.h"
 
 namespace nb = nanobind;
 
@@ -19,6 +25,24 @@ jax_flash::DType parse_dtype(const std::string& name) {
   if (name == "bfloat16") return jax_flash::DType::kBFloat16;
   if (name == "float16") return jax_flash::DType::kFloat16;
   throw nb::value_error(("jax_flash: unsupported dtype " + name).c_str());
+}
+
+jax_flash::KernelFeature parse_feature(const std::string& name) {
+  using jax_flash::KernelFeature;
+  for (KernelFeature feature : {KernelFeature::kFwd, KernelFeature::kBwd, KernelFeature::kBwdDeterministic,
+                                KernelFeature::kPaged, KernelFeature::kPagedDecode}) {
+    if (name == jax_flash::kernel_feature_name(feature)) return feature;
+  }
+  throw nb::value_error(("jax_flash: unknown kernel feature " + name +
+                         " (fwd, bwd, bwd_deterministic, paged, paged_decode)").c_str());
+}
+
+jax_flash::KernelVariant parse_variant(const std::string& name) {
+  for (int id = 0; id < jax_flash::kNumKernelVariants; ++id) {
+    const auto variant = static_cast<jax_flash::KernelVariant>(id);
+    if (name == jax_flash::kernel_variant_name(variant)) return variant;
+  }
+  throw nb::value_error(("jax_flash: unknown kernel variant " + name).c_str());
 }
 
 }  // namespace
@@ -46,4 +70,44 @@ NB_MODULE(_jax_flash_cuda, m) {
         nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("deterministic"),
         "Bytes of scratch the backward kernels need for these shapes (packed layouts: batch 1, seqlen_q = "
         "total query tokens).");
+
+  std::vector<std::string> variant_names;
+  for (int id = 0; id < jax_flash::kNumKernelVariants; ++id) {
+    variant_names.push_back(jax_flash::kernel_variant_name(static_cast<jax_flash::KernelVariant>(id)));
+  }
+  m.attr("kernel_variants") = nb::tuple(nb::cast(variant_names));
+  m.attr("paged_block_m") = jax_flash::kPagedTileRows;
+  m.attr("paged_block_n") = jax_flash::kPagedTileKeys;
+  m.def(
+      "variants",
+      [](const std::string& feature, const std::string& dtype, int head_dim, int head_dim_v) {
+        std::vector<std::string> names;
+        for (auto variant : jax_flash::runnable_variants(parse_feature(feature), parse_dtype(dtype), head_dim,
+                                                         head_dim_v)) {
+          names.push_back(jax_flash::kernel_variant_name(variant));
+        }
+        return names;
+      },
+      nb::arg("feature"), nb::arg("dtype"), nb::arg("head_dim"), nb::arg("head_dim_v"),
+      "The kernel variants (not 'auto') that can serve the feature (fwd, bwd, bwd_deterministic, paged, "
+      "paged_decode) for the dtype and head dims on the current device.");
+  m.def(
+      "kernel_choice",
+      [](const std::string& feature, const std::string& dtype, int head_dim, int head_dim_v,
+         const std::string& variant) {
+        jax_flash::KernelChoice choice;
+        const jax_flash::Status status = jax_flash::choose_kernel(
+            parse_feature(feature), parse_dtype(dtype), head_dim, head_dim_v, parse_variant(variant), &choice);
+        if (!status.ok()) throw nb::value_error(status.message.c_str());
+        nb::dict out;
+        out["variant"] = jax_flash::kernel_variant_name(choice.variant);
+        out["tile"] = nb::make_tuple(choice.tile.tile_d, choice.tile.tile_dv);
+        out["block_m"] = choice.tile.block_m;
+        out["block_n"] = choice.tile.block_n;
+        out["atomic_dq"] = choice.atomic_dq;
+        return out;
+      },
+      nb::arg("feature"), nb::arg("dtype"), nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("variant") = "auto",
+      "The kernel the launchers run for this call on the current device: {variant, tile, block_m, block_n, "
+      "atomic_dq}; ValueError saying why when none can serve it.");
 }

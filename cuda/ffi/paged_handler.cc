@@ -1,6 +1,7 @@
 // XLA FFI handlers of attention over a paged KV cache, dense queries (B, Sq, Hq, D) and packed queries
 // (Tq, Hq, D) with cu_seqlens_q: decode, validate, fill params, launch. run_paged is what they share.
 #include "ffi/attn_handlers.h"
+#include "ffi/attributes.h"
 #include "ffi/buffers.h"
 
 namespace jax_flash::ffi_glue {
@@ -20,9 +21,8 @@ std::optional<ffi::Error> decode_cache(const ffi::AnyBuffer& cache, const char* 
 ffi::Error run_paged(cudaStream_t stream, bool packed, ffi::AnyBuffer q, ffi::AnyBuffer k_cache,
                      ffi::AnyBuffer v_cache, ffi::Buffer<ffi::S32> page_table, ffi::Buffer<ffi::S32> cache_seqlens,
                      const ffi::Buffer<ffi::S32>* cu_seqlens_q, ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse,
-                     ffi::Buffer<ffi::F32> out_partial, ffi::Buffer<ffi::F32> lse_partial, float scale,
-                     float softcap, int32_t window_left, int32_t window_right, int32_t num_splits,
-                     bool split_halving) {
+                     ffi::Buffer<ffi::F32> out_partial, ffi::Buffer<ffi::F32> lse_partial,
+                     const AttnAttributes& attrs, int32_t num_splits, bool split_halving) {
   Bshd qs, ks, vs;
   DType dtype, k_dtype, v_dtype;
   if (auto e = decode_bshd(q, "q", packed, &qs)) return *std::move(e);
@@ -116,10 +116,10 @@ ffi::Error run_paged(cudaStream_t stream, bool packed, ffi::AnyBuffer q, ffi::An
     params.out_partial = out_partial.typed_data();
     params.lse_partial = lse_partial.typed_data();
   }
-  fill_attributes(scale, softcap, window_left, window_right, &params);
+  fill_attributes(attrs, &params);
   if (pairs == 0) return ffi::Error::Success();
 
-  Status status = paged_fwd(params, dtype, stream);
+  Status status = paged_fwd(params, dtype, attrs.variant, stream);
   if (!status.ok()) return ffi::Error::Internal("jax_flash paged forward: " + status.message);
   return ffi::Error::Success();
 }
@@ -128,11 +128,16 @@ ffi::Error PagedFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k_
                         ffi::Buffer<ffi::S32> page_table, ffi::Buffer<ffi::S32> cache_seqlens,
                         ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                         ffi::Result<ffi::Buffer<ffi::F32>> out_partial,
-                        ffi::Result<ffi::Buffer<ffi::F32>> lse_partial, float scale, float softcap,
-                        int32_t window_left, int32_t window_right, int32_t num_splits, bool split_halving) {
+                        ffi::Result<ffi::Buffer<ffi::F32>> lse_partial, ffi::Dictionary attrs) {
+  AttnAttributes attributes;
+  int32_t num_splits = 1;
+  bool split_halving = false;
+  if (auto e = decode_attributes(attrs, &attributes, OwnAttr<int32_t>{"num_splits", &num_splits},
+                                 OwnAttr<bool>{"split_halving", &split_halving})) {
+    return *std::move(e);
+  }
   return run_paged(stream, /*packed=*/false, q, k_cache, v_cache, page_table, cache_seqlens, nullptr, *out, *lse,
-                   *out_partial, *lse_partial, scale, softcap, window_left, window_right, num_splits,
-                   split_halving);
+                   *out_partial, *lse_partial, attributes, num_splits, split_halving);
 }
 
 // max_seqlen_q is part of the call (each value has its own executable) but never sizes work.
@@ -141,13 +146,17 @@ ffi::Error PagedVarlenFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuf
                               ffi::Buffer<ffi::S32> cache_seqlens, ffi::Buffer<ffi::S32> cu_seqlens_q,
                               ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                               ffi::Result<ffi::Buffer<ffi::F32>> out_partial,
-                              ffi::Result<ffi::Buffer<ffi::F32>> lse_partial, float scale, float softcap,
-                              int32_t window_left, int32_t window_right, int32_t num_splits, bool split_halving,
-                              int32_t max_seqlen_q) {
-  (void)max_seqlen_q;
+                              ffi::Result<ffi::Buffer<ffi::F32>> lse_partial, ffi::Dictionary attrs) {
+  AttnAttributes attributes;
+  int32_t num_splits = 1, max_seqlen_q = 0;
+  bool split_halving = false;
+  if (auto e = decode_attributes(attrs, &attributes, OwnAttr<int32_t>{"num_splits", &num_splits},
+                                 OwnAttr<bool>{"split_halving", &split_halving},
+                                 OwnAttr<int32_t>{"max_seqlen_q", &max_seqlen_q})) {
+    return *std::move(e);
+  }
   return run_paged(stream, /*packed=*/true, q, k_cache, v_cache, page_table, cache_seqlens, &cu_seqlens_q, *out,
-                   *lse, *out_partial, *lse_partial, scale, softcap, window_left, window_right, num_splits,
-                   split_halving);
+                   *lse, *out_partial, *lse_partial, attributes, num_splits, split_halving);
 }
 
 }  // namespace
@@ -165,12 +174,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::Buffer<ffi::F32>>()    // lse (B, Hq, Sq)
         .Ret<ffi::Buffer<ffi::F32>>()    // out_partial (num_splits, B * Sq, Hq, Dv), or (1,) without splits
         .Ret<ffi::Buffer<ffi::F32>>()    // lse_partial (num_splits, B * Sq, Hq), or (1,)
-        .Attr<float>("scale")
-        .Attr<float>("softcap")          // 0 = none
-        .Attr<int32_t>("window_left")    // -1 = unbounded
-        .Attr<int32_t>("window_right")   // -1 = unbounded; causal is 0
-        .Attr<int32_t>("num_splits")
-        .Attr<bool>("split_halving"),    // halving splits (PagedFwdParams::split_halving), else equal
+        .Attrs(),  // AttnAttributes (attributes.h), num_splits (int32), split_halving (bool: halving splits,
+                   // PagedFwdParams::split_halving, else equal)
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -187,13 +192,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::Buffer<ffi::F32>>()    // lse (Hq, Tq)
         .Ret<ffi::Buffer<ffi::F32>>()    // out_partial (num_splits, Tq, Hq, Dv), or (1,)
         .Ret<ffi::Buffer<ffi::F32>>()    // lse_partial (num_splits, Tq, Hq), or (1,)
-        .Attr<float>("scale")
-        .Attr<float>("softcap")
-        .Attr<int32_t>("window_left")
-        .Attr<int32_t>("window_right")
-        .Attr<int32_t>("num_splits")
-        .Attr<bool>("split_halving")
-        .Attr<int32_t>("max_seqlen_q"),
+        .Attrs(),                        // AttnAttributes, num_splits, split_halving, max_seqlen_q (int32)
     {ffi::Traits::kCmdBufferCompatible});
 
 }  // namespace jax_flash::ffi_glue

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <string>
 
+#include "host/kernel_table.h"
 #include "kernels/params.h"
 
 namespace jax_flash {
@@ -22,8 +23,11 @@ struct Status {
 // True when this build holds an instantiation for the dtype and head dims.
 bool attn_supported(DType dtype, int head_dim, int head_dim_v);
 
+// `variant` in the entry points below: kAuto for the kernel choice's pick (kernel_choice.h), or a pinned kernel
+// family, which runs or fails (never falls back).
+
 // Forward: writes out and lse for every row (fully masked rows and packed padding rows: 0 and -inf).
-Status attn_fwd(const AttnFwdParams& params, DType dtype, cudaStream_t stream);
+Status attn_fwd(const AttnFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream);
 
 // Bytes of scratch the backward needs for these shapes (a pure function of static shapes). Packed layouts
 // pass batch 1 and the token totals as seqlen_q / seqlen_k.
@@ -31,10 +35,10 @@ size_t attn_bwd_workspace_bytes(int batch, int seqlen_q, int seqlen_k, int heads
                                 int head_dim, int head_dim_v, bool deterministic);
 
 // Backward: writes dq, dk, dv in full (dk/dv summed over the query heads of each kv head).
-Status attn_bwd(const AttnBwdParams& params, DType dtype, cudaStream_t stream);
+Status attn_bwd(const AttnBwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream);
 
 // Paged KV cache forward: writes out and lse for every query row (with num_splits > 1 through the partial
 // buffers and a combine; packed rows outside every sequence: 0 and -inf).
-Status paged_fwd(const PagedFwdParams& params, DType dtype, cudaStream_t stream);
+Status paged_fwd(const PagedFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream);
 
 }  // namespace jax_flash

@@ -3,8 +3,9 @@
 //   1. delta = rowsum(dout * out) - dlse        -> workspace
 //   2. dk, dv (and, on the atomic path, dq partial sums -> workspace accumulator, zeroed first)
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
-// The atomic path runs for deterministic == false up to head dim 128 (bwd_uses_dq_accum); it saves the
-// dq kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq.
+// The atomic path runs where the kernel choice picks it (deterministic == false, head-dim tile up to 128; see
+// kernel_choice.h); it saves the dq kernel's recomputation of S and dP at the price of run-to-run rounding
+// differences in dq.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,7 +14,8 @@
 #include <cstdint>
 #include <string>
 
-#include "host/device_arch.h"
+#include "host/compiled_tiles.h"
+#include "host/kernel_table.h"
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
 #include "kernels/bwd/dkdv_kernel.cuh"
@@ -89,28 +91,51 @@ inline unsigned elementwise_blocks(int64_t items, int items_per_block) {
   return unsigned(std::min<int64_t>((items + items_per_block - 1) / items_per_block, int64_t(1) << 20));
 }
 
-// dK, dV and the atomic dQ sums: the wgmma kernel where this build has sm_90a code, the head dims have a
-// Hopper config and the device is a Hopper; the portable kernel everywhere else.
-template <typename Element, int kHeadDim, int kHeadDimV>
-Status launch_dkdv_atomic_dq(const AttnBwdParams& params, const float* delta, float* dq_accum,
-                             cudaStream_t stream) {
-#ifdef JAX_FLASH_HAS_SM90A
-  using Sm90 = Sm90BwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
-  if constexpr (Sm90::kAvailable) {
-    if (current_device_is_sm90()) return launch_dkdv_sm90<typename Sm90::DkDv>(params, delta, dq_accum, stream);
+// dK, dV and the atomic dQ sums with the wgmma kernel, where this build has sm_90a code and the head dims a
+// Hopper config.
+template <class Sm90>
+Status launch_dkdv_sm90_atomic_dq(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                                  cudaStream_t stream) {
+  if constexpr (kBuildHasSm90a && Sm90::kAvailable) {
+    static_assert(table_has_tile<typename Sm90::DkDv>(KernelKind::kBwdDkDv, KernelVariant::kSm90),
+                  "kernel_table.h must list Sm90BwdDefaultConfig's dK/dV tile");
+    return launch_dkdv_sm90<typename Sm90::DkDv>(params, delta, dq_accum, stream);
+  } else {
+    return error("this build has no sm90 dK/dV kernel for these head dims");
   }
-#endif
-  return launch_dkdv<typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv, true>(params, delta, dq_accum,
-                                                                                       stream);
+}
+
+// dK and dV, and with choice.atomic_dq the dQ sums, by the kernel `choice` names.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status launch_chosen_dkdv(const AttnBwdParams& params, const KernelChoice& choice, const float* delta,
+                          float* dq_accum, cudaStream_t stream) {
+  using DkDv = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv;
+  if (choice.variant == KernelVariant::kSm90) {
+    if (!choice.atomic_dq) return error("the sm90 dK/dV kernel sums dQ with atomics only");
+    return launch_dkdv_sm90_atomic_dq<Sm90BwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, delta, dq_accum,
+                                                                                          stream);
+  }
+  if (!choice.atomic_dq) return launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
+  if constexpr (kHeadDim <= 128) {
+    return launch_dkdv<DkDv, true>(params, delta, dq_accum, stream);
+  } else {
+    return error("atomic dQ sums need a head-dim tile of at most 128");
+  }
 }
 
 }  // namespace bwd_launch_detail
 
+// The kernels `choice` names (kernel_choice.h); the tile configs are held to the rows of kernel_table.h.
 template <typename Element, int kHeadDim, int kHeadDimV>
-Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream) {
+Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cudaStream_t stream) {
   using namespace bwd_launch_detail;
-  using DkDv = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv;
   using Dq = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::Dq;
+  static_assert(table_has_tile<typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv>(
+                    KernelKind::kBwdDkDv, KernelVariant::kSm80),
+                "kernel_table.h must list BwdDefaultConfig's dK/dV tile");
+  static_assert(Sm90BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::kAvailable ==
+                    (find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90, kHeadDim, kHeadDimV) != nullptr),
+                "kernel_table.h must list exactly the head dims with a Sm90BwdDefaultConfig");
 
   if (params.head_dim > kHeadDim || params.head_dim_v > kHeadDimV || params.head_dim % 8 != 0 ||
       params.head_dim_v % 8 != 0 || params.head_dim <= 0 || params.head_dim_v <= 0) {
@@ -135,7 +160,11 @@ Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream) {
                                                      params.head_dim, params.deterministic);
   char* workspace = static_cast<char*>(params.workspace);
   float* delta = reinterpret_cast<float*>(workspace + ws.delta_offset);
-  const bool atomic_dq = kHeadDim <= 128 && bwd_uses_dq_accum(params.head_dim, params.deterministic);
+  // The workspace has the accumulator wherever the choice can pick atomic dQ sums (bwd_uses_dq_accum).
+  const bool atomic_dq = choice.atomic_dq;
+  if (atomic_dq && !bwd_uses_dq_accum(params.head_dim, params.deterministic)) {
+    return error("atomic dQ sums chosen for a workspace without the accumulator");
+  }
   float* dq_accum = atomic_dq ? reinterpret_cast<float*>(workspace + ws.dq_accum_offset) : nullptr;
   const int64_t rows = int64_t(params.layout_batch()) * params.heads_q * params.seqlen_q;
   constexpr int kWarpsPerBlock = kBwdElementwiseThreads / 32;
@@ -152,13 +181,7 @@ Status run_attn_bwd(const AttnBwdParams& params, cudaStream_t stream) {
   }
 
   if (params.seqlen_k > 0) {
-    Status s;
-    if constexpr (kHeadDim <= 128) {
-      s = atomic_dq ? launch_dkdv_atomic_dq<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream)
-                    : launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
-    } else {
-      s = launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
-    }
+    const Status s = launch_chosen_dkdv<Element, kHeadDim, kHeadDimV>(params, choice, delta, dq_accum, stream);
     if (!s.ok()) return s;
   }
 

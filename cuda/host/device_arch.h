@@ -1,5 +1,5 @@
-// Which kernel family the current device runs, asked once per device (a host attribute query: no stream
-// work, safe during graph capture).
+// The compute capability of the current device, asked once per device (a host attribute query: no stream work,
+// safe during graph capture). Only the kernel choice (kernel_choice.cc) asks.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,18 +8,18 @@
 
 namespace jax_flash {
 
-// True on compute capability 9.0 (Hopper), where the sm_90a kernels of this build run.
-inline bool current_device_is_sm90() {
+// The major compute capability of the current device (9 on Hopper), or 0 when there is no usable device.
+inline int current_device_major() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> major_of[kMaxDevices] = {};  // 0: not asked yet
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 0;
   int major = major_of[device].load(std::memory_order_relaxed);
   if (major == 0) {
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return 0;
     major_of[device].store(major, std::memory_order_relaxed);
   }
-  return major == 9;
+  return major;
 }
 
 }  // namespace jax_flash

@@ -1,103 +1,61 @@
-// Runtime (dtype, head dims) -> the compiled instantiation. The only place that lists the tiles.
-// A head dim is served by the smallest compiled tile that holds it; loads beyond it are predicated.
+// The host entry points (attention.h): the kernel choice (kernel_choice.h) for the call, then the compiled
+// instantiation of the chosen tile (compiled_tiles.h lists them), then the packed-padding fill or the split
+// combine where the call needs one.
 #include <cutlass/numeric_types.h>
 
-#include <type_traits>
-
+#include "host/compiled_tiles.h"
+#include "host/kernel_choice.h"
 #include "host/launch.h"
 
 namespace jax_flash {
 namespace {
 
-template <int D, int Dv>
-using Tile = std::integer_sequence<int, D, Dv>;
-
-// Visits the smallest compiled tile holding (head_dim, head_dim_v); false when none does.
-template <typename Visitor>
-bool visit_tile(int head_dim, int head_dim_v, Visitor&& visit) {
-  auto try_tile = [&](auto tile, int d, int dv) {
-    if (head_dim > d || head_dim_v > dv) return false;
-    visit(tile);
-    return true;
-  };
-  (void)try_tile;
-#ifdef JAX_FLASH_HAS_HDIM_64
-  if (try_tile(Tile<64, 64>{}, 64, 64)) return true;
-#endif
-#ifdef JAX_FLASH_HAS_HDIM_96
-  if (try_tile(Tile<96, 96>{}, 96, 96)) return true;
-#endif
-#ifdef JAX_FLASH_HAS_HDIM_128
-  if (try_tile(Tile<128, 128>{}, 128, 128)) return true;
-#endif
-#ifdef JAX_FLASH_HAS_HDIM_192x128
-  if (try_tile(Tile<192, 128>{}, 192, 128)) return true;
-#endif
-#ifdef JAX_FLASH_HAS_HDIM_192
-  if (try_tile(Tile<192, 192>{}, 192, 192)) return true;
-#endif
-#ifdef JAX_FLASH_HAS_HDIM_256
-  if (try_tile(Tile<256, 256>{}, 256, 256)) return true;
-#endif
-  return false;
-}
+template <DType kDType>
+struct ElementOf;
+template <>
+struct ElementOf<DType::kBFloat16> {
+  using type = cutlass::bfloat16_t;
+};
+template <>
+struct ElementOf<DType::kFloat16> {
+  using type = cutlass::half_t;
+};
 
 struct FwdLaunch {
   const AttnFwdParams& params;
   cudaStream_t stream;
   template <typename Element, int kD, int kDv>
-  Status run() const { return run_attn_fwd<Element, kD, kDv>(params, stream); }
+  Status run(const KernelChoice& choice) const { return run_attn_fwd<Element, kD, kDv>(params, choice, stream); }
 };
 
 struct BwdLaunch {
   const AttnBwdParams& params;
   cudaStream_t stream;
   template <typename Element, int kD, int kDv>
-  Status run() const { return run_attn_bwd<Element, kD, kDv>(params, stream); }
+  Status run(const KernelChoice& choice) const { return run_attn_bwd<Element, kD, kDv>(params, choice, stream); }
 };
 
 struct PagedLaunch {
   const PagedFwdParams& params;
   cudaStream_t stream;
   template <typename Element, int kD, int kDv>
-  Status run() const { return run_paged_fwd<Element, kD, kDv>(params, stream); }
+  Status run(const KernelChoice& choice) const { return run_paged_fwd<Element, kD, kDv>(params, choice, stream); }
 };
 
-template <typename Visitor>
-bool visit_element(DType dtype, Visitor&& visit) {
-  switch (dtype) {
-#ifdef JAX_FLASH_HAS_BF16
-    case DType::kBFloat16: visit(cutlass::bfloat16_t{}); return true;
-#endif
-#ifdef JAX_FLASH_HAS_FP16
-    case DType::kFloat16: visit(cutlass::half_t{}); return true;
-#endif
-    default: return false;
-  }
-}
-
-template <int D, int Dv>
-constexpr int tile_d(Tile<D, Dv>) { return D; }
-template <int D, int Dv>
-constexpr int tile_dv(Tile<D, Dv>) { return Dv; }
-
-const char* dtype_name(DType dtype) { return dtype == DType::kBFloat16 ? "bfloat16" : "float16"; }
-
-Status unsupported(DType dtype, int head_dim, int head_dim_v) {
-  return {std::string("jax_flash: this build has no kernel for dtype ") + dtype_name(dtype) +
-          ", head_dim " + std::to_string(head_dim) + ", head_dim_v " + std::to_string(head_dim_v)};
-}
-
-// Calls launch.template run<Element, D, Dv>() on the instantiation for these arguments.
+// Chooses the kernel and calls launch.template run<Element, D, Dv>(choice) on the instantiation of its tile.
 template <typename Launch>
-Status dispatch(DType dtype, int head_dim, int head_dim_v, Launch&& launch) {
-  Status status = unsupported(dtype, head_dim, head_dim_v);
-  visit_element(dtype, [&](auto element) {
-    visit_tile(head_dim, head_dim_v, [&](auto tile) {
-      using Element = decltype(element);
-      constexpr int kD = tile_d(decltype(tile){});
-      constexpr int kDv = tile_dv(decltype(tile){});
-      status = launch.template run<Element, kD, kDv>();
+Status dispatch(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, KernelVariant variant,
+                Launch&& launch) {
+  KernelChoice choice;
+  if (Status s = choose_kernel(feature, dtype, head_dim, head_dim_v, variant, &choice); !s.ok()) return s;
+  Status status{"jax_flash: no instantiation of the chosen tile"};  // unreachable: the choice is of compiled tiles
+  visit_compiled_dtype(dtype, [&](auto dtype_tag) {
+    using Element = typename ElementOf<decltype(dtype_tag)::value>::type;
+    visit_compiled_tiles([&](auto tile) {
+      using Tile = decltype(tile);
+      if (Tile::kD != choice.tile.tile_d || Tile::kDv != choice.tile.tile_dv) return false;
+      status = launch.template run<Element, Tile::kD, Tile::kDv>(choice);
+      return true;
     });
   });
   return status;
@@ -105,26 +63,23 @@ Status dispatch(DType dtype, int head_dim, int head_dim_v, Launch&& launch) {
 
 }  // namespace
 
-bool attn_supported(DType dtype, int head_dim, int head_dim_v) {
-  bool found = false;
-  visit_element(dtype, [&](auto) { found = visit_tile(head_dim, head_dim_v, [](auto) {}); });
-  return found;
-}
-
-Status attn_fwd(const AttnFwdParams& params, DType dtype, cudaStream_t stream) {
-  Status status = dispatch(dtype, params.head_dim, params.head_dim_v, FwdLaunch{params, stream});
+Status attn_fwd(const AttnFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
+  Status status = dispatch(KernelFeature::kFwd, dtype, params.head_dim, params.head_dim_v, variant,
+                           FwdLaunch{params, stream});
   if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);
   return status;
 }
 
-Status attn_bwd(const AttnBwdParams& params, DType dtype, cudaStream_t stream) {
-  Status status = dispatch(dtype, params.head_dim, params.head_dim_v, BwdLaunch{params, stream});
+Status attn_bwd(const AttnBwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
+  Status status = dispatch(bwd_feature(params.deterministic), dtype, params.head_dim, params.head_dim_v, variant,
+                           BwdLaunch{params, stream});
   if (status.ok() && params.packed()) status = fill_bwd_padding(params, stream);
   return status;
 }
 
-Status paged_fwd(const PagedFwdParams& params, DType dtype, cudaStream_t stream) {
-  Status status = dispatch(dtype, params.head_dim, params.head_dim_v, PagedLaunch{params, stream});
+Status paged_fwd(const PagedFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
+  Status status = dispatch(paged_feature(params), dtype, params.head_dim, params.head_dim_v, variant,
+                           PagedLaunch{params, stream});
   if (status.ok() && params.num_splits > 1) status = paged_combine(params, dtype, stream);
   if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);
   return status;

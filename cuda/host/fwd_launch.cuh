@@ -7,7 +7,8 @@
 #include <cstdint>
 #include <string>
 
-#include "host/device_arch.h"
+#include "host/compiled_tiles.h"
+#include "host/kernel_table.h"
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
 #include "kernels/fwd/kernel.cuh"
@@ -61,17 +62,31 @@ Status launch_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
   return Status{};
 }
 
-// The wgmma kernel where this build has sm_90a code, the head dims have a Hopper config and the device is a
-// Hopper; the portable mma.sync kernel everywhere else.
-template <typename Element, int kHeadDim, int kHeadDimV>
-Status run_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {
-#ifdef JAX_FLASH_HAS_SM90A
-  using Sm90 = Sm90FwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
-  if constexpr (Sm90::kAvailable) {
-    if (current_device_is_sm90()) return launch_attn_fwd<typename Sm90::type>(params, stream);
+// The wgmma kernel where this build has sm_90a code and the head dims a Hopper config.
+template <class Sm90>
+Status launch_attn_fwd_sm90(const AttnFwdParams& params, cudaStream_t stream) {
+  if constexpr (kBuildHasSm90a && Sm90::kAvailable) {
+    static_assert(table_has_tile<typename Sm90::type>(KernelKind::kFwd, KernelVariant::kSm90),
+                  "kernel_table.h must list Sm90FwdDefaultConfig's tile");
+    return launch_attn_fwd<typename Sm90::type>(params, stream);
+  } else {
+    return Status{"attn_fwd: this build has no sm90 kernel for these head dims"};
   }
-#endif
-  return launch_attn_fwd<typename FwdDefaultConfig<Element, kHeadDim, kHeadDimV>::type>(params, stream);
+}
+
+// The kernel `choice` names: the wgmma kernel for kSm90, the portable mma.sync kernel for kSm80. The tile
+// configs are held to the rows of kernel_table.h that the choice was read from.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_fwd(const AttnFwdParams& params, const KernelChoice& choice, cudaStream_t stream) {
+  using Sm80 = typename FwdDefaultConfig<Element, kHeadDim, kHeadDimV>::type;
+  using Sm90 = Sm90FwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
+  static_assert(table_has_tile<Sm80>(KernelKind::kFwd, KernelVariant::kSm80),
+                "kernel_table.h must list FwdDefaultConfig's tile");
+  static_assert(Sm90::kAvailable ==
+                    (find_kernel_tile(KernelKind::kFwd, KernelVariant::kSm90, kHeadDim, kHeadDimV) != nullptr),
+                "kernel_table.h must list exactly the head dims with a Sm90FwdDefaultConfig");
+  if (choice.variant == KernelVariant::kSm90) return launch_attn_fwd_sm90<Sm90>(params, stream);
+  return launch_attn_fwd<Sm80>(params, stream);
 }
 
 }  // namespace jax_flash

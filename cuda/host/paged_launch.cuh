@@ -7,7 +7,7 @@
 #include <string>
 #include <type_traits>
 
-#include "host/device_arch.h"
+#include "host/compiled_tiles.h"
 #include "host/fwd_launch.cuh"
 #include "host/launch.h"
 #include "host/paged_kv_tma.h"
@@ -23,16 +23,11 @@ auto paged_fwd_kernel_for(bool softcap) {
                  : &paged_fwd_kernel<Cfg, false, kKeysAcrossWarps, kTmaKv>;
 }
 
-// Decode-like shapes (every sequence's (query, head) pairs of a kv head fit one warp's 16 rows) split the keys
-// of a tile across the warps instead of the rows: a static choice from the shapes (the packed layout, whose
-// rows per sequence are bounded by the data only, keeps the row split). The grid is the same.
-inline bool paged_keys_across_warps(const PagedFwdParams& params) {
-  return !params.packed() && int64_t(params.seqlen_q) * params.kv_group <= 16;
-}
-
-// kv_tma: the caches' tensor maps for the Hopper decode kernel (kTmaKv), unused otherwise.
+// kv_tma: the caches' tensor maps for the Hopper decode kernel (kTmaKv), unused otherwise. keys_across_warps:
+// the decode split of a tile (KernelFeature::kPagedDecode, kernel_choice.h); the TMA kernel always has it.
 template <class Cfg, bool kTmaKv>
-Status launch_paged_fwd(const PagedFwdParams& params, const PagedKvTma& kv_tma, cudaStream_t stream) {
+Status launch_paged_fwd(const PagedFwdParams& params, bool keys_across_warps, const PagedKvTma& kv_tma,
+                        cudaStream_t stream) {
   auto fail = [](const std::string& what) { return Status{"paged_fwd: " + what}; };
   if (params.head_dim > Cfg::kHeadDim || params.head_dim_v > Cfg::kHeadDimV) {
     return fail("head dims (" + std::to_string(params.head_dim) + ", " + std::to_string(params.head_dim_v) +
@@ -66,8 +61,8 @@ Status launch_paged_fwd(const PagedFwdParams& params, const PagedKvTma& kv_tma, 
     if constexpr (kTmaKv) {
       return paged_fwd_kernel_for<Cfg, true, true>(softcap);
     } else {
-      return paged_keys_across_warps(params) ? paged_fwd_kernel_for<Cfg, true, false>(softcap)
-                                             : paged_fwd_kernel_for<Cfg, false, false>(softcap);
+      return keys_across_warps ? paged_fwd_kernel_for<Cfg, true, false>(softcap)
+                               : paged_fwd_kernel_for<Cfg, false, false>(softcap);
     }
   }();
   constexpr int kSmem = Cfg::kSmemBytes;
@@ -82,23 +77,44 @@ Status launch_paged_fwd(const PagedFwdParams& params, const PagedKvTma& kv_tma, 
   return Status{};
 }
 
-// On Hopper the split-key decode loads K and V with the TMA unit (kernels/fwd/paged_kv_tma.h, its own tile config)
-// where the caches allow the tensor maps (head dims multiples of 64, 16-byte aligned strides): a choice from
-// shapes, strides and the device, like the rest. Everything else runs the cp.async kernels.
-template <typename Element, int kHeadDim, int kHeadDimV>
-Status run_paged_fwd(const PagedFwdParams& params, cudaStream_t stream) {
+// The Hopper decode (kSm90): K and V loaded by the TMA unit (kernels/fwd/paged_kv_tma.h, its own tile config)
+// where this build has sm_90a code and the caches allow the tensor maps (head dims multiples of 64, 16-byte
+// aligned pointers and strides). Caches that do not fall back to the cp.async decode, unless the variant was
+// pinned.
+template <class Decode, class Sm80>
+Status launch_paged_decode_sm90(const PagedFwdParams& params, const KernelChoice& choice, cudaStream_t stream) {
+  using Element = typename Sm80::Element;
   PagedKvTma kv_tma{};
-#ifdef JAX_FLASH_HAS_SM90A
-  using Decode = PagedDecodeSm90Config<Element, kHeadDim, kHeadDimV>;
-  if constexpr (Decode::kAvailable) {
-    if (paged_keys_across_warps(params) && current_device_is_sm90() && fwd_operands_aligned(params) &&
+  if constexpr (kBuildHasSm90a && Decode::kAvailable) {
+    static_assert(table_has_tile<typename Decode::type>(KernelKind::kPaged, KernelVariant::kSm90),
+                  "kernel_table.h must list PagedDecodeSm90Config's tile");
+    if (fwd_operands_aligned(params) &&
         encode_paged_kv_tma(params, std::is_same_v<Element, cutlass::bfloat16_t>, /*max_box_rows=*/16, &kv_tma)) {
-      return launch_paged_fwd<typename Decode::type, /*kTmaKv=*/true>(params, kv_tma, stream);
+      return launch_paged_fwd<typename Decode::type, /*kTmaKv=*/true>(params, /*keys_across_warps=*/true, kv_tma,
+                                                                       stream);
     }
   }
-#endif
-  return launch_paged_fwd<typename PagedDefaultConfig<Element, kHeadDim, kHeadDimV>::type, /*kTmaKv=*/false>(
-      params, kv_tma, stream);
+  if (choice.pinned) {
+    return Status{"paged_fwd: the pinned sm90 decode cannot run here (it needs sm_90a code, head dims that are "
+                  "multiples of 64, and 16-byte aligned cache pointers and strides for its tensor maps)"};
+  }
+  return launch_paged_fwd<Sm80, /*kTmaKv=*/false>(params, /*keys_across_warps=*/true, kv_tma, stream);
+}
+
+// The kernel `choice` names (kernel_choice.h): the TMA decode for kSm90, the cp.async kernels for kSm80 with the
+// rows or (kPagedDecode) the keys of a tile split across the warps.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_paged_fwd(const PagedFwdParams& params, const KernelChoice& choice, cudaStream_t stream) {
+  using Sm80 = typename PagedDefaultConfig<Element, kHeadDim, kHeadDimV>::type;
+  using Decode = PagedDecodeSm90Config<Element, kHeadDim, kHeadDimV>;
+  static_assert(table_has_tile<Sm80>(KernelKind::kPaged, KernelVariant::kSm80),
+                "kernel_table.h must list PagedDefaultConfig's tile");
+  static_assert(Decode::kAvailable ==
+                    (find_kernel_tile(KernelKind::kPaged, KernelVariant::kSm90, kHeadDim, kHeadDimV) != nullptr),
+                "kernel_table.h must list exactly the head dims with a PagedDecodeSm90Config");
+  if (choice.variant == KernelVariant::kSm90) return launch_paged_decode_sm90<Decode, Sm80>(params, choice, stream);
+  const bool keys_across_warps = choice.feature == KernelFeature::kPagedDecode;
+  return launch_paged_fwd<Sm80, /*kTmaKv=*/false>(params, keys_across_warps, PagedKvTma{}, stream);
 }
 
 }  // namespace jax_flash

@@ -2,5 +2,5 @@
 #include "host/bwd_launch.cuh"
 
 namespace jax_flash {
-template Status run_attn_bwd<cutlass::half_t, 192, 128>(const AttnBwdParams&, cudaStream_t);
+template Status run_attn_bwd<cutlass::half_t, 192, 128>(const AttnBwdParams&, const KernelChoice&, cudaStream_t);
 }  // namespace jax_flash

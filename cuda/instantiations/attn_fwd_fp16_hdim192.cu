@@ -2,5 +2,5 @@
 #include "host/fwd_launch.cuh"
 
 namespace jax_flash {
-template Status run_attn_fwd<cutlass::half_t, 192, 192>(const AttnFwdParams&, cudaStream_t);
+template Status run_attn_fwd<cutlass::half_t, 192, 192>(const AttnFwdParams&, const KernelChoice&, cudaStream_t);
 }  // namespace jax_flash

@@ -2,5 +2,5 @@
 #include "host/paged_launch.cuh"
 
 namespace jax_flash {
-template Status run_paged_fwd<cutlass::bfloat16_t, 192, 128>(const PagedFwdParams&, cudaStream_t);
+template Status run_paged_fwd<cutlass::bfloat16_t, 192, 128>(const PagedFwdParams&, const KernelChoice&, cudaStream_t);
 }  // namespace jax_flash

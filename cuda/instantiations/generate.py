@@ -20,7 +20,7 @@ TEMPLATE = """\
 #include "{header}"
 
 namespace jax_flash {{
-template Status {launcher}<{element}, {d}, {dv}>(const {params}&, cudaStream_t);
+template Status {launcher}<{element}, {d}, {dv}>(const {params}&, const KernelChoice&, cudaStream_t);
 }}  // namespace jax_flash
 """
 

@@ -8,22 +8,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax.numpy as jnp
+
+from jax_flash._ffi import KERNEL_VARIANTS
 
 SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 MAX_HEAD_DIM = 256
 
 
+# Pins the kernel variant of every config built while it is set (read at trace time: an executable already
+# compiled keeps its variant). Private, for tests and benchmarks; see check_variant.
+VARIANT_ENV = "JAX_FLASH_KERNEL_VARIANT"
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
     """Scores s = scale * q.k, capped by softcap; keys visible in [p - window_left, p + window_right]
-    around the bottom-right aligned position p of each query (-1 = unbounded)."""
+    around the bottom-right aligned position p of each query (-1 = unbounded). variant: the kernel family the
+    CUDA path runs, "auto" (the kernel choice's pick for the device) or a pinned one (check_variant); part of
+    the config, hence of the compile key. Left out, it is read from JAX_FLASH_KERNEL_VARIANT when the config
+    is built."""
 
     scale: float
     softcap: float | None
     window_left: int
     window_right: int
+    variant: str = dataclasses.field(default_factory=lambda: check_variant(None))
 
     @property
     def window(self) -> tuple[int, int]:
@@ -75,6 +87,25 @@ def check_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
+def check_variant(variant) -> str:
+    """The kernel variant of a call: `variant` (the ops' private `_variant=` argument) if given, else the
+    JAX_FLASH_KERNEL_VARIANT environment variable, else "auto".
+
+    "sm80" pins the portable mma.sync kernels (forward; backward with atomic dQ up to head dim 128), "sm90" the
+    Hopper ones (wgmma forward, wgmma dK/dV with atomic dQ, TMA paged decode) where they exist; the
+    deterministic backward is the `deterministic` flag. A pinned variant that cannot serve a call (no such
+    kernel for its head dims in this build, not a Hopper) is an error, never a fallback. The reference
+    (implementation="xla") ignores it.
+    """
+    if variant is None:
+        name, value = VARIANT_ENV, os.environ.get(VARIANT_ENV) or "auto"
+    else:
+        name, value = "_variant", variant
+    if value not in KERNEL_VARIANTS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, KERNEL_VARIANTS))}, got {value!r}")
+    return value
+
+
 def check_flags(**flags) -> None:
     """Boolean keyword arguments (return_lse, deterministic) must be real bools."""
     for name, value in flags.items():
@@ -99,8 +130,8 @@ def check_head_dims(head_dim: int, head_dim_v: int, shapes: str) -> None:
             raise ValueError(f"{name} must be a multiple of 8 in [8, {MAX_HEAD_DIM}], got {d} ({shapes})")
 
 
-def check_dense(q, k, v, *, causal, window, softcap, scale) -> AttentionConfig:
-    """Checks BSHD q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv)."""
+def check_dense(q, k, v, *, causal, window, softcap, scale, variant=None) -> AttentionConfig:
+    """Checks BSHD q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv); variant as in check_variant."""
     shapes = f"q {shape_of(q)}, k {shape_of(k)}, v {shape_of(v)}"
     for name, x in (("q", q), ("k", k), ("v", v)):
         if len(shape_of(x)) != 4:
@@ -113,10 +144,11 @@ def check_dense(q, k, v, *, causal, window, softcap, scale) -> AttentionConfig:
     if hk != hkv:
         raise ValueError(f"k and v must have the same number of heads: {shapes}")
     return _check_heads_and_attributes(q, k, v, shapes, causal=causal, window=window, softcap=softcap,
-                                       scale=scale)
+                                       scale=scale, variant=variant)
 
 
-def _check_heads_and_attributes(q, k, v, shapes, *, causal, window, softcap, scale) -> AttentionConfig:
+def _check_heads_and_attributes(q, k, v, shapes, *, causal, window, softcap, scale,
+                                variant=None) -> AttentionConfig:
     """What dense and packed layouts share: the last two axes are (heads, head_dim)."""
     check_dtypes(q=q, k=k, v=v)
     (hq, d), (hk, dk), dv = q.shape[-2:], k.shape[-2:], v.shape[-1]
@@ -127,7 +159,7 @@ def _check_heads_and_attributes(q, k, v, shapes, *, causal, window, softcap, sca
     check_head_dims(d, dv, shapes)
     left, right = check_window(window, causal)
     return AttentionConfig(scale=check_scale(scale, d), softcap=check_softcap(softcap),
-                           window_left=left, window_right=right)
+                           window_left=left, window_right=right, variant=check_variant(variant))
 
 
 def _check_index_array(name, x, length=None):
@@ -142,9 +174,9 @@ def _check_index_array(name, x, length=None):
 
 
 def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, seqused_q,
-                 seqused_k, causal, window, softcap, scale) -> AttentionConfig:
+                 seqused_k, causal, window, softcap, scale, variant=None) -> AttentionConfig:
     """Checks packed q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv) and the (N + 1,) / (N,) int32
-    index arrays; max_seqlen_* are static (Python int) upper bounds."""
+    index arrays; max_seqlen_* are static (Python int) upper bounds; variant as in check_variant."""
     shapes = f"q {shape_of(q)}, k {shape_of(k)}, v {shape_of(v)}"
     for name, x in (("q", q), ("k", k), ("v", v)):
         if len(shape_of(x)) != 3:
@@ -152,7 +184,7 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     if k.shape[:2] != v.shape[:2]:
         raise ValueError(f"k and v must agree on (total_tokens, heads): {shapes}")
     config = _check_heads_and_attributes(q, k, v, shapes, causal=causal, window=window, softcap=softcap,
-                                         scale=scale)
+                                         scale=scale, variant=variant)
     _check_index_array("cu_seqlens_q", cu_seqlens_q)
     _check_index_array("cu_seqlens_k", cu_seqlens_k)
     n1 = shape_of(cu_seqlens_q)[0]

@@ -15,7 +15,7 @@ from jax_flash.ops.segments import segmented_attention
 
 def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
                     return_lse=False, deterministic=False, implementation=None, segment_ids=None,
-                    max_segments=None):
+                    max_segments=None, _variant=None):
     """Multi-head attention softmax(scale * q k^T [capped, masked]) v, FlashAttention style.
 
     Args:
@@ -40,16 +40,19 @@ def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
         vmap. See segment_ids_to_varlen.
       max_segments: static bound on documents per row, required with segment_ids; documents beyond it
         are treated as padding (output 0).
+      _variant: private, for tests: pins the CUDA kernel variant ("auto", "sm80", "sm90"; default: the
+        JAX_FLASH_KERNEL_VARIANT environment variable, read at trace time). See _config.check_variant.
 
     Returns:
       out (B, Sq, Hq, Dv) in q's dtype, and lse if asked. A query with no visible key gets out = 0,
       lse = -inf and zero gradients.
     """
-    config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale)
+    config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, variant=_variant)
     if segment_ids is not None:
         return segmented_attention(q, k, v, segment_ids, max_segments, causal=causal, window=window,
                                    softcap=softcap, scale=scale, return_lse=return_lse,
-                                   deterministic=deterministic, implementation=implementation)
+                                   deterministic=deterministic, implementation=implementation,
+                                   _variant=_variant)
     if max_segments is not None:
         raise ValueError("max_segments is only meaningful with segment_ids")
     check_flags(return_lse=return_lse, deterministic=deterministic)

@@ -150,26 +150,27 @@ def choose_split_plan(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_
     same grid).
 
     seqlen_q is Sq for dense q, or Tq (total packed rows) with packed=True. The query heads of one kv head
-    are packed along rows, so a CTA covers PAGED_BLOCK_M (query, head) rows of one kv head; splitting the
-    key range raises the CTA count towards two per SM without passing it, while keeping each split at least
-    4 key blocks long (the combine costs a pass over fp32 partials) and at most 64 splits. Decode over long
-    caches (see _DECODE_WAVES) splits further, up to four such waves of CTAs, or, with a wave of CTAs
-    already, into halving parts (see _HALVING_MIN_CTAS_EIGHTHS).
+    are packed along rows, so a CTA covers block_m (query, head) rows of one kv head (the tile of the kernel
+    table, _ffi.paged_tile); splitting the key range raises the CTA count towards two per SM without passing
+    it, while keeping each split at least 4 key blocks long (the combine costs a pass over fp32 partials)
+    and at most 64 splits. Decode over long caches (see _DECODE_WAVES) splits further, up to four such waves
+    of CTAs, or, with a wave of CTAs already, into halving parts (see _HALVING_MIN_CTAS_EIGHTHS).
     """
     group = num_heads_q // num_heads_k
+    block_m, block_n = _ffi.paged_tile()
     if packed:
-        # Each sequence may start a partial tile: at most ceil(rows / BLOCK_M) + B tiles.
-        m_tiles = math.ceil(seqlen_q * group / _ffi.PAGED_BLOCK_M) + batch
+        # Each sequence may start a partial tile: at most ceil(rows / block_m) + B tiles.
+        m_tiles = math.ceil(seqlen_q * group / block_m) + batch
     else:
-        m_tiles = batch * math.ceil(seqlen_q * group / _ffi.PAGED_BLOCK_M)
+        m_tiles = batch * math.ceil(seqlen_q * group / block_m)
     ctas = m_tiles * num_heads_k
-    n_blocks = math.ceil(max_pages * page_size / _ffi.PAGED_BLOCK_N)
+    n_blocks = math.ceil(max_pages * page_size / block_n)
     if ctas == 0:
         return SplitPlan(1)
     # Whole waves only: rounding up overshoots into a nearly empty second wave (H100, B=8 decode, 32k cache:
     # 64 CTAs x 5 splits = 320 for 264 slots took 0.600 ms, x 4 splits 0.379 ms).
     one_wave = min(_TARGET_CTAS // ctas, max(n_blocks // 4, 1), _MAX_AUTO_SPLITS)
-    decode = not packed and seqlen_q * group <= 16  # the split-key decode kernel (cuda/host/paged_launch.cuh)
+    decode = not packed and seqlen_q * group <= 16  # the split-key decode kernel (cuda/host/kernel_choice.h)
     if not decode:
         return SplitPlan(max(1, one_wave))
     capacity = max_pages * page_size

@@ -60,13 +60,14 @@ def segment_ids_to_varlen(segment_ids, max_segments: int):
 
 
 def segmented_attention(q, k, v, segment_ids, max_segments, *, causal, window, softcap, scale, return_lse,
-                        deterministic, implementation):
+                        deterministic, implementation, _variant=None):
     """flash_attention over documents packed along each row: (B, S, H, D) in, per-document attention.
 
     segment_ids: (B, S) for self-attention (Sq == Sk), or a pair (q_segment_ids (B, Sq), kv_segment_ids
     (B, Sk)); the r-th document of a row in q attends to the r-th document of the same row in kv.
+    _variant: the kernel variant pin of flash_attention.
     """
-    config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale)
+    config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, variant=_variant)
     check_flags(return_lse=return_lse, deterministic=deterministic)
     q_ids, kv_ids = segment_ids if isinstance(segment_ids, (tuple, list)) else (segment_ids, segment_ids)
     (b, sq, _, _), sk = q.shape, k.shape[1]

@@ -22,7 +22,8 @@ from jax_flash.ops._partition import batch_head_partitioned, concat_vmap
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                            seqused_q=None, seqused_k=None, causal=False, window=None, softcap=None,
-                           scale=None, return_lse=False, deterministic=False, implementation=None):
+                           scale=None, return_lse=False, deterministic=False, implementation=None,
+                           _variant=None):
     """Attention over sequences packed along one token axis (THD layout).
 
     Args:
@@ -39,6 +40,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         bottom-right aligned with each sequence's used lengths).
       return_lse: also return lse (Hq, Tq) float32.
       implementation: "cuda", "xla" (the reference) or None (cuda when available), as in flash_attention.
+      _variant: private, for tests: pins the CUDA kernel variant, as in flash_attention.
 
     Returns:
       out (Tq, Hq, Dv) [, lse]. Padding rows, rows before cu_seqlens_q[0] or after cu_seqlens_q[-1] and
@@ -52,7 +54,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """
     config = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                           seqused_q=seqused_q, seqused_k=seqused_k, causal=causal, window=window,
-                          softcap=softcap, scale=scale)
+                          softcap=softcap, scale=scale, variant=_variant)
     check_flags(return_lse=return_lse, deterministic=deterministic)
     impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     if impl == "xla":

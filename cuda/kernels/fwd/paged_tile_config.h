@@ -7,8 +7,9 @@
 // splits), so two stages keep 2 x 64 keys of K and V in flight per CTA. 64 x 64 also fits D = 256 (160 KB of
 // shared memory) on sm_80.
 // PagedDecodeSm90Config, the Hopper decode with TMA loads: below.
-// jax_flash/_ffi.py mirrors kPagedBlockM / kPagedBlockN (PAGED_BLOCK_M / PAGED_BLOCK_N) to choose num_splits
-// (the Hopper decode's 128-key tiles then count as two blocks: a split still gets at least 2 of its tiles).
+// cuda/host/kernel_table.h lists these tiles (the launcher static_asserts that they agree); Python chooses
+// num_splits by the cp.async tile the module exports (the Hopper decode's 128-key tiles then count as two
+// blocks: a split still gets at least 2 of its tiles).
 #pragma once
 
 #include "kernels/fwd/tile_config.h"

@@ -1,0 +1,118 @@
+// The kernel choice: kernel_table.h's rows, filtered by what this build compiled (compiled_tiles.h) and by the
+// current device.
+#include "host/kernel_choice.h"
+
+#include <string>
+
+#include "host/compiled_tiles.h"
+#include "host/device_arch.h"
+
+namespace jax_flash {
+namespace {
+
+KernelKind kind_of(KernelFeature feature) {
+  switch (feature) {
+    case KernelFeature::kFwd: return KernelKind::kFwd;
+    case KernelFeature::kBwd:
+    case KernelFeature::kBwdDeterministic: return KernelKind::kBwdDkDv;
+    case KernelFeature::kPaged:
+    case KernelFeature::kPagedDecode: return KernelKind::kPaged;
+  }
+  return KernelKind::kFwd;
+}
+
+// The deterministic backward pairs the dq kernel with the mma.sync dK/dV kernel only; the Hopper paged kernel
+// is the split-key decode.
+bool feature_has_variant(KernelFeature feature, KernelVariant variant) {
+  if (variant == KernelVariant::kSm80) return true;
+  return variant == KernelVariant::kSm90 &&
+         (feature == KernelFeature::kFwd || feature == KernelFeature::kBwd || feature == KernelFeature::kPagedDecode);
+}
+
+// The smallest compiled tile that holds the head dims (loads beyond them are predicated off).
+bool compiled_tile(DType dtype, int head_dim, int head_dim_v, int* tile_d, int* tile_dv) {
+  bool found = false;
+  visit_compiled_dtype(dtype, [&](auto) {
+    found = visit_compiled_tiles([&](auto tile) {
+      using Tile = decltype(tile);
+      if (head_dim > Tile::kD || head_dim_v > Tile::kDv) return false;
+      *tile_d = Tile::kD;
+      *tile_dv = Tile::kDv;
+      return true;
+    });
+  });
+  return found;
+}
+
+const char* dtype_name(DType dtype) { return dtype == DType::kBFloat16 ? "bfloat16" : "float16"; }
+
+std::string describe_call(KernelFeature feature, DType dtype, int head_dim, int head_dim_v) {
+  return std::string(kernel_feature_name(feature)) + " (" + dtype_name(dtype) + ", head_dim " +
+         std::to_string(head_dim) + ", head_dim_v " + std::to_string(head_dim_v) + ")";
+}
+
+// Why `variant` cannot run the feature on this tile here; empty when it can.
+std::string unavailable(KernelFeature feature, KernelVariant variant, int tile_d, int tile_dv) {
+  if (variant != KernelVariant::kSm80 && variant != KernelVariant::kSm90) return "not a kernel variant";
+  if (!feature_has_variant(feature, variant)) return "this feature has no such kernel";
+  if (find_kernel_tile(kind_of(feature), variant, tile_d, tile_dv) == nullptr) {
+    return "no such kernel for the head-dim tile " + std::to_string(tile_d) + "x" + std::to_string(tile_dv);
+  }
+  if (variant == KernelVariant::kSm90) {
+    if (!kBuildHasSm90a) return "this build has no sm_90a code (JAX_FLASH_ARCHS)";
+    const int major = current_device_major();
+    if (major == 0) return "no CUDA device is visible";
+    if (major != 9) return "the current device has compute capability " + std::to_string(major) + ".x, not 9.0";
+  }
+  return {};
+}
+
+}  // namespace
+
+const char* kernel_feature_name(KernelFeature feature) {
+  switch (feature) {
+    case KernelFeature::kFwd: return "fwd";
+    case KernelFeature::kBwd: return "bwd";
+    case KernelFeature::kBwdDeterministic: return "bwd_deterministic";
+    case KernelFeature::kPaged: return "paged";
+    case KernelFeature::kPagedDecode: return "paged_decode";
+  }
+  return "unknown";
+}
+
+bool attn_supported(DType dtype, int head_dim, int head_dim_v) {
+  int tile_d = 0, tile_dv = 0;
+  return compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv);
+}
+
+Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, KernelVariant pinned,
+                     KernelChoice* choice) {
+  int tile_d = 0, tile_dv = 0;
+  if (!compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv)) {
+    return {"jax_flash: this build has no kernel for " + describe_call(feature, dtype, head_dim, head_dim_v)};
+  }
+  KernelVariant variant = pinned;
+  if (pinned == KernelVariant::kAuto) {
+    const bool hopper = unavailable(feature, KernelVariant::kSm90, tile_d, tile_dv).empty();
+    variant = hopper ? KernelVariant::kSm90 : KernelVariant::kSm80;
+  }
+  if (std::string why = unavailable(feature, variant, tile_d, tile_dv); !why.empty()) {
+    return {std::string("jax_flash: kernel variant ") + kernel_variant_name(variant) + " cannot serve " +
+            describe_call(feature, dtype, head_dim, head_dim_v) + ": " + why};
+  }
+  const KernelTile& tile = *find_kernel_tile(kind_of(feature), variant, tile_d, tile_dv);
+  const bool atomic_dq = feature == KernelFeature::kBwd && tile.tile_d <= 128;
+  *choice = KernelChoice{feature, variant, pinned != KernelVariant::kAuto, tile, atomic_dq};
+  return {};
+}
+
+std::vector<KernelVariant> runnable_variants(KernelFeature feature, DType dtype, int head_dim, int head_dim_v) {
+  std::vector<KernelVariant> variants;
+  for (KernelVariant variant : {KernelVariant::kSm80, KernelVariant::kSm90}) {
+    KernelChoice choice;
+    if (choose_kernel(feature, dtype, head_dim, head_dim_v, variant, &choice).ok()) variants.push_back(variant);
+  }
+  return variants;
+}
+
+}  // namespace jax_flash

@@ -1,0 +1,54 @@
+// Which kernel serves a call: (feature, dtype, head dims, device, pinned variant) -> variant and tile, read off
+// kernel_table.h. dispatch.cu asks once per call and the launcher runs exactly the kernel chosen; the nanobind
+// module asks the same function for Python (the variants a test can pin, the tiles).
+#pragma once
+
+#include <vector>
+
+#include "host/attention.h"
+#include "host/kernel_table.h"
+
+namespace jax_flash {
+
+// What a call asks of a kernel.
+enum class KernelFeature {
+  kFwd,               // forward, dense or packed
+  kBwd,               // backward; the dK/dV kernel sums dQ with atomics where the tile allows (head dim <= 128)
+  kBwdDeterministic,  // backward with the dq kernel instead of atomics: bitwise repeatable
+  kPaged,             // paged forward, the rows of a tile split across the warps (prefill, packed queries)
+  kPagedDecode,       // paged forward, the keys of a tile split across the warps (decode shapes)
+};
+
+const char* kernel_feature_name(KernelFeature feature);
+
+struct KernelChoice {
+  KernelFeature feature;
+  KernelVariant variant;  // kSm80 or kSm90, never kAuto
+  bool pinned;            // named by the caller: a launcher that cannot run it fails instead of falling back
+  KernelTile tile;        // the head-dim tile and blocks of the main kernel
+  bool atomic_dq;         // backward: the dK/dV kernel sums dQ with atomics (else the dq kernel computes it)
+};
+
+// Fills `choice`, or says why no kernel can serve the call: no compiled tile holds the head dims, the dtype is
+// not compiled, or the pinned variant does not exist for this feature and tile, in this build (sm_90a code) or
+// on this device. kAuto picks kSm90 where it can serve the call on a Hopper, kSm80 everywhere else; a pinned
+// variant never falls back.
+Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, KernelVariant pinned,
+                     KernelChoice* choice);
+
+// The variants (never kAuto) that can serve `feature` for these dtype and head dims on the current device.
+std::vector<KernelVariant> runnable_variants(KernelFeature feature, DType dtype, int head_dim, int head_dim_v);
+
+inline KernelFeature bwd_feature(bool deterministic) {
+  return deterministic ? KernelFeature::kBwdDeterministic : KernelFeature::kBwd;
+}
+
+// Decode-like shapes (every sequence's (query, head) pairs of a kv head fit one warp's 16 rows) split the keys of
+// a tile across the warps instead of the rows: a static choice from the shapes (the packed layout, whose rows per
+// sequence are bounded by the data only, keeps the row split). The grid is the same.
+inline KernelFeature paged_feature(const PagedFwdParams& params) {
+  const bool decode = !params.packed() && int64_t(params.seqlen_q) * params.kv_group <= 16;
+  return decode ? KernelFeature::kPagedDecode : KernelFeature::kPaged;
+}
+
+}  // namespace jax_flash

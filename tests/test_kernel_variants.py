@@ -1,0 +1,223 @@
+"""Kernel variant pinning (private `_variant=` and JAX_FLASH_KERNEL_VARIANT) on any machine: the variant is
+checked where the config is built, reaches every FFI call as the `variant` attribute and keys the compiled
+program; a variant the extension says cannot run is an error at trace time. The FFI calls are lowered, not run,
+with a stand-in for the extension. Where the extension is built, its exports are checked against Python's; on a
+Hopper GPU, pinned variants run kernels of their own and a pin no kernel serves fails."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_flash
+from jax_flash import _ffi
+from jax_flash.ops import paged
+from jax_flash.ops._config import VARIANT_ENV
+
+BF16 = jnp.bfloat16
+
+
+class StandInExtension:
+    """What _ffi asks of the nanobind module while tracing: kernel_choice (ValueError for a variant it cannot
+    run) and the backward's scratch size."""
+
+    def __init__(self, runnable=("sm80", "sm90")):
+        self.runnable = runnable
+
+    def kernel_choice(self, feature, dtype, head_dim, head_dim_v, variant):
+        if variant != "auto" and variant not in self.runnable:
+            raise ValueError(f"jax_flash: kernel variant {variant} cannot serve {feature} here")
+        return {"variant": variant}
+
+    def bwd_workspace_bytes(self, *shapes):
+        return 1024
+
+
+@pytest.fixture
+def extension(monkeypatch):
+    """The CUDA path on any machine, up to lowering: the extension replaced by a StandInExtension."""
+    stand_in = StandInExtension()
+    monkeypatch.setattr(_ffi, "_registered", lambda: stand_in)
+    monkeypatch.setattr(_ffi, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(_ffi, "supported", lambda *args: True)
+    monkeypatch.delenv(VARIANT_ENV, raising=False)
+    return stand_in
+
+
+def _dense(**kw):
+    return lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=True, implementation="cuda", **kw)
+
+
+def _varlen(**kw):
+    def attn(q, k, v):
+        cu = jnp.array([0, 5, 16], jnp.int32)
+        return jax_flash.flash_attention_varlen(q[0], k[0], v[0], cu, cu, 11, 11, implementation="cuda", **kw)
+    return attn
+
+
+def _lowered(attn, grads=True) -> str:
+    """StableHLO of attn's forward and (grads=True) its gradients, for (1, 16, 4, 64) bfloat16 q, k, v."""
+    x = jax.ShapeDtypeStruct((1, 16, 4, 64), BF16)
+
+    def loss(q, k, v):
+        return attn(q, k, v).astype(jnp.float32).sum()
+
+    fn = jax.grad(loss, argnums=(0, 1, 2)) if grads else attn
+    return jax.jit(fn).lower(x, x, x).as_text()
+
+
+def _variant_attributes(text: str) -> dict:
+    """{FFI target: [variant attribute of each of its calls]} in a lowered program."""
+    calls = {}
+    for target, attributes in re.findall(r"custom_call @(jax_flash_\w+)\(.*?mhlo\.backend_config = \{([^}]*)\}",
+                                         text):
+        calls.setdefault(target, []).append(int(re.search(r"variant = (-?\d+) : i32", attributes).group(1)))
+    return calls
+
+
+@pytest.mark.parametrize("variant, attribute", [("auto", 0), ("sm80", 1), ("sm90", 2)])
+def test_private_argument_reaches_every_call(extension, variant, attribute):
+    dense = _variant_attributes(_lowered(_dense(_variant=variant)))
+    assert dense == {"jax_flash_attn_fwd": [attribute], "jax_flash_attn_bwd": [attribute]}
+    packed = _variant_attributes(_lowered(_varlen(_variant=variant)))
+    assert packed == {"jax_flash_attn_varlen_fwd": [attribute], "jax_flash_attn_varlen_bwd": [attribute]}
+
+
+def test_environment_variable_pins_and_the_argument_wins(extension, monkeypatch):
+    monkeypatch.setenv(VARIANT_ENV, "sm90")
+    assert _variant_attributes(_lowered(_dense(), grads=False)) == {"jax_flash_attn_fwd": [2]}
+    assert _variant_attributes(_lowered(_varlen(), grads=False)) == {"jax_flash_attn_varlen_fwd": [2]}
+    assert _variant_attributes(_lowered(_dense(_variant="sm80"), grads=False)) == {"jax_flash_attn_fwd": [1]}
+    monkeypatch.setenv(VARIANT_ENV, "")
+    assert _variant_attributes(_lowered(_dense(), grads=False)) == {"jax_flash_attn_fwd": [0]}
+
+
+def test_each_variant_lowers_to_its_own_program(extension):
+    programs = {variant: _lowered(_dense(_variant=variant)) for variant in _ffi.KERNEL_VARIANTS}
+    assert len(set(programs.values())) == len(programs)
+    # They differ in the variant attribute alone.
+    unpinned = {re.sub(r"variant = \d+ : i32", "variant", text) for text in programs.values()}
+    assert len(unpinned) == 1
+
+
+def test_deterministic_backward_carries_the_variant(extension):
+    text = _lowered(_dense(_variant="sm80", deterministic=True))
+    assert _variant_attributes(text) == {"jax_flash_attn_fwd": [1], "jax_flash_attn_bwd": [1]}
+    assert re.search(r"custom_call @jax_flash_attn_bwd.*deterministic = true", text)
+
+
+@pytest.mark.parametrize("op", ["dense", "varlen", "segments"])
+def test_bad_variant_names_raise_naming_the_argument(op):
+    q = jnp.zeros((1, 16, 4, 64), BF16)
+    cu = jnp.array([0, 16], jnp.int32)
+    calls = {
+        "dense": lambda **kw: jax_flash.flash_attention(q, q, q, implementation="xla", **kw),
+        "varlen": lambda **kw: jax_flash.flash_attention_varlen(q[0], q[0], q[0], cu, cu, 16, 16,
+                                                                implementation="xla", **kw),
+        "segments": lambda **kw: jax_flash.flash_attention(q, q, q, segment_ids=jnp.ones((1, 16), jnp.int32),
+                                                           max_segments=1, implementation="xla", **kw),
+    }
+    with pytest.raises(ValueError, match="_variant must be one of 'auto', 'sm80', 'sm90', got 'sm75'"):
+        calls[op](_variant="sm75")
+
+
+def test_bad_environment_variable_raises_naming_it(monkeypatch):
+    monkeypatch.setenv(VARIANT_ENV, "hopper")
+    q = jnp.zeros((1, 16, 4, 64), BF16)
+    with pytest.raises(ValueError, match=f"{VARIANT_ENV} must be one of .* got 'hopper'"):
+        jax_flash.flash_attention(q, q, q, implementation="xla")
+
+
+def test_variant_the_extension_cannot_run_is_a_trace_time_error(extension):
+    extension.runnable = ("sm80",)
+    with pytest.raises(ValueError, match=r"kernel variant 'sm90' .* cannot run here: .*cannot serve fwd"):
+        _lowered(_dense(_variant="sm90"), grads=False)
+    with pytest.raises(ValueError, match=r"kernel variant 'sm90' .* cannot serve fwd"):
+        _lowered(_varlen(_variant="sm90"), grads=False)
+    assert "jax_flash_attn_fwd" in _variant_attributes(_lowered(_dense(_variant="sm80"), grads=False))
+
+
+def test_split_plan_sizes_by_the_exported_paged_tile(monkeypatch):
+    shape = dict(batch=2, seqlen_q=128, num_heads_q=8, num_heads_k=2, max_pages=64, page_size=64)
+    plans = {}
+    for tile in [(64, 64), (128, 64), (64, 256)]:
+        monkeypatch.setattr(_ffi, "paged_tile", lambda tile=tile: tile)
+        plans[tile] = paged.choose_split_plan(**shape)
+    # Twice the rows per CTA halves the CTAs (more splits); four times the keys per block limits the splits.
+    assert plans[(128, 64)].num_splits > plans[(64, 64)].num_splits > plans[(64, 256)].num_splits
+
+
+def _extension():
+    module, reason = _ffi._load_module()
+    if module is None:
+        pytest.skip(reason)
+    return module
+
+
+def test_extension_exports_match_python():
+    module = _extension()
+    assert tuple(module.kernel_variants) == _ffi.KERNEL_VARIANTS
+    assert _ffi.paged_tile() == (module.paged_block_m, module.paged_block_n)
+    for dtype in ("bfloat16", "float16"):
+        for d in (64, 96, 128, 192, 256):
+            if not module.supported(dtype, d, d):
+                continue
+            choice = module.kernel_choice("paged", dtype, d, d, "sm80")
+            assert (choice["block_m"], choice["block_n"]) == _ffi.paged_tile()
+            assert "sm80" in module.variants("fwd", dtype, d, d)
+            with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
+                module.kernel_choice("bwd_deterministic", dtype, d, d, "sm90")
+
+
+def _random(shape, seed):
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32).astype(BF16)
+
+
+def _hopper_variants_or_skip(feature, head_dim):
+    if "sm90" not in _ffi.runnable_variants(feature, BF16, head_dim, head_dim):
+        pytest.skip(f"no sm90 {feature} kernel here (needs a Hopper and a build with sm_90a code and D{head_dim})")
+
+
+@pytest.mark.gpu
+def test_pinned_dense_variants_run_their_own_kernels():
+    _hopper_variants_or_skip("fwd", 128)
+    q, k, v, dout = (_random((2, 640, 8, 128), seed) for seed in range(4))
+
+    def forward_and_grads(q, k, v, variant):
+        out, vjp = jax.vjp(lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=True, _variant=variant),
+                           q, k, v)
+        return (out, *vjp(dout))
+
+    sm80, sm90 = (jax.device_get(jax.jit(forward_and_grads, static_argnums=3)(q, k, v, variant))
+                  for variant in ("sm80", "sm90"))
+    # Different products sum in different orders: equal bits everywhere would mean one kernel ran twice.
+    assert not np.array_equal(np.asarray(sm80[0]).view(np.uint16), np.asarray(sm90[0]).view(np.uint16))
+    assert not np.array_equal(np.asarray(sm80[1]).view(np.uint16), np.asarray(sm90[1]).view(np.uint16))
+    for a, b in zip(sm80, sm90):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=3e-2, rtol=3e-2)
+    with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
+        jax.grad(lambda q: jax_flash.flash_attention(q, k, v, deterministic=True, _variant="sm90").astype(
+            jnp.float32).sum())(q)
+
+
+@pytest.mark.gpu
+def test_pinned_paged_decode_variants(monkeypatch):
+    _hopper_variants_or_skip("paged_decode", 128)
+    batch, pages, page_size = 4, 64, 64
+    q = _random((batch, 1, 8, 128), 0)  # decode: 1 query x 4 heads per kv head fit one warp's rows
+    k_cache, v_cache = (_random((batch * pages, page_size, 2, 128), seed) for seed in (1, 2))
+    page_table = jnp.arange(batch * pages, dtype=jnp.int32).reshape(batch, pages)
+    cache_seqlens = jnp.array([4096, 1000, 77, 2500], jnp.int32)
+
+    def run(variant, q):
+        monkeypatch.setenv(VARIANT_ENV, variant)  # paged_attention has no private argument: read at trace time
+        return jax.device_get(jax.jit(jax_flash.paged_attention)(q, k_cache, v_cache, page_table, cache_seqlens))
+
+    sm80, sm90 = run("sm80", q), run("sm90", q)
+    assert not np.array_equal(np.asarray(sm80).view(np.uint16), np.asarray(sm90).view(np.uint16))
+    np.testing.assert_allclose(np.asarray(sm80, np.float32), np.asarray(sm90, np.float32), atol=2e-2, rtol=2e-2)
+    # 64 query rows per kv head: the prefill kernel, which has no Hopper variant.
+    with pytest.raises(Exception, match="cannot serve paged"):
+        run("sm90", _random((batch, 16, 8, 128), 3))
