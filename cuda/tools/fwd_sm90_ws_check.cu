@@ -2,7 +2,8 @@
 // fp32 reference, with the current forward's error on the same inputs as the yardstick (DESIGN.md's oracle
 // rule with the current kernel in the place of the naive one), then speed beside the current forward.
 //
-// Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D):
+// Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D; with
+// -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED the timings add FlashAttention-3's wider key tile, see tile_size.h):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
@@ -39,6 +40,12 @@ namespace {
 
 constexpr int kD = CHECK_HEAD_DIM;
 constexpr int kDv = CHECK_HEAD_DIM_V;
+// FlashAttention-3's key tile where it differs from the default and needs the extended wgmma shapes; 0: none.
+#if defined(CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
+constexpr int kWideBlockN = kD != kDv ? 0 : kD == 96 ? 144 : kD == 128 ? 176 : kD == 192 ? 112 : kD == 256 ? 80 : 0;
+#else
+constexpr int kWideBlockN = 0;
+#endif
 
 #define CHECK_CUDA(call)                                                                          \
   do {                                                                                            \
@@ -527,14 +534,14 @@ void benchmark(const char* dtype) {
       const int reps = s >= 16384 ? 10 : 20;
       const float ms_cur = time_ms([&] { launch_current<Element>(pr.p, nullptr); }, reps);
       const float ms_new = time_ms([&] { launch_new<Element>(pr.p, nullptr); }, reps);
-      // FlashAttention-3's wider key tile for D128 without a mask (176 keys: 208 KB of shared memory).
+      // FlashAttention-3's wider key tile where it needs the extended wgmma shapes (tile_size.h).
       float ms_wide = 0.f;
       double wide_diff = 0;
-      if constexpr (kD == 128 && kDv == 128) {
-        using Wide = Sm90WsFwdConfig<Element, 128, 128, 176, 2, true>;
+      if constexpr (kWideBlockN > 0) {
+        using Wide = Sm90WsFwdConfig<Element, kD, kDv, kWideBlockN, 2, Sm90WsTileSize<kD, kDv>::kPingpong>;
         ms_wide = time_ms([&] { launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr); }, reps);
         pr.poison();
-        check_status(launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr), "sm90_ws N176");
+        check_status(launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr), "sm90_ws wide tile");
         CHECK_CUDA(cudaDeviceSynchronize());
         wide_diff = max_abs_diff(fetch(pr).out, cur.out);
       }
@@ -544,7 +551,9 @@ void benchmark(const char* dtype) {
                   " | x%.3f | max |new - current| %.2e",
                   dtype, kD, kDv, causal ? "causal" : "full", batch, s, heads, ms_cur, flops / ms_cur * 1e-9, ms_new,
                   flops / ms_new * 1e-9, ms_cur / ms_new, diff);
-      if (ms_wide > 0.f) std::printf(" | N176 %6.1f TFLOP/s, diff %.2e", flops / ms_wide * 1e-9, wide_diff);
+      if (ms_wide > 0.f) {
+        std::printf(" | N%d %6.1f TFLOP/s, diff %.2e", kWideBlockN, flops / ms_wide * 1e-9, wide_diff);
+      }
       std::printf("\n");
     }
   }

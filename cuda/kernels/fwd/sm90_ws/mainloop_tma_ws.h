@@ -92,16 +92,16 @@ struct Sm90WsMainloop {
     TmaV tma_v;
   };
 
-  // Shapes of the three maps; the device builds its coordinate tensors from the same values. An empty key
-  // axis still gets a one-row map (never read: such a launch has no key tiles).
+  // Shapes of the three maps; the device builds its coordinate tensors from the same values (an empty key
+  // axis is mapped differently, see make_params, but then no key tile is ever loaded).
   __host__ __device__ static Shape4 shape_q(const AttnFwdParams& p) {
     return cute::make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.layout_batch());
   }
   __host__ __device__ static Shape4 shape_k(const AttnFwdParams& p) {
-    return cute::make_shape(p.seqlen_k > 0 ? p.seqlen_k : 1, p.head_dim, p.heads_k, p.layout_batch());
+    return cute::make_shape(p.seqlen_k, p.head_dim, p.heads_k, p.layout_batch());
   }
   __host__ __device__ static Shape4 shape_v(const AttnFwdParams& p) {
-    return cute::make_shape(p.seqlen_k > 0 ? p.seqlen_k : 1, p.head_dim_v, p.heads_k, p.layout_batch());
+    return cute::make_shape(p.seqlen_k, p.head_dim_v, p.heads_k, p.layout_batch());
   }
 
   // Host: encode the maps. The caller checked what a map needs (16-byte aligned bases and strides).
@@ -114,13 +114,15 @@ struct Sm90WsMainloop {
     auto tensor = [&](const void* ptr, Shape4 shape, Stride4 stride) {
       return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), shape, stride);
     };
-    Tensor q = tensor(p.q, shape_q(p), strides(p.q_row_stride, p.q_head_stride, p.q_batch_stride));
-    // With no keys at all the K / V maps are never read, and their buffers may be empty (null): any valid
-    // address serves.
-    const void* k_base = p.seqlen_k > 0 ? p.k : p.q;
-    const void* v_base = p.seqlen_k > 0 ? p.v : p.q;
-    Tensor k = tensor(k_base, shape_k(p), strides(p.k_row_stride, p.k_head_stride, p.k_batch_stride));
-    Tensor v = tensor(v_base, shape_v(p), strides(p.v_row_stride, p.v_head_stride, p.v_batch_stride));
+    const Stride4 q_strides = strides(p.q_row_stride, p.q_head_stride, p.q_batch_stride);
+    Tensor q = tensor(p.q, shape_q(p), q_strides);
+    // No key at all: the K / V maps are never read, but their buffers may be empty (null) and their strides
+    // zero, which a map refuses. One row of Q has an address and strides a map accepts.
+    const bool no_keys = p.seqlen_k == 0;
+    Tensor k = no_keys ? tensor(p.q, make_shape(1, p.head_dim, 1, 1), q_strides)
+                       : tensor(p.k, shape_k(p), strides(p.k_row_stride, p.k_head_stride, p.k_batch_stride));
+    Tensor v = no_keys ? tensor(p.q, make_shape(1, p.head_dim_v, 1, 1), q_strides)
+                       : tensor(p.v, shape_v(p), strides(p.v_row_stride, p.v_head_stride, p.v_batch_stride));
     return {make_tma_copy(SM90_TMA_LOAD{}, q, typename Cfg::SmemLayoutQ{}, TileQ{}, _1{}),
             make_tma_copy(SM90_TMA_LOAD{}, k, take<0, 2>(typename Cfg::SmemLayoutK{}), TileK{}, _1{}),
             make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Cfg::SmemLayoutV{}), TileV{}, _1{})};

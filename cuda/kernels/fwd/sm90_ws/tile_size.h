@@ -6,10 +6,10 @@
 // setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers (which hold the
 // S, P and O fragments): 24 + 2 x 240 per thread, 3 x 128 threads, within the 64K registers of an SM.
 //
-// Per head dim (the largest key tile whose Q + 2 stages of K and V fit the 227 KB of shared memory, as
-// FlashAttention-3's hopper/tile_size.h chooses): the pingpong between the consumer warpgroups (their GEMMs
-// take turns, so one's softmax runs under the other's GEMMs) pays while the softmax is a large share of a step
-// (D <= 128); at D 256 each warpgroup's own overlap (softmax of tile j under the QK^T of tile j+1) is enough.
+// Per head dim (Sm90WsTileSize): a key tile as wide as Q + 2 stages of K and V allow in the 227 KB of shared
+// memory; the pingpong between the consumer warpgroups (their GEMMs take turns, so one's softmax runs under
+// the other's GEMMs) where the softmax is a large share of a step (D <= 128); at D >= 192 each warpgroup's own
+// overlap (softmax of tile j under the QK^T of tile j+1) is left to hide it, as in FlashAttention-3.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -60,6 +60,12 @@ struct Sm90WsFwdConfig {
                                  cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>, cute::Int<kBlockN>>,
                                  cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
       WarpgroupsAlongM{}));
+  // One wgmma instruction per k slice spans the whole tile: CuTe's selector falls back to narrower atoms
+  // (N = 16 for N = 80 or 176) for the shapes it has only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED.
+  static_assert(cute::size<1>(typename TiledMmaQK::AtomShape_MNK{}) == kBlockN,
+                "kBlockN needs CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED (or a standard wgmma N)");
+  static_assert(cute::size<1>(typename TiledMmaPV::AtomShape_MNK{}) == kHeadDimV,
+                "kHeadDimV needs CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED (or a standard wgmma N)");
 
   // Shared tiles in the wgmma canonical K-major layouts; the TMA boxes land in them as they are.
   using SmemLayoutQ = decltype(cute::tile_to_shape(GmmaKMajorAtom<Element, kHeadDim>{},
@@ -83,8 +89,11 @@ struct Sm90WsFwdConfig {
   static constexpr int kBytesV = kBlockN * kHeadDimV * int(sizeof(Element));
 };
 
-// The tile of each head-dim pair (key tile, K/V stages, pingpong), FlashAttention-3's choices for two consumer
-// warpgroups of 64 rows where they fit, measured on H100 where noted in BENCHMARKS.md.
+// The tile of each head-dim pair (key tile, K/V stages, pingpong). FlashAttention-3's choices for two consumer
+// warpgroups of 64 rows, except where its key tile (D96: 144, D192: 112, D256: 80, D128 unmasked: 176) needs
+// a wgmma N that CuTe offers only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED: without it CuTe would run such a
+// tile as N = 16 or 48 instructions (the static_assert above refuses that), so the defaults take the next
+// standard N below. The wider tiles are timed by cuda/tools/fwd_sm90_ws_check.cu when the macro is defined.
 template <int kHeadDim, int kHeadDimV>
 struct Sm90WsTileSize;
 template <>
@@ -94,7 +103,7 @@ struct Sm90WsTileSize<64, 64> {
 };
 template <>
 struct Sm90WsTileSize<96, 96> {
-  static constexpr int kBlockN = 144, kStages = 2;
+  static constexpr int kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = true;
 };
 template <>
@@ -109,12 +118,12 @@ struct Sm90WsTileSize<192, 128> {
 };
 template <>
 struct Sm90WsTileSize<192, 192> {
-  static constexpr int kBlockN = 112, kStages = 2;
+  static constexpr int kBlockN = 96, kStages = 2;
   static constexpr bool kPingpong = false;
 };
 template <>
 struct Sm90WsTileSize<256, 256> {
-  static constexpr int kBlockN = 80, kStages = 2;
+  static constexpr int kBlockN = 64, kStages = 2;
   static constexpr bool kPingpong = false;
 };
 
