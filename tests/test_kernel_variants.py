@@ -43,6 +43,9 @@ def extension(monkeypatch):
     monkeypatch.setattr(_ffi, "unavailable_reason", lambda: None)
     monkeypatch.setattr(_ffi, "supported", lambda *args: True)
     monkeypatch.delenv(VARIANT_ENV, raising=False)
+    # Variant checks run while tracing: traces cached by earlier tests (the real extension, on a GPU) would
+    # skip them.
+    jax.clear_caches()
     return stand_in
 
 
@@ -213,7 +216,9 @@ def test_pinned_paged_decode_variants(monkeypatch):
 
     def run(variant, q):
         monkeypatch.setenv(VARIANT_ENV, variant)  # paged_attention has no private argument: read at trace time
-        return jax.device_get(jax.jit(jax_flash.paged_attention)(q, k_cache, v_cache, page_table, cache_seqlens))
+        # A new function each time: jax.jit(paged_attention) would reuse the first trace (and its variant).
+        paged = jax.jit(lambda *args: jax_flash.paged_attention(*args))
+        return jax.device_get(paged(q, k_cache, v_cache, page_table, cache_seqlens))
 
     sm80, sm90 = run("sm80", q), run("sm90", q)
     assert not np.array_equal(np.asarray(sm80).view(np.uint16), np.asarray(sm90).view(np.uint16))

@@ -34,6 +34,8 @@ def kernels_replaced_by_reference(monkeypatch):
     monkeypatch.setattr(_ffi, "unavailable_reason", lambda: None)
     monkeypatch.setattr(_ffi, "supported", lambda dtype, d, dv: True)
     monkeypatch.setattr(_ffi, "paged_fwd", fake_paged_fwd)
+    # The fake records at trace time: a trace cached by an earlier test with the same config would skip it.
+    jax.clear_caches()
     CALLS.clear()
 
 
