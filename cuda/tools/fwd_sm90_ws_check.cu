@@ -157,7 +157,8 @@ __global__ void reference_fwd(RefProblem r) {
   const int pos = i + sk - sq;
   float local_max = -INFINITY;
   for (int j = threadIdx.x; j < sk; j += blockDim.x) {
-    const bool visible = (r.window_left < 0 || j >= pos - r.window_left) && (r.window_right < 0 || j <= pos + r.window_right);
+    const bool visible =
+        (r.window_left < 0 || j >= pos - r.window_left) && (r.window_right < 0 || j <= pos + r.window_right);
     float x = -INFINITY;
     if (visible) {
       const Element* kj = k + (int64_t(k0 + j) * r.hk + hkv) * r.d;
