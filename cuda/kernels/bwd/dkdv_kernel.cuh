@@ -96,18 +96,13 @@ __device__ __forceinline__ void bwd_dkdv_tile(const AttnBwdParams& params, const
     const bool needs_mask = !work.mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, work.n_block);
     probs_and_dscores(scores, dscores, tScS, stats, score_scale, work.mask, needs_mask, row0, work.n0);
 
-    Tensor rP = convert_fragment<Element>(acc_s);
-    Tensor rDs = convert_fragment<Element>(acc_dp);
-    products.store_p_ds(rP, rDs);
+    products.store_p_ds(convert_fragment<Element>(acc_s), convert_fragment<Element>(acc_dp));
     publish_smem_writes<typename Cfg::MmaKind>();
     __syncthreads();
     products.dv_dk(acc_dv, acc_dk, stage);
     if constexpr (kAtomicDq) {
-      // The rows' address is computed after the product: its registers are not held across the GEMM.
-      products.dq([&](auto const& acc_dq, auto const& coords) {
-        float* dq_rows = dq_accum + (work.seq.scratch_row(params, work.bidb, bidh) + row0) * params.head_dim;
-        atomic_add_acc(acc_dq, coords, dq_rows, params.head_dim, work.seq.seqlen_q - row0, params.head_dim);
-      });
+      float* dq_rows = dq_accum + (work.seq.scratch_row(params, work.bidb, bidh) + row0) * params.head_dim;
+      products.dq(dq_rows, work.seq.seqlen_q - row0, params.head_dim);
     }
 
     if (!Cfg::kDoubleBuffer && step + 1 < work.steps) {

@@ -11,8 +11,7 @@
 //     s_dp(acc_s, acc_dp, stage)    S = Q K^T, dP = dO V^T           (kBlockM, kBlockN)
 //     store_p_ds(rP, rDs)           P and dS to shared memory, for their transposed reads
 //     dv_dk(acc_dv, acc_dk, stage)  dV += P^T dO, dK += dS^T Q        (kBlockN, head dim)
-//     dq(add)                       dQ = dS K, handed to add(acc_dq, coords) (the atomics into the fp32
-//                                   accumulator) with the tile coordinates of each value
+//     dq(dq_rows, rows, head_dim)   dQ = dS K, added to the fp32 accumulator rows with atomics
 #pragma once
 
 namespace jax_flash {

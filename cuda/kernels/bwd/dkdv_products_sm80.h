@@ -93,7 +93,7 @@ struct DkdvProducts<Cfg, MmaSync> {
 
     // dQ (kBlockM, kHeadDim) = dS K: A = dS, B = K^T read transposed. Partitioned where it runs: only the
     // atomic-dQ instantiation has it.
-    auto dq = [=](auto&& add) {
+    auto dq = [=](float* dq_rows, int rows, int head_dim) {
       typename Cfg::TiledMmaDq mma_dq;
       Tensor tdQrDs = make_tensor<Element>(partition_shape_A(mma_dq, Shape<Int<kBlockM>, Int<kBlockN>>{}));
       Tensor tdQrKt = make_tensor<Element>(partition_shape_B(mma_dq, Shape<Int<kHeadDim>, Int<kBlockN>>{}));
@@ -105,7 +105,7 @@ struct DkdvProducts<Cfg, MmaSync> {
               copy_b_dq.get_thread_slice(tid).partition_S(sKt), mma_dq, copy_a_dq, copy_b_dq);
       Tensor tdQcdQ =
           mma_dq.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-      add(acc_dq, tdQcdQ);
+      atomic_add_acc(acc_dq, tdQcdQ, dq_rows, head_dim, rows, head_dim);
     };
     return DkdvProductSet{s_dp, store_p_ds, dv_dk, dq};
   }

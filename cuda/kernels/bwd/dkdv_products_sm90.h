@@ -102,10 +102,10 @@ struct DkdvProducts<Cfg, Wgmma> {
     Tensor tdQrDs = thr_dq.partition_fragment_A(sDs(_, _, 0));
     Tensor tdQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));
     Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-    auto dq = [=](auto&& add) mutable {
+    auto dq = [=](float* dq_rows, int rows, int head_dim) mutable {
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
       wgmma_gemm<true>(mma_dq, tdQrDs, tdQrKt, acc_dq);
-      add(acc_dq, tdQcdQ);
+      atomic_add_acc(acc_dq, tdQcdQ, dq_rows, head_dim, rows, head_dim);
     };
     return DkdvProductSet{s_dp, store_p_ds, dv_dk, dq};
   }
