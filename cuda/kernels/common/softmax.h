@@ -135,18 +135,4 @@ struct OnlineSoftmax {
   }
 };
 
-// What a forward mainloop hands its epilogue besides the output accumulator: the rows' online softmax and the
-// score scaling it ran under. Made by the mainloop where the first scores need it, after the tile loads are
-// issued (built earlier, its values would be held in registers across the prologue).
-template <int kRows>
-struct SoftmaxState {
-  ScoreScale score_scale;
-  OnlineSoftmax<kRows> softmax;
-
-  __device__ static SoftmaxState make(float scale, float softcap) {
-    const ScoreScale score_scale = ScoreScale::make(scale, softcap);
-    return {score_scale, OnlineSoftmax<kRows>(score_scale.log2_scale)};
-  }
-};
-
 }  // namespace jax_flash

@@ -34,7 +34,9 @@ __device__ __forceinline__ void attn_fwd_tile(const AttnFwdParams& params) {
   typename Cfg::TiledMma tiled_mma;
   Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<Cfg::kHeadDimV>>{});
   constexpr int kRows = decltype(size<0>(rowcol_layout(acc_o.layout())))::value;
-  auto [score_scale, softmax] = fwd_mainloop<Cfg, kSoftcap>(params, work, storage, acc_o, tidx);
+  const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
+  OnlineSoftmax<kRows> softmax(score_scale.log2_scale);
+  fwd_mainloop<Cfg, kSoftcap>(params, work, storage, score_scale, acc_o, softmax, tidx);
 
   using Epilogue = FwdEpilogue<Cfg>;
   float lse[kRows];

@@ -17,13 +17,14 @@
 
 namespace jax_flash {
 
-// On return acc_o holds sum_j exp(s_ij - max_i) v_j over every visible key, and the returned SoftmaxState the
-// rows' max and sum (unnormalized: the epilogue divides). acc_o: the accumulator of Cfg::TiledMma over
-// (kBlockM, kHeadDimV). kSoftcap: scores pass through softcap * tanh(. / softcap) (a separate instantiation
-// keeps the tanh out of the uncapped kernel's mainloop).
-template <class Cfg, bool kSoftcap, class Storage, class AccO>
-__device__ __forceinline__ auto fwd_mainloop(const AttnFwdParams& params, const FwdBlockWork& work,
-                                             Storage& storage, AccO& acc_o, int tidx) {
+// On return acc_o holds sum_j exp(s_ij - max_i) v_j over every visible key and softmax the rows' max and sum
+// (unnormalized: the epilogue divides). acc_o: the accumulator of Cfg::TiledMma over (kBlockM, kHeadDimV).
+// kSoftcap: scores pass through softcap * tanh(. / softcap) (a separate instantiation keeps the tanh out of the
+// uncapped kernel's mainloop).
+template <class Cfg, bool kSoftcap, class Storage, class AccO, int kRows>
+__device__ __forceinline__ void fwd_mainloop(const AttnFwdParams& params, const FwdBlockWork& work,
+                                             Storage& storage, const ScoreScale& score_scale, AccO& acc_o,
+                                             OnlineSoftmax<kRows>& softmax, int tidx) {
   using namespace cute;
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM;
@@ -103,10 +104,6 @@ __device__ __forceinline__ auto fwd_mainloop(const AttnFwdParams& params, const 
   // Tile-local (row, col) of each score this thread holds, for masking.
   Tensor tScS_rc = rowcol_view(tiled_mma_s.get_thread_slice(tidx).partition_C(
       make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
-  constexpr int kRows = decltype(size<0>(rowcol_layout(acc_o.layout())))::value;
-  auto state = SoftmaxState<kRows>::make(params.scale, params.softcap);
-  const ScoreScale& score_scale = state.score_scale;
-  OnlineSoftmax<kRows>& softmax = state.softmax;
   Tensor acc_o_rc = rowcol_view(acc_o);
 
   // One key tile. kMasked tiles apply the element-wise mask; the others are fully visible and skip it.
@@ -144,7 +141,6 @@ __device__ __forceinline__ auto fwd_mainloop(const AttnFwdParams& params, const 
       for (; t < t_end; ++t) step(t, cute::true_type{});
     }
   }
-  return state;
 }
 
 }  // namespace jax_flash

@@ -78,9 +78,12 @@ __device__ __forceinline__ void paged_fwd_tile(const PagedFwdParams& params, con
                                                              Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDimV>>{})
                                             .layout())>,
                 "the epilogue reads acc_o through the tile's mma");
+  clear(acc_o);
   constexpr int kRows = decltype(size<0>(rowcol_layout(acc_o.layout())))::value;
-  auto [score_scale, softmax] =
-      paged_mainloop<Cfg, kSoftcap, KeySplit>(params, rows, mask, n_end, n_tiles, kv, storage, acc_o, tidx);
+  const ScoreScale score_scale = ScoreScale::make(params.scale, params.softcap);
+  OnlineSoftmax<kRows> softmax(score_scale.log2_scale);
+  paged_mainloop<Cfg, kSoftcap, KeySplit>(params, rows, mask, n_end, n_tiles, kv, storage, score_scale, acc_o,
+                                          softmax, tidx);
 
   KeySplit::merge(storage, softmax, acc_o, tidx);
   using Epilogue = FwdEpilogue<Cfg>;

@@ -15,13 +15,14 @@
 
 namespace jax_flash {
 
-// On return acc_o (the accumulator of KeySplit::Mma over (KeySplit::kBlockM, kHeadDimV)) and the returned
-// SoftmaxState hold this warp's unnormalized output and row statistics over its keys of tiles n_end - 1 down to
+// On return acc_o (the accumulator of KeySplit::Mma over (KeySplit::kBlockM, kHeadDimV), cleared by the caller)
+// and softmax hold this warp's unnormalized output and row statistics over its keys of tiles n_end - 1 down to
 // n_end - n_tiles. rows: PagedRows (paged_rows.h); kv: a K / V load policy over the storage's K and V buffers.
-template <class Cfg, bool kSoftcap, class KeySplit, class Rows, class KvLoads, class Storage, class AccO>
-__device__ __forceinline__ auto paged_mainloop(const PagedFwdParams& params, const Rows& rows, const AttnMask& mask,
+template <class Cfg, bool kSoftcap, class KeySplit, class Rows, class KvLoads, class Storage, class AccO, int kRows>
+__device__ __forceinline__ void paged_mainloop(const PagedFwdParams& params, const Rows& rows, const AttnMask& mask,
                                                int n_end, int n_tiles, const KvLoads& kv, Storage& storage,
-                                               AccO& acc_o, int tidx) {
+                                               const ScoreScale& score_scale, AccO& acc_o,
+                                               OnlineSoftmax<kRows>& softmax, int tidx) {
   using namespace cute;
   using Element = typename Cfg::Element;
   constexpr int kBlockN = Cfg::kBlockN;
@@ -65,12 +66,7 @@ __device__ __forceinline__ auto paged_mainloop(const PagedFwdParams& params, con
   Tensor tSsQ = smem_copy_q.get_thread_slice(mma_tidx).partition_S(sQm);
   Tensor tSsK = smem_copy_k.get_thread_slice(mma_tidx).partition_S(sKm);
   Tensor tOsVt = smem_copy_v.get_thread_slice(mma_tidx).partition_S(sVtm);
-  clear(acc_o);
   Tensor tScS_rc = rowcol_view(thr.partition_C(make_identity_tensor(Shape<Int<kMmaRows>, Int<kWarpKeys>>{})));
-  constexpr int kRows = decltype(size<0>(rowcol_layout(acc_o.layout())))::value;
-  auto state = SoftmaxState<kRows>::make(params.scale, params.softcap);
-  const ScoreScale& score_scale = state.score_scale;
-  OnlineSoftmax<kRows>& softmax = state.softmax;
   Tensor acc_o_rc = rowcol_view(acc_o);
   const bool warp_has_rows = KeySplit::warp_has_rows(warp, rows.rows_left);
   const int query_first = rows.query_first(), query_last = rows.query_last();
@@ -107,7 +103,6 @@ __device__ __forceinline__ auto paged_mainloop(const PagedFwdParams& params, con
     }
     kv.after_pv(t);
   }
-  return state;
 }
 
 }  // namespace jax_flash
