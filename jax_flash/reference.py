@@ -75,11 +75,13 @@ def _check_inputs(q, k, v):
         raise ValueError(f"q heads ({hq}) must be a multiple of k/v heads ({hk})")
 
 
-def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision, mask=None):
+def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision, mask=None, sinks=None):
     """Masked softmax attention in compute_dtype. Returns out (B, Sq, Hq, Dv) and lse (B, Hq, Sq).
 
     Rows with no visible key come out as out = 0, lse = -inf, with zero (finite) gradients: the row max
     and the normaliser are replaced by safe values before they are used, so no inf - inf or 0/0 is formed.
+    sinks (Hq,): one more score per query head, a raw logit in the normaliser with no value; a row with no
+    visible key then gets out 0 and lse = sinks[h].
     """
     _check_inputs(q, k, v)
     _, sq, hq, d = q.shape
@@ -101,9 +103,14 @@ def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision
     s = jnp.where(mask, s, -jnp.inf)
 
     row_max = jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf)  # initial: Sk may be 0
+    if sinks is not None:
+        sink = sinks.astype(compute_dtype)[:, None, None]  # (Hq, 1, 1), broadcast over (B, Hq, Sq, 1)
+        row_max = jnp.maximum(row_max, sink)
     row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
     p = jnp.exp(s - row_max)  # exactly 0 where masked
     denom = jnp.sum(p, axis=-1, keepdims=True)
+    if sinks is not None:
+        denom = denom + jnp.exp(sink - row_max)
     empty = denom == 0
     denom = jnp.where(empty, 1, denom)
 
@@ -112,7 +119,7 @@ def _attend(q, k, v, *, causal, window, softcap, scale, compute_dtype, precision
     return out, lse
 
 
-def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None, return_lse=False):
+def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None, return_lse=False, sinks=None):
     """Reference attention in float32 at HIGHEST matmul precision.
 
     Args:
@@ -122,25 +129,29 @@ def attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None, r
       softcap: None (or 0) for none, else c > 0: scores become c * tanh(s / c).
       scale: score scale, default 1 / sqrt(D).
       return_lse: also return the log-sum-exp of the scores.
+      sinks: None or (Hq,) float: attention sinks, an extra score column per query head, a raw logit (not
+        scaled, not capped) in the softmax normaliser with no value; included in lse.
 
     Returns:
       out (B, Sq, Hq, Dv) in q.dtype, and with return_lse the lse (B, Hq, Sq) in float32 (float64 when the
       inputs are float64, so tests may run the oracle in double precision on CPU). Rows with no visible
-      key give out 0 and lse -inf.
+      key give out 0 and lse -inf (with sinks: lse = sinks[h]).
     """
     compute_dtype = jnp.promote_types(jnp.float32, q.dtype)
     out, lse = _attend(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
-                       compute_dtype=compute_dtype, precision=jax.lax.Precision.HIGHEST)
+                       compute_dtype=compute_dtype, precision=jax.lax.Precision.HIGHEST, sinks=sinks)
     out = out.astype(q.dtype)
     return (out, lse) if return_lse else out
 
 
-def attention_with_lse(q, k, v, *, causal=False, window=None, softcap=None, scale=None):
+def attention_with_lse(q, k, v, *, causal=False, window=None, softcap=None, scale=None, sinks=None):
     """attention(..., return_lse=True): (out (B, Sq, Hq, Dv) in q.dtype, lse (B, Hq, Sq) float32)."""
-    return attention(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, return_lse=True)
+    return attention(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, return_lse=True,
+                     sinks=sinks)
 
 
-def naive_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None, return_lse=False):
+def naive_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None, return_lse=False,
+                    sinks=None):
     """The same math as attention() but carried out in the input dtype at default precision.
 
     This is the "naive" term of the test oracle (DESIGN.md): it measures how far plain low-precision XLA
@@ -148,7 +159,7 @@ def naive_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
     masking as in attention(); lse is returned as float32.
     """
     out, lse = _attend(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale,
-                       compute_dtype=q.dtype, precision=None)
+                       compute_dtype=q.dtype, precision=None, sinks=sinks)
     out = out.astype(q.dtype)
     return (out, lse.astype(jnp.float32)) if return_lse else out
 
@@ -185,7 +196,7 @@ def varlen_mask(cu_seqlens_q, cu_seqlens_k, total_q, total_k, *, seqused_q=None,
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=None, seqused_k=None, causal=False,
-                     window=None, softcap=None, scale=None, return_lse=False):
+                     window=None, softcap=None, scale=None, return_lse=False, sinks=None):
     """Reference attention over packed sequences (THD), float32 math.
 
     Args:
@@ -193,30 +204,30 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=None, seq
       cu_seqlens_q, cu_seqlens_k: (N + 1,) int32, non-decreasing offsets of each sequence's rows.
       seqused_q, seqused_k: optional (N,) int32, rows of sequence i actually used, counted from
         cu_seqlens[i]; the rest up to cu_seqlens[i + 1] is padding.
-      Other arguments as in attention(), applied per sequence.
+      Other arguments as in attention() (sinks included), applied per sequence.
 
     Returns:
       out (Tq, Hq, Dv) in q.dtype [, lse (Hq, Tq)]. Padding rows, rows after cu_seqlens_q[-1] and rows with
-      no visible key give out 0 and lse -inf.
+      no visible key give out 0 and lse -inf (with sinks: lse = sinks[h]).
     """
     mask = varlen_mask(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], seqused_q=seqused_q,
                        seqused_k=seqused_k, causal=causal, window=window)
     compute_dtype = jnp.promote_types(jnp.float32, q.dtype)
     out, lse = _attend(q[None], k[None], v[None], causal=False, window=None, softcap=softcap, scale=scale,
-                       compute_dtype=compute_dtype, precision=jax.lax.Precision.HIGHEST, mask=mask)
+                       compute_dtype=compute_dtype, precision=jax.lax.Precision.HIGHEST, mask=mask, sinks=sinks)
     out = out[0].astype(q.dtype)
     return (out, lse[0]) if return_lse else out
 
 
 def naive_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, seqused_q=None, seqused_k=None,
-                           causal=False, window=None, softcap=None, scale=None, return_lse=False):
+                           causal=False, window=None, softcap=None, scale=None, return_lse=False, sinks=None):
     """attention_varlen carried out in the input dtype at default precision: the "naive" term of the test
     oracle for packed sequences, as naive_attention is for dense. Same arguments, mask and padding rules
     as attention_varlen; lse is returned as float32."""
     mask = varlen_mask(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], seqused_q=seqused_q,
                        seqused_k=seqused_k, causal=causal, window=window)
     out, lse = _attend(q[None], k[None], v[None], causal=False, window=None, softcap=softcap, scale=scale,
-                       compute_dtype=q.dtype, precision=None, mask=mask)
+                       compute_dtype=q.dtype, precision=None, mask=mask, sinks=sinks)
     out = out[0].astype(q.dtype)
     return (out, lse[0].astype(jnp.float32)) if return_lse else out
 
@@ -319,7 +330,7 @@ def _paged_key_lengths(cache_seqlens, capacity):
 
 
 def _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, *, causal, window, softcap, scale,
-           compute_dtype, precision):
+           compute_dtype, precision, sinks):
     """out (like q, last dim Dv) in compute_dtype and lse: the definition behind paged_attention."""
     left, right = _window_bounds(causal, window)
     capacity = page_table.shape[1] * k_cache.shape[1]
@@ -327,7 +338,7 @@ def _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, *, caus
     keys = jnp.arange(capacity)
     attend = lambda q, k, v, mask: _attend(q, k, v, causal=False, window=None, softcap=softcap,  # noqa: E731
                                            scale=scale, compute_dtype=compute_dtype, precision=precision,
-                                           mask=mask)
+                                           mask=mask, sinks=sinks)
     if cu_seqlens_q is None:
         # Every sequence has Sq queries: one batched call with a per-sequence mask (B, 1, Sq, capacity).
         sq = q.shape[1]
@@ -354,14 +365,17 @@ def _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, *, caus
         return (out, lse), None
 
     hq, dv = q.shape[1], v_cache.shape[-1]
-    init = (jnp.zeros((total, hq, dv), compute_dtype), jnp.full((hq, total), -jnp.inf, compute_dtype))
+    init_lse = jnp.full((hq, total), -jnp.inf, compute_dtype)
+    if sinks is not None:  # rows outside every sequence see no key: their lse is the sink
+        init_lse = jnp.broadcast_to(sinks.astype(compute_dtype)[:, None], (hq, total))
+    init = (jnp.zeros((total, hq, dv), compute_dtype), init_lse)
     batch = page_table.shape[0]
     (out, lse), _ = jax.lax.scan(one_sequence, init, (jnp.arange(batch), page_table, seqlen_k))
     return out[None], lse[None]
 
 
 def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, causal=True,
-                    window=None, softcap=None, scale=None, return_lse=False):
+                    window=None, softcap=None, scale=None, return_lse=False, sinks=None):
     """Reference attention of new queries over a paged KV cache, float32 math at HIGHEST precision.
 
     Args:
@@ -375,11 +389,12 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
       causal: mask keys after each query's position (default True: new tokens attend to the cache).
       window, softcap, scale: as in attention().
       return_lse: also return lse, (B, Hq, Sq) for dense q or (Hq, Tq) for packed q.
+      sinks: None or (Hq,) float attention sinks, as in attention().
 
     Key j < seqlen_k(b) of sequence b is k_cache[page_table[b, j // page_size], j % page_size] (v
     likewise); a page index outside [0, P) reads as a page of zeros, whose keys stay visible (score 0).
     Masks are bottom-right aligned per sequence: query i of a sequence with sq queries sits at key
-    position i + seqlen_k(b) - sq. A query that sees no key gets out 0 and lse -inf.
+    position i + seqlen_k(b) - sq. A query that sees no key gets out 0 and lse -inf (with sinks: sinks[h]).
 
     Returns:
       out (B, Sq, Hq, Dv) or (Tq, Hq, Dv) in q.dtype [, lse in float32 (float64 for float64 inputs)].
@@ -387,7 +402,7 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
     compute_dtype = jnp.promote_types(jnp.float32, q.dtype)
     out, lse = _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, causal=causal,
                       window=window, softcap=softcap, scale=scale, compute_dtype=compute_dtype,
-                      precision=jax.lax.Precision.HIGHEST)
+                      precision=jax.lax.Precision.HIGHEST, sinks=sinks)
     if cu_seqlens_q is not None:
         out, lse = out[0], lse[0]
     out = out.astype(q.dtype)
@@ -395,11 +410,12 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
 
 
 def naive_paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, causal=True,
-                          window=None, softcap=None, scale=None, return_lse=False):
+                          window=None, softcap=None, scale=None, return_lse=False, sinks=None):
     """paged_attention carried out in the input dtype at default precision: the "naive" term of the test
     oracle for the paged cache. Same arguments and semantics; lse is returned as float32."""
     out, lse = _paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, causal=causal,
-                      window=window, softcap=softcap, scale=scale, compute_dtype=q.dtype, precision=None)
+                      window=window, softcap=softcap, scale=scale, compute_dtype=q.dtype, precision=None,
+                      sinks=sinks)
     if cu_seqlens_q is not None:
         out, lse = out[0], lse[0]
     out = out.astype(q.dtype)

@@ -7,6 +7,7 @@ import functools
 import jax
 
 from jax_flash import _ffi, reference
+from jax_flash.ops import _sinks
 from jax_flash.ops._config import AttentionConfig, check_dense, check_flags
 from jax_flash.ops._implementation import choose_implementation
 from jax_flash.ops._partition import batch_head_partitioned, fold_vmap
@@ -15,7 +16,7 @@ from jax_flash.ops.segments import segmented_attention
 
 def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=None,
                     return_lse=False, deterministic=False, implementation=None, segment_ids=None,
-                    max_segments=None, _variant=None):
+                    max_segments=None, sinks=None, _variant=None):
     """Multi-head attention softmax(scale * q k^T [capped, masked]) v, FlashAttention style.
 
     Args:
@@ -40,28 +41,35 @@ def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
         vmap. See segment_ids_to_varlen.
       max_segments: static bound on documents per row, required with segment_ids; documents beyond it
         are treated as padding (output 0).
+      sinks: None or (Hq,) float: attention sinks (gpt-oss), one logit per query head, an extra score
+        column that is not scaled or capped, in the softmax normaliser with no value; lse includes it.
+        Differentiable (d sinks summed over batch and rows, in sinks' dtype). Applied around the kernels
+        (ops/_sinks.py).
       _variant: private, for tests: pins the CUDA kernel variant ("auto", "sm80", "sm90"; default: the
         JAX_FLASH_KERNEL_VARIANT environment variable, read at trace time). See _config.check_variant.
 
     Returns:
       out (B, Sq, Hq, Dv) in q's dtype, and lse if asked. A query with no visible key gets out = 0,
-      lse = -inf and zero gradients.
+      lse = -inf (with sinks: sinks[h]) and zero gradients.
     """
     config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, variant=_variant)
+    _sinks.check_sinks(sinks, q.shape[2])
     if segment_ids is not None:
         return segmented_attention(q, k, v, segment_ids, max_segments, causal=causal, window=window,
                                    softcap=softcap, scale=scale, return_lse=return_lse,
                                    deterministic=deterministic, implementation=implementation,
-                                   _variant=_variant)
+                                   sinks=sinks, _variant=_variant)
     if max_segments is not None:
         raise ValueError("max_segments is only meaningful with segment_ids")
     check_flags(return_lse=return_lse, deterministic=deterministic)
     impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     if impl == "xla":
         out, lse = reference.attention(q, k, v, window=config.window, softcap=config.softcap,
-                                       scale=config.scale, return_lse=True)
-    else:
+                                       scale=config.scale, return_lse=True, sinks=sinks)
+    elif sinks is None:
         out, lse = _cuda_attention(q, k, v, config, deterministic)
+    else:
+        out, lse = _sinks.attention_with_sinks(_sink_kernels(config, deterministic), sinks, (q, k, v))
     return (out, lse) if return_lse else out
 
 
@@ -96,3 +104,14 @@ def _cuda_attention_bwd(config, deterministic, residuals, cotangents):
 
 
 _cuda_attention.defvjp(_cuda_attention_fwd, _cuda_attention_bwd)
+
+
+def _sink_kernels(config, deterministic):
+    """The kernels for _sinks.attention_with_sinks: forward without the sinks, backward from out' and lse'."""
+    def fwd(q, k, v):
+        return _fwd_sharded(q, k, v, config)
+
+    def bwd(operands, out, lse, dout, dlse):
+        return _bwd_sharded(*operands, out, lse, dout.astype(out.dtype), dlse, (config, deterministic))
+
+    return _sinks.Kernels(fwd, bwd)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from jax_flash import _ffi, reference
+from jax_flash.ops import _sinks
 from jax_flash.ops._config import check_flags, check_paged, check_paged_update
 from jax_flash.ops._implementation import choose_implementation
 from jax_flash.ops._partition import batch_head_partitioned, map_vmap
@@ -45,7 +46,7 @@ _HALVING_MAX_SPLITS = 8
 
 def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlens_q=None, max_seqlen_q=None,
                     causal=True, window=None, softcap=None, scale=None, num_splits=None, return_lse=False,
-                    implementation=None):
+                    implementation=None, sinks=None):
     """Attention of new queries over a paged KV cache (forward only).
 
     Args:
@@ -70,10 +71,12 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
         use halving parts for decode over long caches. Ignored by the reference.
       return_lse: also return the log-sum-exp, (B, Hq, Sq) or packed (Hq, Tq) float32.
       implementation: "cuda", "xla" (the reference) or None (cuda when available), as in flash_attention.
+      sinks: None or (Hq,) float attention sinks, as in flash_attention: added once to the combined
+        split-KV result (ops/_sinks.py).
 
     Returns:
       out (B, Sq, Hq, Dv) or (Tq, Hq, Dv) in q's dtype [, lse]. A query that sees no key gets out 0 and
-      lse -inf.
+      lse -inf (with sinks: sinks[h]).
 
     Under sharded jit the kernel runs on each device's shards, with no collective: q, page_table and
     cache_seqlens split over the batch (dense q), q and the caches over kv heads (an even split of both head
@@ -87,17 +90,21 @@ def paged_attention(q, k_cache, v_cache, page_table, cache_seqlens, *, cu_seqlen
     config = check_paged(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, num_splits,
                          causal=causal, window=window, softcap=softcap, scale=scale)
     check_flags(return_lse=return_lse)
+    _sinks.check_sinks(sinks, q.shape[-2])
     impl = choose_implementation(implementation, q.dtype, q.shape[-1], v_cache.shape[-1])
     if impl == "xla":
         # config.window already holds the causal bound.
         out, lse = reference.paged_attention(q, k_cache, v_cache, page_table, cache_seqlens,
                                              cu_seqlens_q=cu_seqlens_q, causal=False, window=config.window,
-                                             softcap=config.softcap, scale=config.scale, return_lse=True)
+                                             softcap=config.softcap, scale=config.scale, return_lse=True,
+                                             sinks=sinks)
     elif cu_seqlens_q is None:
         out, lse = _paged(q, k_cache, v_cache, page_table, cache_seqlens, (config, num_splits))
     else:
         out, lse = _paged_packed(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q,
                                  (config, num_splits, max_seqlen_q))
+    if impl != "xla" and sinks is not None:
+        out, lse = _sinks.add_sinks(out, lse, sinks)
     return (out, lse) if return_lse else out
 
 

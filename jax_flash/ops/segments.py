@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_flash import _ffi, reference
+from jax_flash.ops import _sinks
 from jax_flash.ops._config import check_dense, check_flags, shape_of
 from jax_flash.ops._implementation import choose_implementation
 from jax_flash.ops._partition import batch_head_partitioned, fold_vmap
@@ -60,11 +61,12 @@ def segment_ids_to_varlen(segment_ids, max_segments: int):
 
 
 def segmented_attention(q, k, v, segment_ids, max_segments, *, causal, window, softcap, scale, return_lse,
-                        deterministic, implementation, _variant=None):
+                        deterministic, implementation, sinks=None, _variant=None):
     """flash_attention over documents packed along each row: (B, S, H, D) in, per-document attention.
 
     segment_ids: (B, S) for self-attention (Sq == Sk), or a pair (q_segment_ids (B, Sq), kv_segment_ids
     (B, Sk)); the r-th document of a row in q attends to the r-th document of the same row in kv.
+    sinks: None or (Hq,) attention sinks, as flash_attention's.
     _variant: the kernel variant pin of flash_attention.
     """
     config = check_dense(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, variant=_variant)
@@ -82,10 +84,13 @@ def segmented_attention(q, k, v, segment_ids, max_segments, *, causal, window, s
         cu_k, used_k = segment_ids_to_varlen(kv_ids, max_segments)
         out, lse = reference.attention_varlen(_rows(q), _rows(k), _rows(v), cu_q, cu_k, seqused_q=used_q,
                                               seqused_k=used_k, window=config.window, softcap=config.softcap,
-                                              scale=config.scale, return_lse=True)
+                                              scale=config.scale, return_lse=True, sinks=sinks)
         out, lse = out.reshape((*q.shape[:3], v.shape[-1])), _lse_by_row(lse, b)
-    else:
+    elif sinks is None:
         out, lse = _cuda_segments(q, k, v, q_ids, kv_ids, (config, max_segments, deterministic))
+    else:
+        out, lse = _sinks.attention_with_sinks(_sink_kernels((config, max_segments, deterministic)), sinks,
+                                               (q, k, v, q_ids, kv_ids))
     return (out, lse) if return_lse else out
 
 
@@ -150,3 +155,16 @@ def _cuda_segments_bwd(static, residuals, cotangents):
 
 
 _cuda_segments.defvjp(_cuda_segments_fwd, _cuda_segments_bwd)
+
+
+def _sink_kernels(static):
+    """The kernels for _sinks.attention_with_sinks: forward without the sinks, backward from out' and lse'."""
+    def fwd(q, k, v, q_ids, kv_ids):
+        return _fwd(q, k, v, q_ids, kv_ids, static[:2])
+
+    def bwd(operands, out, lse, dout, dlse):
+        q, k, v, q_ids, kv_ids = operands
+        grads = _bwd(q, k, v, out, lse, dout.astype(out.dtype), dlse.astype(jnp.float32), q_ids, kv_ids, static)
+        return (*grads, None, None)  # the segment ids are integers: no cotangent
+
+    return _sinks.Kernels(fwd, bwd)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_flash import _ffi, reference
+from jax_flash.ops import _sinks
 from jax_flash.ops._config import check_flags, check_varlen
 from jax_flash.ops._implementation import choose_implementation
 from jax_flash.ops._partition import batch_head_partitioned, concat_vmap
@@ -23,7 +24,7 @@ from jax_flash.ops._partition import batch_head_partitioned, concat_vmap
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                            seqused_q=None, seqused_k=None, causal=False, window=None, softcap=None,
                            scale=None, return_lse=False, deterministic=False, implementation=None,
-                           _variant=None):
+                           sinks=None, _variant=None):
     """Attention over sequences packed along one token axis (THD layout).
 
     Args:
@@ -40,11 +41,12 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         bottom-right aligned with each sequence's used lengths).
       return_lse: also return lse (Hq, Tq) float32.
       implementation: "cuda", "xla" (the reference) or None (cuda when available), as in flash_attention.
+      sinks: None or (Hq,) float attention sinks, as in flash_attention.
       _variant: private, for tests: pins the CUDA kernel variant, as in flash_attention.
 
     Returns:
       out (Tq, Hq, Dv) [, lse]. Padding rows, rows before cu_seqlens_q[0] or after cu_seqlens_q[-1] and
-      rows with no visible key get out 0, lse -inf and zero gradients; so do key rows outside every
+      rows with no visible key get out 0, lse -inf (with sinks: sinks[h]) and zero gradients; so do key rows outside every
       sequence (zero dk, dv).
 
     Under vmap the CUDA path makes one kernel call over every element's sequences (tokens concatenated,
@@ -56,17 +58,23 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                           seqused_q=seqused_q, seqused_k=seqused_k, causal=causal, window=window,
                           softcap=softcap, scale=scale, variant=_variant)
     check_flags(return_lse=return_lse, deterministic=deterministic)
+    _sinks.check_sinks(sinks, q.shape[1])
     impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     if impl == "xla":
         out, lse = reference.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q=seqused_q,
                                               seqused_k=seqused_k, window=config.window,
-                                              softcap=config.softcap, scale=config.scale, return_lse=True)
+                                              softcap=config.softcap, scale=config.scale, return_lse=True,
+                                              sinks=sinks)
     else:
         # The kernels always take seqused; a sequence's whole span is the same as no seqused.
         used_q = _spans(cu_seqlens_q) if seqused_q is None else seqused_q
         used_k = _spans(cu_seqlens_k) if seqused_k is None else seqused_k
         static = (config, max_seqlen_q, max_seqlen_k, deterministic)
-        out, lse = _cuda_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, used_q, used_k, static)
+        operands = (q, k, v, cu_seqlens_q, cu_seqlens_k, used_q, used_k)
+        if sinks is None:
+            out, lse = _cuda_varlen(*operands, static)
+        else:
+            out, lse = _sinks.attention_with_sinks(_sink_kernels(static), sinks, operands)
     return (out, lse) if return_lse else out
 
 
@@ -117,3 +125,17 @@ def _cuda_varlen_bwd(static, residuals, cotangents):
 
 
 _cuda_varlen.defvjp(_cuda_varlen_fwd, _cuda_varlen_bwd)
+
+
+def _sink_kernels(static):
+    """The kernels for _sinks.attention_with_sinks: forward without the sinks, backward from out' and lse'."""
+    def fwd(*operands):
+        return _fwd(*operands, static[:3])
+
+    def bwd(operands, out, lse, dout, dlse):
+        q, k, v, cu_q, cu_k, used_q, used_k = operands
+        grads = _bwd(q, k, v, out, lse, dout.astype(out.dtype), dlse.astype(jnp.float32), cu_q, cu_k, used_q,
+                     used_k, static)
+        return (*grads, None, None, None, None)  # the index arrays are integers: no cotangent
+
+    return _sinks.Kernels(fwd, bwd)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from jax.sharding import PartitionSpec as P
 
 from jax_flash.parallel._shard_map import shard_map
@@ -17,7 +15,7 @@ STRATEGIES = ("ring", "ulysses")
 def context_parallel_attention(q, k, v, *, mesh, axis, strategy="ring", layout="zigzag", causal=False,
                                window=None, softcap=None, scale=None, return_lse=False, deterministic=False,
                                implementation=None, cu_seqlens=None, seqused=None, max_seqlen=None,
-                               batch_axis=None, head_axis=None):
+                               batch_axis=None, head_axis=None, sinks=None):
     """Attention on global arrays whose sequence axis is sharded over the mesh axis `axis`.
 
     The arrays must already be in *layout order* (see layouts.to_layout / varlen_layouts.varlen_to_layout,
@@ -34,6 +32,7 @@ def context_parallel_attention(q, k, v, *, mesh, axis, strategy="ring", layout="
       causal, window, softcap, scale, return_lse, deterministic, implementation: as flash_attention.
       cu_seqlens, seqused, max_seqlen: packed sequences, as ring_attention_varlen (global, replicated).
       batch_axis, head_axis: mesh axes the batch / heads are also sharded over, or None.
+      sinks: None or (Hq,) float attention sinks, as flash_attention's; split over head_axis with the heads.
 
     Returns:
       out shaped and sharded like q (Dv last) [, lse (B, H, S) / (H, T)].
@@ -46,15 +45,17 @@ def context_parallel_attention(q, k, v, *, mesh, axis, strategy="ring", layout="
     if cu_seqlens is None:
         attend = ring_attention if strategy == "ring" else ulysses_attention
         spec, lse_spec = P(batch_axis, axis, head_axis), P(batch_axis, head_axis, axis)
-        fn = functools.partial(attend, **kw)
-        args, in_specs = (q, k, v), (spec, spec, spec)
+        def fn(q, k, v, sinks):
+            return attend(q, k, v, sinks=sinks, **kw)
+
+        args, in_specs = (q, k, v, sinks), (spec, spec, spec, P(head_axis))
     else:
         attend = ring_attention_varlen if strategy == "ring" else ulysses_attention_varlen
         spec, lse_spec = P(axis, head_axis), P(head_axis, axis)
 
-        def fn(q, k, v, cu_seqlens, seqused):
-            return attend(q, k, v, cu_seqlens, seqused=seqused, max_seqlen=max_seqlen, **kw)
+        def fn(q, k, v, cu_seqlens, seqused, sinks):
+            return attend(q, k, v, cu_seqlens, seqused=seqused, max_seqlen=max_seqlen, sinks=sinks, **kw)
 
-        args, in_specs = (q, k, v, cu_seqlens, seqused), (spec, spec, spec, P(), P())
+        args, in_specs = (q, k, v, cu_seqlens, seqused, sinks), (spec, spec, spec, P(), P(), P(head_axis))
     out_specs = (spec, lse_spec) if return_lse else spec
     return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(*args)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_flash import _vma
+from jax_flash.ops import _sinks
 from jax_flash.ops._implementation import choose_implementation
 from jax_flash.parallel import _args, _schedule
 from jax_flash.parallel._dense_tasks import DenseTasks
@@ -61,7 +62,7 @@ class _Ring:
 
 
 def ring_attention(q, k, v, *, axis_name, causal=False, layout="zigzag", window=None, softcap=None,
-                   scale=None, return_lse=False, deterministic=False, implementation=None):
+                   scale=None, return_lse=False, deterministic=False, implementation=None, sinks=None):
     """Attention over a sequence sharded along `axis_name`; call it inside shard_map.
 
     Args:
@@ -74,9 +75,11 @@ def ring_attention(q, k, v, *, axis_name, causal=False, layout="zigzag", window=
       return_lse: also return lse (B, Hq, n) float32.
       deterministic: bitwise-repeatable gradients (the kernels' flag; the ring's order is fixed).
       implementation: "cuda", "xla" (pure JAX, any float dtype) or None (cuda where it can run).
+      sinks: None or (Hq,) float attention sinks, as flash_attention's, the same on every rank (replicated):
+        added once to the merged result of the ring's blocks.
 
     Returns:
-      out (B, n, Hq, Dv) in q.dtype for this rank's rows [, lse]. Differentiable (custom_vjp).
+      out (B, n, Hq, Dv) in q.dtype for this rank's rows [, lse]. Differentiable (custom_vjp), in sinks too.
     """
     _args.check_arrays(q, k, v, packed=False)
     attrs = _args.check_attributes(q, causal=causal, layout=layout, window=window, softcap=softcap,
@@ -88,13 +91,14 @@ def ring_attention(q, k, v, *, axis_name, causal=False, layout="zigzag", window=
                          f"q {q.shape}: the sequence length must be a multiple of 2 * {size}")
     impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     ring = _make_ring(axis_name, size, layout, attrs, n, impl, deterministic, None)
-    out, lse = _ring(*_sequence_shards(q, k, v, axis_name), None, None, ring)
+    q, k, v = _sequence_shards(q, k, v, axis_name)
+    out, lse = _ring(q, k, v, None, None, _ring_sinks(sinks, q), ring)
     return (out, lse) if return_lse else out
 
 
 def ring_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, max_seqlen=None, causal=False,
                           layout="zigzag", window=None, softcap=None, scale=None, return_lse=False,
-                          deterministic=False, implementation=None):
+                          deterministic=False, implementation=None, sinks=None):
     """Ring attention over packed sequences (THD), each split across the ranks of `axis_name`.
 
     Args:
@@ -104,8 +108,8 @@ def ring_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, max_s
         spans rows [cu_seqlens[i] / P, cu_seqlens[i + 1] / P). See padded_cu_seqlens / pad_packed.
       seqused: (N,) int32 global used lengths (the rest of each span is padding), or None (all used).
       max_seqlen: static bound on the global spans, or None (P * T): bounds the kernels' per-sequence work.
-      causal, window, softcap, scale, deterministic, implementation: as ring_attention; a window needs
-        layout "striped" and causal=True.
+      causal, window, softcap, scale, deterministic, implementation, sinks: as ring_attention; a window
+        needs layout "striped" and causal=True.
 
     Returns:
       out (T, Hq, Dv) [, lse (Hq, T)]; padding rows get 0 and -inf, and zero gradients.
@@ -121,7 +125,8 @@ def ring_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, max_s
     local_max = total if max_seqlen is None else min(total, -(-max_seqlen // size))
     impl = choose_implementation(implementation, q.dtype, q.shape[-1], v.shape[-1])
     ring = _make_ring(axis_name, size, layout, attrs, None, impl, deterministic, local_max)
-    out, lse = _ring(*_sequence_shards(q, k, v, axis_name), cu_seqlens, seqused, ring)
+    q, k, v = _sequence_shards(q, k, v, axis_name)
+    out, lse = _ring(q, k, v, cu_seqlens, seqused, _ring_sinks(sinks, q), ring)
     return (out, lse) if return_lse else out
 
 
@@ -139,6 +144,13 @@ def _sequence_shards(q, k, v, axis_name):
     those axes (see _varying), the type its loops' carries keep (shard_map's check_vma)."""
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     return _vma.vary((q, k, v), _vma.varying_axes(q, k, v) | frozenset(names))
+
+
+def _ring_sinks(sinks, q):
+    """Checked sinks typed to vary like the shards q (after _sequence_shards), so that their cotangent, a
+    sum over this rank's rows, is summed over the ranks by the transpose of that cast (check_vma)."""
+    _sinks.check_sinks(sinks, q.shape[-2])
+    return None if sinks is None else _varying(sinks, q)
 
 
 def _varying(values, like):
@@ -195,7 +207,7 @@ def _run_steps(ring: _Ring, body, carry):
     return carry
 
 
-def _forward(q, k, v, cu_seqlens, seqused, ring: _Ring):
+def _forward(q, k, v, cu_seqlens, seqused, sinks, ring: _Ring):
     rank = jax.lax.axis_index(ring.axis_name)
     tasks = _tasks(ring, q, cu_seqlens, seqused, rank)
     d = k.shape[-1]
@@ -214,11 +226,13 @@ def _forward(q, k, v, cu_seqlens, seqused, ring: _Ring):
     kv = jnp.concatenate([k, v], axis=-1)  # one transfer per step
     acc = _varying(empty_partial((*q.shape[:-1], v.shape[-1]), _lse_shape(q)), q)
     _, (out, lse) = _run_steps(ring, body, (kv, acc))
+    if sinks is not None:  # once, on the merged float32 result
+        out, lse = _sinks.add_sinks(out, lse, sinks)
     return out.astype(q.dtype), lse
 
 
 def _backward(ring: _Ring, residuals, cotangents):
-    q, k, v, out, lse, cu_seqlens, seqused = residuals
+    q, k, v, out, lse, cu_seqlens, seqused, sinks = residuals
     dout, dlse = _varying(cotangents, q)
     rank = jax.lax.axis_index(ring.axis_name)
     tasks = _tasks(ring, q, cu_seqlens, seqused, rank)
@@ -247,7 +261,9 @@ def _backward(ring: _Ring, residuals, cotangents):
     _, dkv, dq = _run_steps(ring, body, carry)
     dkv = _shift(ring, dkv, -(len(ring.steps) - 1))  # the last block held is rank r - last's: send it home
     dk, dv = dkv[..., :d], dkv[..., d:]
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+    # out and lse include the sinks: the blocks' backward above is then the one with the sinks.
+    dsinks = None if sinks is None else _sinks.sinks_grad(out, lse, dout, dlse, sinks)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, dsinks
 
 
 def _pack(arrays):
@@ -274,14 +290,14 @@ def _unpack(buffer, like):
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _ring(q, k, v, cu_seqlens, seqused, ring):
-    return _forward(q, k, v, cu_seqlens, seqused, ring)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _ring(q, k, v, cu_seqlens, seqused, sinks, ring):
+    return _forward(q, k, v, cu_seqlens, seqused, sinks, ring)
 
 
-def _ring_fwd(q, k, v, cu_seqlens, seqused, ring):
-    out, lse = _forward(q, k, v, cu_seqlens, seqused, ring)
-    return (out, lse), (q, k, v, out, lse, cu_seqlens, seqused)
+def _ring_fwd(q, k, v, cu_seqlens, seqused, sinks, ring):
+    out, lse = _forward(q, k, v, cu_seqlens, seqused, sinks, ring)
+    return (out, lse), (q, k, v, out, lse, cu_seqlens, seqused, sinks)
 
 
 _ring.defvjp(_ring_fwd, _backward)

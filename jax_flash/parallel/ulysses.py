@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 import jax_flash
 from jax_flash import reference
+from jax_flash.ops import _sinks
 from jax_flash.ops._config import SUPPORTED_DTYPES
 from jax_flash.parallel import _args
 from jax_flash.parallel.layouts import from_layout, to_layout
@@ -24,7 +25,7 @@ from jax_flash.parallel.varlen_layouts import varlen_from_layout, varlen_to_layo
 
 
 def ulysses_attention(q, k, v, *, axis_name, causal=False, layout="contiguous", window=None, softcap=None,
-                      scale=None, return_lse=False, deterministic=False, implementation=None):
+                      scale=None, return_lse=False, deterministic=False, implementation=None, sinks=None):
     """Attention over a sequence sharded along `axis_name` by two all-to-alls; call it inside shard_map.
 
     Args:
@@ -34,14 +35,17 @@ def ulysses_attention(q, k, v, *, axis_name, causal=False, layout="contiguous", 
         whole sequence (float32 / float64 inputs run the reference; "cuda" needs fp16 / bf16).
       layout: "contiguous" (default; no reordering), "zigzag" or "striped".
       return_lse: also return lse (B, Hq, n) float32.
+      sinks: None or (Hq,) float attention sinks as flash_attention's, the same on every rank (replicated);
+        each rank applies its own heads' sinks.
 
     Returns:
-      out (B, n, Hq, Dv) [, lse]. Differentiable.
+      out (B, n, Hq, Dv) [, lse]. Differentiable, in sinks too.
     """
     _args.check_arrays(q, k, v, packed=False)
     attrs = _args.check_attributes(q, causal=causal, layout=layout, window=window, softcap=softcap,
                                    scale=scale, return_lse=return_lse, deterministic=deterministic)
     size = _args.axis_size(axis_name)
+    _sinks.check_sinks(sinks, q.shape[-2])
     k, v = _split_heads(q, k, v, size)
     if layout == "zigzag" and q.shape[1] % 2:
         raise ValueError(f"layout 'zigzag' needs an even number of local rows, got q {q.shape}")
@@ -51,7 +55,8 @@ def ulysses_attention(q, k, v, *, axis_name, causal=False, layout="contiguous", 
         return from_layout(x, size, layout, axis=1)
 
     qg, kg, vg = gather(q), gather(k), gather(v)
-    kw = dict(window=attrs.window, softcap=attrs.softcap, scale=attrs.scale)
+    kw = dict(window=attrs.window, softcap=attrs.softcap, scale=attrs.scale,
+              sinks=_local_heads(sinks, qg.shape[-2], axis_name))
     if _kernel_dtype(q, implementation):
         out, lse = jax_flash.flash_attention(qg, kg, vg, return_lse=True, deterministic=deterministic,
                                              implementation=implementation, **kw)
@@ -68,7 +73,7 @@ def ulysses_attention(q, k, v, *, axis_name, causal=False, layout="contiguous", 
 
 def ulysses_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, max_seqlen=None, causal=False,
                              layout="contiguous", window=None, softcap=None, scale=None, return_lse=False,
-                             deterministic=False, implementation=None):
+                             deterministic=False, implementation=None, sinks=None):
     """Ulysses attention over packed sequences (THD) split across `axis_name`.
 
     Args:
@@ -85,6 +90,7 @@ def ulysses_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, ma
     attrs = _args.check_attributes(q, causal=causal, layout=layout, window=window, softcap=softcap,
                                    scale=scale, return_lse=return_lse, deterministic=deterministic)
     size = _args.axis_size(axis_name)
+    _sinks.check_sinks(sinks, q.shape[-2])
     k, v = _split_heads(q, k, v, size)
     total = q.shape[0] * size
     max_seqlen = total if max_seqlen is None else max_seqlen
@@ -95,7 +101,7 @@ def ulysses_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, ma
 
     qg, kg, vg = gather(q), gather(k), gather(v)
     kw = dict(seqused_q=seqused, seqused_k=seqused, window=attrs.window, softcap=attrs.softcap,
-              scale=attrs.scale)
+              scale=attrs.scale, sinks=_local_heads(sinks, qg.shape[-2], axis_name))
     if _kernel_dtype(q, implementation):
         out, lse = jax_flash.flash_attention_varlen(qg, kg, vg, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                                                     return_lse=True, deterministic=deterministic,
@@ -108,6 +114,13 @@ def ulysses_attention_varlen(q, k, v, cu_seqlens, *, axis_name, seqused=None, ma
         return out
     lse = varlen_to_layout(lse.T, cu_seqlens, size, layout)
     return out, jax.lax.all_to_all(lse, axis_name, split_axis=0, concat_axis=1, tiled=True).T
+
+
+def _local_heads(sinks, heads: int, axis_name):
+    """The sinks of this rank's heads after the all-to-all: rank p holds heads [p * heads, (p + 1) * heads)."""
+    if sinks is None:
+        return None
+    return jax.lax.dynamic_slice_in_dim(sinks, jax.lax.axis_index(axis_name) * heads, heads)
 
 
 def _split_heads(q, k, v, size):
