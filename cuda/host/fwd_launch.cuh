@@ -8,6 +8,7 @@
 #include <string>
 
 #include "host/compiled_tiles.h"
+#include "host/fwd_operands.h"
 #include "host/kernel_table.h"
 #include "host/launch.h"
 #include "host/smem_opt_in.h"
@@ -16,17 +17,6 @@
 #include "kernels/fwd/tile_config_sm90.h"
 
 namespace jax_flash {
-
-// Every global load / store moves 16 bytes (8 elements) per thread.
-inline bool fwd_operands_aligned(const AttnFwdParams& p) {
-  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  auto strides_ok = [](int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; };
-  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.out) && p.head_dim % 8 == 0 &&
-         p.head_dim_v % 8 == 0 && strides_ok(p.q_batch_stride, p.q_row_stride, p.q_head_stride) &&
-         strides_ok(p.k_batch_stride, p.k_row_stride, p.k_head_stride) &&
-         strides_ok(p.v_batch_stride, p.v_row_stride, p.v_head_stride) &&
-         strides_ok(p.out_batch_stride, p.out_row_stride, p.out_head_stride);
-}
 
 template <class Cfg>
 Status launch_attn_fwd(const AttnFwdParams& params, cudaStream_t stream) {

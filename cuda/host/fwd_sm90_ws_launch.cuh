@@ -9,24 +9,13 @@
 #include <string>
 
 #include "host/attention.h"
+#include "host/fwd_operands.h"
 #include "host/smem_opt_in.h"
 #include "kernels/fwd/sm90_ws/kernel_fwd_sm90_ws.cuh"
 #include "kernels/fwd/sm90_ws/shared_storage.h"
 #include "kernels/fwd/sm90_ws/tile_size.h"
 
 namespace jax_flash {
-
-// What the tensor maps of Q, K, V (16-byte aligned bases, strides in multiples of 16 bytes) and the 16-byte
-// stores of O need.
-inline bool sm90_ws_operands_aligned(const AttnFwdParams& p) {
-  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  auto strides_ok = [](int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; };
-  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.out) && p.head_dim % 8 == 0 &&
-         p.head_dim_v % 8 == 0 && strides_ok(p.q_batch_stride, p.q_row_stride, p.q_head_stride) &&
-         strides_ok(p.k_batch_stride, p.k_row_stride, p.k_head_stride) &&
-         strides_ok(p.v_batch_stride, p.v_row_stride, p.v_head_stride) &&
-         strides_ok(p.out_batch_stride, p.out_row_stride, p.out_head_stride);
-}
 
 template <class Cfg>
 Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream) {
@@ -42,7 +31,7 @@ Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream)
     return Status{"attn_fwd_sm90_ws: heads_q (" + std::to_string(params.heads_q) + ") must equal heads_k (" +
                   std::to_string(params.heads_k) + ") * kv_group (" + std::to_string(params.kv_group) + ")"};
   }
-  if (!sm90_ws_operands_aligned(params)) {
+  if (!fwd_operands_aligned(params)) {
     return Status{"attn_fwd_sm90_ws: q/k/v/out need 16-byte aligned base pointers and row/head/batch strides "
                   "that are multiples of 8 elements"};
   }
