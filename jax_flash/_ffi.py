@@ -26,7 +26,7 @@ PAGED_VARLEN_FWD_TARGET = "jax_flash_paged_varlen_fwd"
 # lets the kernel choice pick for the device, the others pin a kernel family. The extension exports the same
 # tuple (kernel_variants); this copy lets configs be checked and calls be lowered where the extension is absent
 # (tests/test_kernel_variants.py holds the two equal where it is present).
-KERNEL_VARIANTS = ("auto", "sm80", "sm90")
+KERNEL_VARIANTS = ("auto", "sm80", "sm90", "sm90_ws")
 
 # The paged kernels' cp.async tile: (query, head) rows per CTA after GQA packing, keys per mainloop step. The
 # extension exports its kernel table's values (paged_block_m / paged_block_n); these serve only where it is

@@ -38,10 +38,11 @@ def assert_bitwise(names, a, b, what):
         assert count == 0, f"{what}: {name} differs in {count} of {x.size} elements (max |diff| {gap:.3g})"
 
 
-# The kernel variants a grid runs under: each pinned forward + atomic backward family, and the deterministic
-# backward (after the "auto" forward). On an H100: sm80 and sm90 forward, sm80 and sm90 atomic dK/dV and the
+# The kernel variants a grid runs under: the default kernels ("auto": on a Hopper the warp-specialized forward
+# with the atomic backward), each pinned forward + atomic backward family, and the deterministic backward (after
+# the "auto" forward). On an H100: the sm90_ws, sm80 and sm90 forwards, sm80 and sm90 atomic dK/dV and the
 # deterministic dq kernel.
-GRID_VARIANTS = ("sm80", "sm90", "deterministic")
+GRID_VARIANTS = ("auto", "sm80", "sm90", "deterministic")
 
 
 def _variant_kernels(variant, dtype, head_dim, head_dim_v):

@@ -23,11 +23,13 @@ class StandInExtension:
     """What _ffi asks of the nanobind module while tracing: kernel_choice (ValueError for a variant it cannot
     run) and the backward's scratch size."""
 
-    def __init__(self, runnable=("sm80", "sm90")):
+    def __init__(self, runnable=("sm80", "sm90", "sm90_ws"), forward_only=("sm90_ws",)):
         self.runnable = runnable
+        self.forward_only = forward_only  # as the extension's warp-specialized kernel: no backward
 
     def kernel_choice(self, feature, dtype, head_dim, head_dim_v, variant):
-        if variant != "auto" and variant not in self.runnable:
+        if variant != "auto" and (variant not in self.runnable or
+                                  (variant in self.forward_only and feature != "fwd")):
             raise ValueError(f"jax_flash: kernel variant {variant} cannot serve {feature} here")
         return {"variant": variant}
 
@@ -88,6 +90,14 @@ def test_private_argument_reaches_every_call(extension, variant, attribute):
     assert packed == {"jax_flash_attn_varlen_fwd": [attribute], "jax_flash_attn_varlen_bwd": [attribute]}
 
 
+def test_forward_only_variant_pins_forward_calls_and_refuses_gradients(extension):
+    assert _variant_attributes(_lowered(_dense(_variant="sm90_ws"), grads=False)) == {"jax_flash_attn_fwd": [3]}
+    assert _variant_attributes(_lowered(_varlen(_variant="sm90_ws"), grads=False)) == {
+        "jax_flash_attn_varlen_fwd": [3]}
+    with pytest.raises(ValueError, match=r"kernel variant 'sm90_ws' .* cannot serve bwd"):
+        _lowered(_dense(_variant="sm90_ws"))
+
+
 def test_environment_variable_pins_and_the_argument_wins(extension, monkeypatch):
     monkeypatch.setenv(VARIANT_ENV, "sm90")
     assert _variant_attributes(_lowered(_dense(), grads=False)) == {"jax_flash_attn_fwd": [2]}
@@ -98,7 +108,7 @@ def test_environment_variable_pins_and_the_argument_wins(extension, monkeypatch)
 
 
 def test_each_variant_lowers_to_its_own_program(extension):
-    programs = {variant: _lowered(_dense(_variant=variant)) for variant in _ffi.KERNEL_VARIANTS}
+    programs = {variant: _lowered(_dense(_variant=variant), grads=False) for variant in _ffi.KERNEL_VARIANTS}
     assert len(set(programs.values())) == len(programs)
     # They differ in the variant attribute alone.
     unpinned = {re.sub(r"variant = \d+ : i32", "variant", text) for text in programs.values()}
@@ -122,7 +132,7 @@ def test_bad_variant_names_raise_naming_the_argument(op):
         "segments": lambda **kw: jax_flash.flash_attention(q, q, q, segment_ids=jnp.ones((1, 16), jnp.int32),
                                                            max_segments=1, implementation="xla", **kw),
     }
-    with pytest.raises(ValueError, match="_variant must be one of 'auto', 'sm80', 'sm90', got 'sm75'"):
+    with pytest.raises(ValueError, match="_variant must be one of 'auto', 'sm80', 'sm90', 'sm90_ws', got 'sm75'"):
         calls[op](_variant="sm75")
 
 
@@ -203,6 +213,41 @@ def test_pinned_dense_variants_run_their_own_kernels():
     with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
         jax.grad(lambda q: jax_flash.flash_attention(q, k, v, deterministic=True, _variant="sm90").astype(
             jnp.float32).sum())(q)
+
+
+def _hopper():
+    module, _ = _ffi._load_module()
+    return module is not None and "sm90_ws" in _ffi.runnable_variants("fwd", BF16, 128, 128)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dims", [(64, 64), (96, 96), (128, 128), (192, 128), (192, 192), (256, 256)])
+def test_hopper_default_forward_is_warp_specialized(head_dims):
+    module = _extension()
+    if not _hopper():
+        pytest.skip("needs a Hopper and a build with sm_90a code")
+    for dtype in ("bfloat16", "float16"):
+        if not module.supported(dtype, *head_dims):
+            continue
+        choice = module.kernel_choice("fwd", dtype, *head_dims)
+        assert choice["variant"] == "sm90_ws"
+        assert (tuple(choice["tile"]), choice["block_m"]) == (head_dims, 128), choice
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
+    module = _extension()
+    if not _hopper() or not module.supported("bfloat16", head_dim, head_dim):
+        pytest.skip(f"needs a Hopper and a build with sm_90a code and D{head_dim}")
+    q, k, v = (_random((2, 700, 6, head_dim), seed) for seed in range(3))
+    run = jax.jit(lambda q, k, v, variant: jax_flash.flash_attention(q, k, v, causal=True, _variant=variant),
+                  static_argnums=3)
+    sm80, ws = (np.asarray(jax.device_get(run(q, k, v, variant))) for variant in ("sm80", "sm90_ws"))
+    assert not np.array_equal(sm80.view(np.uint16), ws.view(np.uint16))
+    np.testing.assert_allclose(sm80.astype(np.float32), ws.astype(np.float32), atol=2e-2, rtol=2e-2)
+    with pytest.raises(ValueError, match="cannot serve bwd"):
+        jax.grad(lambda q: jax_flash.flash_attention(q, k, v, _variant="sm90_ws").astype(jnp.float32).sum())(q)
 
 
 @pytest.mark.gpu

@@ -64,8 +64,14 @@ Status launch_attn_fwd_sm90(const AttnFwdParams& params, cudaStream_t stream) {
   }
 }
 
-// The kernel `choice` names: the wgmma kernel for kSm90, the portable mma.sync kernel for kSm80. The tile
-// configs are held to the rows of kernel_table.h that the choice was read from.
+// The warp-specialized Hopper forward (fwd_sm90_ws_launch.cuh). Its instantiations are generated files of
+// their own (attn_fwd_sm90_ws_*.cu), compiled for sm_90a only and only in builds that have it.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream);
+
+// The kernel `choice` names: the warp-specialized kernel for kSm90Ws, the wgmma kernel for kSm90, the portable
+// mma.sync kernel for kSm80. The tile configs are held to the rows of kernel_table.h that the choice was read
+// from.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_fwd(const AttnFwdParams& params, const KernelChoice& choice, cudaStream_t stream) {
   using Sm80 = typename FwdDefaultConfig<Element, kHeadDim, kHeadDimV>::type;
@@ -75,6 +81,13 @@ Status run_attn_fwd(const AttnFwdParams& params, const KernelChoice& choice, cud
   static_assert(Sm90::kAvailable ==
                     (find_kernel_tile(KernelKind::kFwd, KernelVariant::kSm90, kHeadDim, kHeadDimV) != nullptr),
                 "kernel_table.h must list exactly the head dims with a Sm90FwdDefaultConfig");
+  if (choice.variant == KernelVariant::kSm90Ws) {
+    if constexpr (kBuildHasSm90a) {
+      return run_attn_fwd_sm90_ws<Element, kHeadDim, kHeadDimV>(params, stream);
+    } else {
+      return Status{"attn_fwd: this build has no sm_90a code for the warp-specialized kernel"};
+    }
+  }
   if (choice.variant == KernelVariant::kSm90) return launch_attn_fwd_sm90<Sm90>(params, stream);
   return launch_attn_fwd<Sm80>(params, stream);
 }

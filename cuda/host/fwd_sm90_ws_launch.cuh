@@ -1,6 +1,7 @@
 // Launcher of the warp-specialized Hopper forward (kernels/fwd/sm90_ws/) for one (Element, kHeadDim,
-// kHeadDimV) instantiation: checks, tensor maps, launch. Included only by instantiation files (and the GPU
-// check tool); host code elsewhere sees launch.h alone.
+// kHeadDimV) instantiation: checks, tensor maps, launch. Included only by its generated instantiation files
+// (attn_fwd_sm90_ws_*.cu, built for sm_90a alone) and the GPU check tool; run_attn_fwd (fwd_launch.cuh) calls
+// run_attn_fwd_sm90_ws when the kernel choice is kSm90Ws.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +11,7 @@
 
 #include "host/attention.h"
 #include "host/fwd_operands.h"
+#include "host/kernel_table.h"
 #include "host/smem_opt_in.h"
 #include "kernels/fwd/sm90_ws/kernel_fwd_sm90_ws.cuh"
 #include "kernels/fwd/sm90_ws/shared_storage.h"
@@ -58,7 +60,10 @@ Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream)
 // The default tile of the head-dim pair (tile_size.h). The caller has checked that the device is a Hopper.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream) {
-  return launch_attn_fwd_sm90_ws<Sm90WsFwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, stream);
+  using Cfg = Sm90WsFwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
+  static_assert(table_has_tile<Cfg>(KernelKind::kFwd, KernelVariant::kSm90Ws),
+                "kernel_table.h must list Sm90WsFwdDefaultConfig's tile");
+  return launch_attn_fwd_sm90_ws<Cfg>(params, stream);
 }
 
 }  // namespace jax_flash

@@ -22,12 +22,25 @@ KernelKind kind_of(KernelFeature feature) {
 }
 
 // The deterministic backward pairs the dq kernel with the mma.sync dK/dV kernel only; the Hopper paged kernel
-// is the split-key decode.
+// is the split-key decode; the warp-specialized kernel is a forward.
 bool feature_has_variant(KernelFeature feature, KernelVariant variant) {
-  if (variant == KernelVariant::kSm80) return true;
-  return variant == KernelVariant::kSm90 &&
-         (feature == KernelFeature::kFwd || feature == KernelFeature::kBwd || feature == KernelFeature::kPagedDecode);
+  switch (variant) {
+    case KernelVariant::kSm80: return true;
+    case KernelVariant::kSm90:
+      return feature == KernelFeature::kFwd || feature == KernelFeature::kBwd ||
+             feature == KernelFeature::kPagedDecode;
+    case KernelVariant::kSm90Ws: return feature == KernelFeature::kFwd;
+    case KernelVariant::kAuto: return false;
+  }
+  return false;
 }
+
+bool is_hopper_variant(KernelVariant variant) {
+  return variant == KernelVariant::kSm90 || variant == KernelVariant::kSm90Ws;
+}
+
+// kAuto's preference: the fastest kernel family first.
+constexpr KernelVariant kPreference[] = {KernelVariant::kSm90Ws, KernelVariant::kSm90, KernelVariant::kSm80};
 
 // The smallest compiled tile that holds the head dims (loads beyond them are predicated off).
 bool compiled_tile(DType dtype, int head_dim, int head_dim_v, int* tile_d, int* tile_dv) {
@@ -53,12 +66,14 @@ std::string describe_call(KernelFeature feature, DType dtype, int head_dim, int 
 
 // Why `variant` cannot run the feature on this tile here; empty when it can.
 std::string unavailable(KernelFeature feature, KernelVariant variant, int tile_d, int tile_dv) {
-  if (variant != KernelVariant::kSm80 && variant != KernelVariant::kSm90) return "not a kernel variant";
+  if (variant == KernelVariant::kAuto || int(variant) < 0 || int(variant) >= kNumKernelVariants) {
+    return "not a kernel variant";
+  }
   if (!feature_has_variant(feature, variant)) return "this feature has no such kernel";
   if (find_kernel_tile(kind_of(feature), variant, tile_d, tile_dv) == nullptr) {
     return "no such kernel for the head-dim tile " + std::to_string(tile_d) + "x" + std::to_string(tile_dv);
   }
-  if (variant == KernelVariant::kSm90) {
+  if (is_hopper_variant(variant)) {
     if (!kBuildHasSm90a) return "this build has no sm_90a code (JAX_FLASH_ARCHS)";
     const int major = current_device_major();
     if (major == 0) return "no CUDA device is visible";
@@ -93,8 +108,10 @@ Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_
   }
   KernelVariant variant = pinned;
   if (pinned == KernelVariant::kAuto) {
-    const bool hopper = unavailable(feature, KernelVariant::kSm90, tile_d, tile_dv).empty();
-    variant = hopper ? KernelVariant::kSm90 : KernelVariant::kSm80;
+    for (KernelVariant candidate : kPreference) {
+      variant = candidate;
+      if (unavailable(feature, candidate, tile_d, tile_dv).empty()) break;
+    }
   }
   if (std::string why = unavailable(feature, variant, tile_d, tile_dv); !why.empty()) {
     return {std::string("jax_flash: kernel variant ") + kernel_variant_name(variant) + " cannot serve " +
@@ -108,7 +125,7 @@ Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_
 
 std::vector<KernelVariant> runnable_variants(KernelFeature feature, DType dtype, int head_dim, int head_dim_v) {
   std::vector<KernelVariant> variants;
-  for (KernelVariant variant : {KernelVariant::kSm80, KernelVariant::kSm90}) {
+  for (KernelVariant variant : {KernelVariant::kSm80, KernelVariant::kSm90, KernelVariant::kSm90Ws}) {
     KernelChoice choice;
     if (choose_kernel(feature, dtype, head_dim, head_dim_v, variant, &choice).ok()) variants.push_back(variant);
   }

@@ -23,7 +23,7 @@ const char* kernel_feature_name(KernelFeature feature);
 
 struct KernelChoice {
   KernelFeature feature;
-  KernelVariant variant;  // kSm80 or kSm90, never kAuto
+  KernelVariant variant;  // never kAuto
   bool pinned;            // named by the caller: a launcher that cannot run it fails instead of falling back
   KernelTile tile;        // the head-dim tile and blocks of the main kernel
   bool atomic_dq;         // backward: the dK/dV kernel sums dQ with atomics (else the dq kernel computes it)
@@ -31,8 +31,9 @@ struct KernelChoice {
 
 // Fills `choice`, or says why no kernel can serve the call: no compiled tile holds the head dims, the dtype is
 // not compiled, or the pinned variant does not exist for this feature and tile, in this build (sm_90a code) or
-// on this device. kAuto picks kSm90 where it can serve the call on a Hopper, kSm80 everywhere else; a pinned
-// variant never falls back.
+// on this device. kAuto picks the first of kSm90Ws, kSm90, kSm80 that can serve the call (on a Hopper the
+// warp-specialized forward, the wgmma backward where its tile exists; kSm80 elsewhere); a pinned variant never
+// falls back.
 Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, KernelVariant pinned,
                      KernelChoice* choice);
 

@@ -14,15 +14,16 @@ enum class KernelVariant : int32_t {
   kSm80 = 1,  // mma.sync products and cp.async loads: every GPU of the build
   kSm90 = 2,  // Hopper (sm_90a builds on a compute capability 9.0 device): wgmma forward, wgmma dK/dV with
               // atomic dQ, TMA loads for the paged decode
-  // A warp-specialized Hopper forward would be kSm90Ws = 3.
+  kSm90Ws = 3,  // Hopper, warp-specialized: TMA producer warpgroup, two consumer warpgroups (forward)
 };
-inline constexpr int kNumKernelVariants = 3;
+inline constexpr int kNumKernelVariants = 4;
 
 inline const char* kernel_variant_name(KernelVariant variant) {
   switch (variant) {
     case KernelVariant::kAuto: return "auto";
     case KernelVariant::kSm80: return "sm80";
     case KernelVariant::kSm90: return "sm90";
+    case KernelVariant::kSm90Ws: return "sm90_ws";
   }
   return "unknown";
 }
@@ -45,7 +46,7 @@ inline constexpr int kPagedTileRows = 64;
 inline constexpr int kPagedTileKeys = 64;
 
 // Every compiled-for kernel tile. A build holds the rows of its head-dim tiles (JAX_FLASH_HEAD_DIMS), and the
-// kSm90 rows only when it has sm_90a code (JAX_FLASH_ARCHS).
+// kSm90 / kSm90Ws rows only when it has sm_90a code (JAX_FLASH_ARCHS).
 inline constexpr KernelTile kKernelTable[] = {
     // Forward, mma.sync (kernels/fwd/tile_config.h FwdDefaultConfig).
     {KernelKind::kFwd, KernelVariant::kSm80, 64, 64, 128, 128},
@@ -56,6 +57,13 @@ inline constexpr KernelTile kKernelTable[] = {
     {KernelKind::kFwd, KernelVariant::kSm80, 256, 256, 64, 64},
     // Forward, wgmma (kernels/fwd/tile_config_sm90.h Sm90FwdDefaultConfig).
     {KernelKind::kFwd, KernelVariant::kSm90, 128, 128, 128, 128},
+    // Forward, warp-specialized (kernels/fwd/sm90_ws/tile_size.h Sm90WsFwdDefaultConfig).
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 64, 64, 128, 192},
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 96, 96, 128, 128},
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 128, 128, 128, 128},
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 192, 128, 128, 128},
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 192, 192, 128, 96},
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 256, 256, 128, 64},
     // dK/dV, mma.sync (kernels/bwd/tile_config.h BwdDefaultConfig::DkDv).
     {KernelKind::kBwdDkDv, KernelVariant::kSm80, 64, 64, 64, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm80, 96, 96, 64, 128},

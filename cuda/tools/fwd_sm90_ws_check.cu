@@ -100,6 +100,15 @@ __global__ void fill_uniform(Element* x, int64_t n, uint32_t seed, float amplitu
   }
 }
 
+// x[begin, end) = NaN: packed key rows outside every sequence's used part, which may hold anything.
+template <class Element>
+__global__ void fill_nan(Element* x, int64_t begin, int64_t end) {
+  for (int64_t i = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    x[i] = Element(NAN);
+  }
+}
+
 // Tensors are contiguous: q (rows, hq, d), k (rows, hk, d), v (rows, hk, dv), out (rows, hq, dv); the
 // reference writes ref_out (rows_q, hq, dv) and ref_lse (rows_q, hq) in fp32.
 struct RefProblem {
@@ -252,6 +261,16 @@ struct Problem {
     fill_uniform<<<1024, 256>>>(q, int64_t(rows_q) * c.hq * c.d, 1u, 3.f);
     fill_uniform<<<1024, 256>>>(k, int64_t(rows_k) * c.hk * c.d, 2u, 1.f);
     fill_uniform<<<1024, 256>>>(v, int64_t(rows_k) * c.hk * c.dv, 3u, 1.f);
+    if (packed) {
+      // Key rows past each sequence's used length and after the last sequence: NaN, which a kernel that
+      // multiplies them by a zero probability would spread.
+      for (int b = 0; b <= n_seq; ++b) {
+        const int begin = b < n_seq ? cu_k[b] + (c.used_k.empty() ? c.lens_k[b] : c.used_k[b]) : cu_k[b];
+        const int end = b < n_seq ? cu_k[b + 1] : rows_k;
+        fill_nan<<<64, 256>>>(k, int64_t(begin) * c.hk * c.d, int64_t(end) * c.hk * c.d);
+        fill_nan<<<64, 256>>>(v, int64_t(begin) * c.hk * c.dv, int64_t(end) * c.hk * c.dv);
+      }
+    }
     CHECK_CUDA(cudaGetLastError());
     if (packed) {
       d_cu_q = device_ints(cu_q);

@@ -92,8 +92,9 @@ def check_variant(variant) -> str:
     JAX_FLASH_KERNEL_VARIANT environment variable, else "auto".
 
     "sm80" pins the portable mma.sync kernels (forward; backward with atomic dQ up to head dim 128), "sm90" the
-    Hopper ones (wgmma forward, wgmma dK/dV with atomic dQ, TMA paged decode) where they exist; the
-    deterministic backward is the `deterministic` flag. A pinned variant that cannot serve a call (no such
+    Hopper ones (wgmma forward at head dim 128, wgmma dK/dV with atomic dQ, TMA paged decode) where they exist,
+    "sm90_ws" the warp-specialized Hopper forward (every head dim; it has no backward, so a gradient under this
+    pin is an error); the deterministic backward is the `deterministic` flag. A pinned variant that cannot serve a call (no such
     kernel for its head dims in this build, not a Hopper) is an error, never a fallback. The reference
     (implementation="xla") ignores it.
     """

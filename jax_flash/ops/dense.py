@@ -45,8 +45,9 @@ def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
         column that is not scaled or capped, in the softmax normaliser with no value; lse includes it.
         Differentiable (d sinks summed over batch and rows, in sinks' dtype). Applied around the kernels
         (ops/_sinks.py).
-      _variant: private, for tests: pins the CUDA kernel variant ("auto", "sm80", "sm90"; default: the
-        JAX_FLASH_KERNEL_VARIANT environment variable, read at trace time). See _config.check_variant.
+      _variant: private, for tests: pins the CUDA kernel variant ("auto", "sm80", "sm90", "sm90_ws";
+        default: the JAX_FLASH_KERNEL_VARIANT environment variable, read at trace time). See
+        _config.check_variant.
 
     Returns:
       out (B, Sq, Hq, Dv) in q's dtype, and lse if asked. A query with no visible key gets out = 0,

@@ -12,7 +12,9 @@
 //
 // Rows past the sequence and columns past the real head dims arrive as zeros (the tensor maps are the real
 // shapes, and the TMA unit fills out-of-range boxes with zeros). Packed layouts: a key tile reaching past
-// its sequence reads the next sequence's keys, which the mask hides (their probabilities are exactly 0).
+// its sequence reads the next sequence's rows (or the padding between sequences, which may hold anything).
+// The mask hides those keys (probabilities exactly 0), and the consumers zero those rows of V before any
+// P V reads them, since 0 * NaN is NaN (zero_v_tail).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -57,6 +59,19 @@ __device__ __forceinline__ void rescale_rows(RowCol& acc, const float (&correcti
     CUTE_UNROLL
     for (int c = 0; c < cute::size<1>(acc); ++c) acc(r, c) *= correction[r];
   }
+}
+
+// Packed layouts: zero the rows of V stage `stage` at or past `valid_rows` (the rows of the key tile that
+// belong to this sequence), split between the consumer warpgroups, then meet so that no warpgroup's P V reads
+// the stage before both halves are written. The stage's TMA load must have landed (its full barrier waited).
+template <class Cfg, class SmemV>
+__device__ __forceinline__ void zero_v_tail(SmemV& sV, int stage, int valid_rows, int tidx) {
+  const int rows = Cfg::kBlockN - valid_rows;
+  for (int i = tidx; i < rows * Cfg::kHeadDimV; i += Cfg::kMmaThreads) {
+    sV(valid_rows + i / Cfg::kHeadDimV, i % Cfg::kHeadDimV, stage) = typename Cfg::Element(0.f);
+  }
+  cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, before wgmma's async-proxy reads
+  cutlass::arch::NamedBarrier::sync(Cfg::kMmaThreads, int(Sm90WsBarrier::kVTailZeroed));
 }
 
 template <class Cfg>
@@ -233,6 +248,14 @@ struct Sm90WsMainloop {
     {
       Tensor scores = finish_scores(w.n_max - 1, cute::true_type{});
       softmax.step(scores, acc_o_rc);
+    }
+    // The first key tile is the only one that can reach past the sequence. Done before the pingpong turns
+    // start, because it waits for the other warpgroup.
+    const int v_tail_valid_rows = w.seq.seqlen_k - (w.n_max - 1) * kBlockN;
+    if (w.seq.packed && v_tail_valid_rows < kBlockN) {
+      Tensor sV = make_tensor(make_smem_ptr(st.v.data()), typename Cfg::SmemLayoutV{});
+      wait(pipe_v, read_v);
+      zero_v_tail<Cfg>(sV, read_v.index(), v_tail_valid_rows, tidx);
     }
     auto p_tile = convert_fragment<Element>(acc_s);  // P of the tile whose P V is next
     Tensor tOrP = make_tensor(p_tile.data(), acc_as_a_layout(p_tile.layout()));
