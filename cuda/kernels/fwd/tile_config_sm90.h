@@ -1,12 +1,7 @@
-// Tile shape of the dense forward kernel on Hopper (sm_90a): the products S = Q K^T and O += P V run as
-// warpgroup MMAs (wgmma), Q K V staying in shared memory and P feeding the second product from registers.
-// Everything else (cp.async pipeline, masks, online softmax, epilogue) is the SM80 kernel's: fwd/kernel.cuh
-// takes either config and fwd/products.h picks the products from `MmaKind`.
-//
-// kBlockM query rows = kBlockM / 64 warpgroups stacked along M, each owning 64 rows (one wgmma M).
-// Shared-memory tiles use the wgmma canonical layouts: Q and K K-major, V read through its transposed
-// (MN-major) view, all with the 128-byte (64-column) swizzle, or 64-byte (32 columns) for head dims that are
-// not multiples of 64.
+// Tile shape of the dense forward kernel on Hopper (sm_90a), variant sm90: the products S = Q K^T and O += P V
+// run as warpgroup MMAs (wgmma) on the Hopper operand tiles of tiles_sm90.h. Everything else (cp.async
+// pipeline, masks, online softmax, epilogue) is the SM80 kernel's: fwd/kernel.cuh takes either config and
+// fwd/products.h picks the products from `MmaKind`.
 #pragma once
 
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
@@ -15,8 +10,8 @@
 
 #include "kernels/common/mma_kind.h"
 #include "kernels/common/tile_atoms.h"
-#include "kernels/common/tile_atoms_sm90.h"
 #include "kernels/fwd/shared_storage.h"
+#include "kernels/fwd/tiles_sm90.h"
 
 namespace jax_flash {
 
@@ -33,27 +28,13 @@ struct Sm90FwdTileConfig {
   static constexpr int kStages = kStages_;
   static constexpr int kMinBlocksPerSm = 1;
 
-  static_assert(kBlockM % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256);
-  static_assert(kHeadDim % 32 == 0 && kHeadDimV % 32 == 0 && kHeadDimV <= 256);
-
-  using WarpgroupsAlongM = cute::Layout<cute::Shape<cute::Int<kBlockM / 64>, cute::_1, cute::_1>>;
-  // S (kBlockM, kBlockN) = Q K^T: both operands K-major in shared memory.
-  using TiledMmaS = decltype(cute::make_tiled_mma(
-      cute::GMMA::ss_op_selector<Element, Element, float,
-                                 cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
-      WarpgroupsAlongM{}));
-  // O (kBlockM, kHeadDimV) += P V: P from registers, V^T MN-major in shared memory.
-  using TiledMma = decltype(cute::make_tiled_mma(
-      cute::GMMA::rs_op_selector<Element, Element, float,
-                                 cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>, cute::Int<kBlockN>>,
-                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
-      WarpgroupsAlongM{}));
-
-  using SmemLayoutQ = decltype(cute::tile_to_shape(GmmaKMajorAtom<Element, kHeadDim>{},
-                                                   cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
-  using SmemLayoutK = GmmaTile<Element, kBlockN, kHeadDim, kStages>;
-  using SmemLayoutV = GmmaTile<Element, kBlockN, kHeadDimV, kStages>;
-  using SmemLayoutVt = StagedTransposedView<SmemLayoutV, kBlockN, kHeadDimV, kStages>;
+  using Tiles = Sm90FwdTiles<Element, kBlockM, kBlockN, kHeadDim, kHeadDimV, kStages>;
+  using TiledMmaS = typename Tiles::TiledMmaQK;  // S = Q K^T
+  using TiledMma = typename Tiles::TiledMmaPV;   // O += P V
+  using SmemLayoutQ = typename Tiles::SmemLayoutQ;
+  using SmemLayoutK = typename Tiles::SmemLayoutK;
+  using SmemLayoutV = typename Tiles::SmemLayoutV;
+  using SmemLayoutVt = typename Tiles::SmemLayoutVt;
   // The output tile is staged through shared memory (aliasing Q) with the SM80 layout: plain stores.
   using SmemLayoutO = SmemTile<Element, kBlockM, kHeadDimV>;
 

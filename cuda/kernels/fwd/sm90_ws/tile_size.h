@@ -19,7 +19,7 @@
 #include <type_traits>
 
 #include "kernels/common/tile_atoms.h"
-#include "kernels/common/tile_atoms_sm90.h"
+#include "kernels/fwd/tiles_sm90.h"
 
 namespace jax_flash {
 
@@ -45,35 +45,21 @@ struct Sm90WsFwdConfig {
   static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 64 * 1024, "registers of one SM");
 
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
-  static_assert(kHeadDim % 32 == 0 && kHeadDimV % 32 == 0 && kHeadDim <= 256 && kHeadDimV <= 256);
-  // kBlockN % 16: P is the A operand of k16 slices; wgmma N up to 256.
-  static_assert(kBlockN % 16 == 0 && kBlockN <= 256);
   static_assert(kStages >= 2);
 
-  using WarpgroupsAlongM = cute::Layout<cute::Shape<cute::Int<kMmaWarpgroups>, cute::_1, cute::_1>>;
-  using TiledMmaQK = decltype(cute::make_tiled_mma(
-      cute::GMMA::ss_op_selector<Element, Element, float,
-                                 cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
-      WarpgroupsAlongM{}));
-  using TiledMmaPV = decltype(cute::make_tiled_mma(
-      cute::GMMA::rs_op_selector<Element, Element, float,
-                                 cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>, cute::Int<kBlockN>>,
-                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
-      WarpgroupsAlongM{}));
+  using Tiles = Sm90FwdTiles<Element, kBlockM, kBlockN, kHeadDim, kHeadDimV, kStages>;
+  using TiledMmaQK = typename Tiles::TiledMmaQK;
+  using TiledMmaPV = typename Tiles::TiledMmaPV;
   // One wgmma instruction per k slice spans the whole tile: CuTe's selector falls back to narrower atoms
   // (N = 16 for N = 80 or 176) for the shapes it has only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED.
   static_assert(cute::size<1>(typename TiledMmaQK::AtomShape_MNK{}) == kBlockN,
                 "kBlockN needs CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED (or a standard wgmma N)");
   static_assert(cute::size<1>(typename TiledMmaPV::AtomShape_MNK{}) == kHeadDimV,
                 "kHeadDimV needs CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED (or a standard wgmma N)");
-
-  // Shared tiles in the wgmma canonical K-major layouts; the TMA boxes land in them as they are.
-  using SmemLayoutQ = decltype(cute::tile_to_shape(GmmaKMajorAtom<Element, kHeadDim>{},
-                                                   cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
-  using SmemLayoutK = GmmaTile<Element, kBlockN, kHeadDim, kStages>;
-  using SmemLayoutV = GmmaTile<Element, kBlockN, kHeadDimV, kStages>;
-  // V as the (kHeadDimV, kBlockN) B operand of O += P V: the same storage, transposed view.
-  using SmemLayoutVt = StagedTransposedView<SmemLayoutV, kBlockN, kHeadDimV, kStages>;
+  using SmemLayoutQ = typename Tiles::SmemLayoutQ;
+  using SmemLayoutK = typename Tiles::SmemLayoutK;
+  using SmemLayoutV = typename Tiles::SmemLayoutV;
+  using SmemLayoutVt = typename Tiles::SmemLayoutVt;
   // The output staging tile (aliasing Q, see epilogue_ws.h): the same 8-row atoms as Q, so that each
   // warpgroup's 64 rows of O cover exactly the bytes of its own 64 rows of Q.
   using SmemLayoutO = SmemTile<Element, kBlockM, kHeadDimV>;
