@@ -126,15 +126,29 @@ def _attributes(config) -> dict:
                 variant=np.int32(KERNEL_VARIANTS.index(config.variant)))
 
 
-def attn_fwd(q, k, v, config):
-    """out (..., Sq, Hq, Dv) in q.dtype, lse (..., Hq, Sq) float32. Leading dims fold into the batch."""
+def _sinks_operand(sinks, lse_shape) -> tuple:
+    """The forward's sinks operand and has_sinks attribute: None -> an empty float32 array; else sinks, float32
+    shaped like lse (each head's sink logit on every row, ops/_sinks.sink_rows), cast to float32."""
+    if sinks is None:
+        return jnp.zeros((0,), jnp.float32), dict(has_sinks=np.bool_(False))
+    if sinks.shape != lse_shape:
+        raise ValueError(f"sinks must be shaped like lse {lse_shape}, got {sinks.shape}")
+    return sinks.astype(jnp.float32), dict(has_sinks=np.bool_(True))
+
+
+def attn_fwd(q, k, v, config, sinks=None):
+    """out (..., Sq, Hq, Dv) in q.dtype, lse (..., Hq, Sq) float32. Leading dims fold into the batch.
+
+    sinks: None, or the attention sinks shaped like lse (..., Hq, Sq), head h's sink logit on each of its rows:
+    the kernels add the sink column to each row's softmax, and out and lse include it."""
     module = _registered()
     _check_variant(module, "fwd", q.dtype, q.shape[-1], v.shape[-1], config.variant)
     *lead, sq, hq, _ = q.shape
     out_types = (jax.ShapeDtypeStruct((*lead, sq, hq, v.shape[-1]), q.dtype),
                  jax.ShapeDtypeStruct((*lead, hq, sq), jnp.float32))
+    sinks, sink_attributes = _sinks_operand(sinks, out_types[1].shape)
     call = _vma.ffi_call(FWD_TARGET, out_types, vmap_method="broadcast_all")
-    return call(q, k, v, **_attributes(config))
+    return call(q, k, v, sinks, **_attributes(config), **sink_attributes)
 
 
 def attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic: bool):
@@ -165,10 +179,11 @@ def _varlen_attributes(config, max_seqlen_q: int, max_seqlen_k: int) -> dict:
 
 
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, config, max_seqlen_q,
-                    max_seqlen_k):
+                    max_seqlen_k, sinks=None):
     """Packed (THD) forward: out (Tq, Hq, Dv) in q.dtype, lse (Hq, Tq) float32.
 
-    cu_seqlens_* (N + 1,) and seqused_* (N,) int32 (never None at this level)."""
+    cu_seqlens_* (N + 1,) and seqused_* (N,) int32 (never None at this level). sinks: None, or shaped like lse
+    (Hq, Tq), as attn_fwd's; rows outside every sequence are not read, and their lse stays -inf."""
     module = _registered()
     _check_variant(module, "fwd", q.dtype, q.shape[-1], v.shape[-1], config.variant)
     tq, hq, _ = q.shape
@@ -176,9 +191,10 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, c
                  jax.ShapeDtypeStruct((hq, tq), jnp.float32))
     # vmapped here, a packed call runs once per element (a packed batch has no batch axis to fold into);
     # flash_attention_varlen wraps it in a custom_vmap that makes one call of all elements (ops/_partition.py).
+    sinks, sink_attributes = _sinks_operand(sinks, out_types[1].shape)
     call = _vma.ffi_call(VARLEN_FWD_TARGET, out_types, vmap_method="sequential")
-    return call(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
-                **_varlen_attributes(config, max_seqlen_q, max_seqlen_k))
+    return call(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, sinks,
+                **_varlen_attributes(config, max_seqlen_q, max_seqlen_k), **sink_attributes)
 
 
 def attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, config,

@@ -4,6 +4,7 @@ kernels, and ring / Ulysses attention in shard_map on 8 host devices. float32; t
 sinks is tests/test_gpu_sinks.py."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -188,12 +189,34 @@ def test_sinks_are_checked():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The CUDA path's JAX side: the reference stands in for the kernels (sink-free, as they are).
+# The CUDA path's JAX side: the reference stands in for the kernels. The dense and packed forwards take the sinks
+# as the kernels do, an lse-shaped operand (ops/_sinks.sink_rows); the paged one is sink-free.
 
 
-def fake_fwd(q, k, v, config):
+def _with_row_sinks(out, lse, sink_rows, inside=None):
+    """What the forward kernels make of their sinks operand: each row's softmax with its sink column, from the
+    sink-free float32 (out, lse); rows outside every sequence (inside False) untouched, as the kernels leave
+    them (out 0, lse -inf)."""
+    new_lse = jnp.logaddexp(lse, sink_rows)
+    seen = jnp.isfinite(lse)
+    keep = jnp.where(seen, jnp.exp(jnp.where(seen, lse, 0) - new_lse), 0)
+    if inside is not None:
+        new_lse, keep = jnp.where(inside, new_lse, lse), jnp.where(inside, keep, 1)
+    return out * jnp.swapaxes(keep, -1, -2)[..., None], new_lse
+
+
+def _inside_sequences(cu, used, total):
+    """(total,) bool: the token rows [cu[i], cu[i] + used[i]) of some sequence."""
+    t = jnp.arange(total)[None]
+    return jnp.any((t >= cu[:-1, None]) & (t < (cu[:-1] + used)[:, None]), axis=0)
+
+
+def fake_fwd(q, k, v, config, sinks=None):
     out, lse = reference.attention(q, k, v, window=config.window, softcap=config.softcap, scale=config.scale,
                                    return_lse=True)
+    if sinks is not None:
+        assert sinks.shape == lse.shape and sinks.dtype == jnp.float32
+        out, lse = _with_row_sinks(out, lse, sinks)
     return out.astype(q.dtype), lse
 
 
@@ -203,10 +226,13 @@ def fake_bwd(q, k, v, out, lse, dout, dlse, config, deterministic):
     return tuple(g.astype(q.dtype) for g in grads)
 
 
-def fake_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k):
+def fake_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k, sinks=None):
     out, lse = reference.attention_varlen(q, k, v, cu_q, cu_k, seqused_q=used_q, seqused_k=used_k,
                                           window=config.window, softcap=config.softcap, scale=config.scale,
                                           return_lse=True)
+    if sinks is not None:
+        assert sinks.shape == lse.shape and sinks.dtype == jnp.float32
+        out, lse = _with_row_sinks(out, lse, sinks, _inside_sequences(cu_q, used_q, q.shape[0]))
     return out.astype(q.dtype), lse
 
 
@@ -283,6 +309,52 @@ def test_kernel_path_paged(stand_in_kernels):
     _assert_bf16_close(ours, ref, NAMES[:2])
 
 
+def test_kernel_path_vmap_of_batched_sinks(stand_in_kernels):
+    """Sinks that differ per vmapped element reach each element's rows: the lse-shaped operand folds into the
+    batch (dense) and concatenates with the tokens (packed) like lse."""
+    q, k, v, sinks, dout, dlse = _kernel_dtypes(*_dense_inputs(8, 1, 7, 9))
+    sinks2 = jnp.stack([sinks, sinks[::-1] * 3.0])
+    q2, k2, v2 = (jnp.stack([x, x[::-1]]) for x in (q, k, v))
+
+    def dense(q, k, v, s, implementation):
+        return jax.vmap(lambda q, k, v, s: jax_flash.flash_attention(
+            q, k, v, causal=True, return_lse=True, sinks=s, implementation=implementation))(q, k, v, s)
+
+    ours, ref = _both(dense, (q2, k2, v2, sinks2), tuple(jnp.stack([x, x]) for x in (dout, dlse)))
+    _assert_bf16_close(ours, ref, NAMES)
+
+    q, k, v, sinks, dout, dlse, cu, used = _varlen_inputs(hq=7, hk=1)
+    q, k, v, sinks, dout, dlse = _kernel_dtypes(q, k, v, sinks, dout, dlse)
+    q2, k2, v2 = (jnp.stack([x, x[::-1]]) for x in (q, k, v))
+    sinks2 = jnp.stack([sinks, sinks[::-1] - 2.0])
+
+    def varlen(q, k, v, s, implementation):
+        return jax.vmap(lambda q, k, v, s: jax_flash.flash_attention_varlen(
+            q, k, v, cu, cu, 7, 7, seqused_q=used, seqused_k=used, causal=True, return_lse=True, sinks=s,
+            implementation=implementation))(q, k, v, s)
+
+    ours, ref = _both(varlen, (q2, k2, v2, sinks2), tuple(jnp.stack([x, x]) for x in (dout, dlse)))
+    _assert_bf16_close(ours, ref, NAMES)
+
+
+def test_kernel_path_sharded_over_heads(stand_in_kernels):
+    """Under sharded jit the sinks operand splits over the heads with q, out and lse."""
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices")
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+    q, k, v, sinks, _, _ = _kernel_dtypes(*_dense_inputs(8, 4, 6, 6))
+    put = lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))  # noqa: E731
+    qs, ks, vs = (put(x, P("data", None, "model")) for x in (q, k, v))
+
+    def attend(q, k, v, s, implementation):
+        return jax_flash.flash_attention(q, k, v, causal=True, return_lse=True, sinks=s,
+                                         implementation=implementation)
+
+    ours = jax.jit(functools.partial(attend, implementation="cuda"))(qs, ks, vs, put(sinks, P("model")))
+    ref = attend(q, k, v, sinks, "xla")
+    _assert_bf16_close(ours, ref, NAMES[:2])
+
+
 def test_kernel_path_without_sinks_is_unchanged(stand_in_kernels):
     q, k, v, _, _, _ = _kernel_dtypes(*_dense_inputs(8, 1, 6, 6))
     with_none = jax.make_jaxpr(lambda q, k, v: jax_flash.flash_attention(q, k, v, implementation="cuda",
@@ -315,3 +387,45 @@ def test_parallel_with_sinks(strategy, check_vma):
     ref = _vjp(lambda q, k, v, s: reference.attention(q, k, v, causal=True, return_lse=True, sinks=s),
                (q, k, v, sinks), (dout, dlse))
     _assert_all_close(ours, ref, NAMES)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The forward FFI calls as lowered (the extension stood in for, nothing runs): the sinks operand and has_sinks.
+
+
+class _StandInExtension:
+    def bwd_workspace_bytes(self, *shapes):
+        return 1024
+
+
+@pytest.fixture
+def lowering_only(monkeypatch):
+    monkeypatch.setattr(_ffi, "_registered", lambda: _StandInExtension())
+    monkeypatch.setattr(_ffi, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(_ffi, "supported", lambda *args: True)
+    jax.clear_caches()
+
+
+def _forward_calls(fn, *args):
+    """[(target, sinks operand type, has_sinks)] of the forward custom calls in fn's lowered program."""
+    text = jax.jit(fn).lower(*args).as_text()
+    calls = re.findall(r"custom_call @(jax_flash_attn(?:_varlen)?_fwd)\((.*?)\).*?has_sinks = (true|false)"
+                       r".*?: \((.*?)\) ->", text)
+    return [(target, types.split(", ")[-1], flag == "true") for target, _, flag, types in calls]
+
+
+def test_forward_calls_carry_the_sinks_operand(lowering_only):
+    x = jax.ShapeDtypeStruct((2, 16, 4, 64), jnp.bfloat16)
+    s = jax.ShapeDtypeStruct((4,), jnp.bfloat16)
+    dense = functools.partial(jax_flash.flash_attention, causal=True, implementation="cuda")
+    assert _forward_calls(dense, x, x, x) == [("jax_flash_attn_fwd", "tensor<0xf32>", False)]
+    assert _forward_calls(lambda q, k, v, s: dense(q, k, v, sinks=s), x, x, x, s) == [
+        ("jax_flash_attn_fwd", "tensor<2x4x16xf32>", True)]
+
+    cu = jnp.array([0, 5, 16], jnp.int32)
+    t = jax.ShapeDtypeStruct((16, 4, 64), jnp.bfloat16)
+    varlen = functools.partial(jax_flash.flash_attention_varlen, cu_seqlens_q=cu, cu_seqlens_k=cu,
+                               max_seqlen_q=11, max_seqlen_k=11, implementation="cuda")
+    assert _forward_calls(varlen, t, t, t) == [("jax_flash_attn_varlen_fwd", "tensor<0xf32>", False)]
+    assert _forward_calls(lambda q, k, v, s: varlen(q, k, v, sinks=s), t, t, t, s) == [
+        ("jax_flash_attn_varlen_fwd", "tensor<4x16xf32>", True)]

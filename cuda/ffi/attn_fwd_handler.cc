@@ -1,5 +1,6 @@
 // XLA FFI handlers of the attention forward, dense (BSHD) and packed (THD): decode, validate, fill params,
-// launch. The two differ only in the layout and the packed index arrays; run_fwd is what they share.
+// launch. The two differ only in the layout and the packed index arrays; run_fwd is what they share. Both take
+// an attention-sinks operand, empty unless the has_sinks attribute is set (buffers.h, fill_sinks).
 #include "ffi/attn_handlers.h"
 #include "ffi/attributes.h"
 #include "ffi/buffers.h"
@@ -30,13 +31,15 @@ static ffi::Error run_fwd(cudaStream_t stream, AttnFwdParams& params, DType dtyp
 }
 
 static ffi::Error AttnFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
-                              ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
+                              ffi::AnyBuffer v, ffi::AnyBuffer sinks, ffi::Result<ffi::AnyBuffer> out,
                               ffi::Result<ffi::Buffer<ffi::F32>> lse, ffi::Dictionary attrs) {
   AttnAttributes attributes;
-  if (auto e = decode_attributes(attrs, &attributes)) return *std::move(e);
+  bool has_sinks = false;
+  if (auto e = decode_attributes(attrs, &attributes, OwnAttr<bool>{"has_sinks", &has_sinks})) return *std::move(e);
   AttnFwdParams params{};
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/false, &params, &dtype)) return *std::move(e);
+  if (auto e = fill_sinks(sinks, has_sinks, &params)) return *std::move(e);
   return run_fwd(stream, params, dtype, false, *out, *lse, attributes);
 }
 
@@ -47,9 +50,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::AnyBuffer>()           // q (..., Sq, Hq, D)
         .Arg<ffi::AnyBuffer>()           // k (..., Sk, Hk, D)
         .Arg<ffi::AnyBuffer>()           // v (..., Sk, Hk, Dv)
+        .Arg<ffi::AnyBuffer>()           // sinks: float32 (..., Hq, Sq) with has_sinks, else empty
         .Ret<ffi::AnyBuffer>()           // out (..., Sq, Hq, Dv)
         .Ret<ffi::Buffer<ffi::F32>>()    // lse (..., Hq, Sq)
-        .Attrs(),                        // AttnAttributes (attributes.h)
+        .Attrs(),                        // AttnAttributes (attributes.h), has_sinks (bool)
     {ffi::Traits::kCmdBufferCompatible});
 
 // max_seqlen_q / max_seqlen_k are part of the call (so each value has its own executable) but never
@@ -57,18 +61,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 static ffi::Error AttnVarlenFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
                                     ffi::AnyBuffer v, ffi::Buffer<ffi::S32> cu_seqlens_q,
                                     ffi::Buffer<ffi::S32> cu_seqlens_k, ffi::Buffer<ffi::S32> seqused_q,
-                                    ffi::Buffer<ffi::S32> seqused_k, ffi::Result<ffi::AnyBuffer> out,
-                                    ffi::Result<ffi::Buffer<ffi::F32>> lse, ffi::Dictionary attrs) {
+                                    ffi::Buffer<ffi::S32> seqused_k, ffi::AnyBuffer sinks,
+                                    ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                                    ffi::Dictionary attrs) {
   AttnAttributes attributes;
   int32_t max_seqlen_q = 0, max_seqlen_k = 0;
+  bool has_sinks = false;
   if (auto e = decode_attributes(attrs, &attributes, OwnAttr<int32_t>{"max_seqlen_q", &max_seqlen_q},
-                                 OwnAttr<int32_t>{"max_seqlen_k", &max_seqlen_k})) {
+                                 OwnAttr<int32_t>{"max_seqlen_k", &max_seqlen_k},
+                                 OwnAttr<bool>{"has_sinks", &has_sinks})) {
     return *std::move(e);
   }
   AttnFwdParams params{};
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/true, &params, &dtype)) return *std::move(e);
   if (auto e = fill_packed(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, &params)) return *std::move(e);
+  if (auto e = fill_sinks(sinks, has_sinks, &params)) return *std::move(e);
   return run_fwd(stream, params, dtype, true, *out, *lse, attributes);
 }
 
@@ -83,9 +91,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::S32>>()    // cu_seqlens_k (N + 1,)
         .Arg<ffi::Buffer<ffi::S32>>()    // seqused_q (N,)
         .Arg<ffi::Buffer<ffi::S32>>()    // seqused_k (N,)
+        .Arg<ffi::AnyBuffer>()           // sinks: float32 (Hq, Tq) with has_sinks, else empty
         .Ret<ffi::AnyBuffer>()           // out (Tq, Hq, Dv)
         .Ret<ffi::Buffer<ffi::F32>>()    // lse (Hq, Tq)
-        .Attrs(),                        // AttnAttributes, max_seqlen_q, max_seqlen_k (int32)
+        .Attrs(),                        // AttnAttributes, max_seqlen_q, max_seqlen_k (int32), has_sinks (bool)
     {ffi::Traits::kCmdBufferCompatible});
 
 }  // namespace jax_flash::ffi_glue

@@ -118,6 +118,35 @@ std::optional<ffi::Error> fill_packed(const ffi::Buffer<ffi::S32>& cu_seqlens_q,
   return std::nullopt;
 }
 
+std::optional<ffi::Error> fill_sinks(const ffi::AnyBuffer& sinks, bool has_sinks, AttnFwdParams* params) {
+  auto dims = sinks.dimensions();
+  if (!has_sinks) {
+    if (sinks.element_count() != 0) {
+      return ffi::Error::InvalidArgument("jax_flash: sinks must be empty when has_sinks is false");
+    }
+    return std::nullopt;
+  }
+  const int64_t rows = params->seqlen_q;
+  const int64_t heads = params->heads_q;
+  const int64_t layout_batch = params->layout_batch();
+  int64_t lead = 1;
+  for (size_t i = 0; i + 2 < dims.size(); ++i) lead *= dims[i];
+  const bool shaped = params->packed() ? dims.size() == 2 : dims.size() >= 2;
+  if (!shaped || dims[dims.size() - 2] != heads || dims[dims.size() - 1] != rows || lead != layout_batch) {
+    return ffi::Error::InvalidArgument(
+        std::string("jax_flash: sinks must be shaped like lse, ") +
+        (params->packed() ? "(heads_q " + std::to_string(heads) + ", total_q " + std::to_string(rows) + ")"
+                          : "(batch " + std::to_string(layout_batch) + ", heads_q " + std::to_string(heads) +
+                                ", seqlen_q " + std::to_string(rows) + ")") +
+        ", each head's sink logit on every row");
+  }
+  if (sinks.element_type() != ffi::DataType::F32) {
+    return ffi::Error::InvalidArgument("jax_flash: sinks must be float32");
+  }
+  params->sinks = static_cast<const float*>(sinks.untyped_data());
+  return std::nullopt;
+}
+
 std::optional<ffi::Error> expect_bshd(const ffi::AnyBuffer& buffer, const char* name, bool packed,
                                       const Bshd& expected) {
   Bshd got;

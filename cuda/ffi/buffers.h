@@ -45,6 +45,12 @@ std::optional<ffi::Error> fill_packed(const ffi::Buffer<ffi::S32>& cu_seqlens_q,
                                       const ffi::Buffer<ffi::S32>& seqused_q,
                                       const ffi::Buffer<ffi::S32>& seqused_k, AttnFwdParams* params);
 
+// The forward's attention sinks: with has_sinks, a float32 buffer shaped like the lse that goes with params
+// ((..., Hq, Sq) dense, (Hq, Tq) packed) holding each head's sink logit on every row (jax_flash/ops/_sinks.py),
+// which sets params->sinks; without, an empty buffer and params->sinks stays null. After fill_qkv (and
+// fill_packed).
+std::optional<ffi::Error> fill_sinks(const ffi::AnyBuffer& sinks, bool has_sinks, AttnFwdParams* params);
+
 // Checks that `buffer` has exactly `expected`'s layout and returns it (for out, dout, dq, dk, dv).
 std::optional<ffi::Error> expect_bshd(const ffi::AnyBuffer& buffer, const char* name, bool packed,
                                       const Bshd& expected);

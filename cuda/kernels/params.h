@@ -47,6 +47,12 @@ struct AttnFwdParams {
   const int* __restrict__ seqused_q;
   const int* __restrict__ seqused_k;
 
+  // Attention sinks (forward): null for none, else float32 shaped and strided like lse, holding each head's
+  // sink logit on every row of a sequence (the FFI layer's operand is lse-shaped so that it shards and
+  // batches like lse; jax_flash/ops/_sinks.py). The kernels read the value at each sequence's first row.
+  // The paged forward ignores it (paged attention adds its sinks in JAX).
+  const float* __restrict__ sinks;
+
   __host__ __device__ bool packed() const { return cu_seqlens_q != nullptr; }
   // Leading dim of the (batch, heads, rows) scratch and of the row-wise kernels: 1 when packed.
   __host__ __device__ int layout_batch() const { return packed() ? 1 : batch; }

@@ -1,12 +1,14 @@
-"""Attention sinks around the kernels: the sink column added to a sink-free (out, lse), and its backward.
+"""Attention sinks on the kernels: the forward with the sink column, its backward, and the sink column added to
+a sink-free (out, lse).
 
-The kernels know nothing of sinks. A sink s_h is one more score of query head h with no value, so from the
-kernels' (out, lse) over the keys:
+A sink s_h is one more score of query head h with no value, so from a sink-free (out, lse) over the keys:
     lse' = logaddexp(lse, s_h),   out' = exp(lse - lse') out       (lse = -inf: lse' = s_h, out' = 0).
-The backward kernel, given (out', lse'), computes P = exp(s - lse') (normalised with the sink) and
-delta = rowsum(dout * out') - dlse, which is exactly the gradient of q, k, v with the sink; the sink's own
-gradient is d s_h = -sum over rows of exp(s_h - lse') * delta. This costs one elementwise pass over out
-forward (and one reduction backward); it is not fused in the kernels' epilogues.
+The dense and packed forward kernels fuse this into their final normalisation (the sinks reach them as an
+lse-shaped operand, sink_rows); segment-id attention, paged attention and the ring's merged blocks add it here
+(add_sinks), one elementwise pass over out. The backward kernel, given (out', lse'), computes P = exp(s - lse')
+(normalised with the sink) and delta = rowsum(dout * out') - dlse, which is exactly the gradient of q, k, v with
+the sink; the sink's own gradient is d s_h = -sum over rows of exp(s_h - lse') * delta (sinks_grad, one
+reduction).
 
 lse is (..., Hq, S) and out (..., S, Hq, Dv): (B, Hq, Sq) / (B, Sq, Hq, Dv) dense, (Hq, T) / (T, Hq, Dv) packed.
 """
@@ -38,6 +40,15 @@ def _heads_rows(lse_like):
     return jnp.swapaxes(lse_like, -1, -2)[..., None]
 
 
+def sink_rows(sinks, lse_shape):
+    """The kernels' sinks operand: float32 shaped like lse (..., Hq, S), head h's sink logit on each of its rows.
+
+    lse-shaped rather than (Hq,) so that it is split, folded and concatenated exactly like lse by the kernels'
+    sharding and vmap rules (ops/_partition.py), batched sinks under vmap included; the kernels read one value
+    per (sequence, head)."""
+    return jnp.broadcast_to(sinks.astype(jnp.float32)[:, None], lse_shape)
+
+
 def add_sinks(out, lse, sinks):
     """(out', lse') with the sink column, from the sink-free (out, lse); out' in out's dtype, lse' in lse's
     (at least float32)."""
@@ -63,20 +74,28 @@ def sinks_grad(out, lse, dout, dlse, sinks):
 
 
 class Kernels(NamedTuple):
-    """A sink-free attention op: fwd(*operands) -> (out, lse); bwd(operands, out, lse, dout, dlse) -> the
-    operands' cotangents (a tuple like operands, None for integer operands)."""
+    """An attention op on the kernels. fused: fwd(sinks, *operands) -> (out', lse'), the sinks (Hq,) in the
+    kernels' softmax; else fwd(*operands) -> the sink-free (out, lse), and add_sinks adds them. bwd(operands,
+    out', lse', dout, dlse) -> the operands' cotangents (a tuple like operands, None for integer operands)."""
     fwd: Callable
     bwd: Callable
+    fused: bool = False
+
+
+def _forward(kernels: Kernels, sinks, operands):
+    if kernels.fused:
+        return kernels.fwd(sinks, *operands)
+    return add_sinks(*kernels.fwd(*operands), sinks)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def attention_with_sinks(kernels: Kernels, sinks, operands):
-    """(out', lse') of kernels.fwd(*operands) with the sinks, differentiable in sinks and the operands."""
-    return add_sinks(*kernels.fwd(*operands), sinks)
+    """(out', lse') of the kernels with the sinks, differentiable in sinks and the operands."""
+    return _forward(kernels, sinks, operands)
 
 
 def _attention_with_sinks_fwd(kernels, sinks, operands):
-    out, lse = add_sinks(*kernels.fwd(*operands), sinks)
+    out, lse = _forward(kernels, sinks, operands)
     return (out, lse), (sinks, operands, out, lse)
 
 

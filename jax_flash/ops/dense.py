@@ -43,8 +43,8 @@ def flash_attention(q, k, v, *, causal=False, window=None, softcap=None, scale=N
         are treated as padding (output 0).
       sinks: None or (Hq,) float: attention sinks (gpt-oss), one logit per query head, an extra score
         column that is not scaled or capped, in the softmax normaliser with no value; lse includes it.
-        Differentiable (d sinks summed over batch and rows, in sinks' dtype). Applied around the kernels
-        (ops/_sinks.py).
+        Differentiable (d sinks summed over batch and rows, in sinks' dtype). The forward kernels add the
+        sink column in their final normalisation (ops/_sinks.py).
       _variant: private, for tests: pins the CUDA kernel variant ("auto", "sm80", "sm90", "sm90_ws";
         default: the JAX_FLASH_KERNEL_VARIANT environment variable, read at trace time). See
         _config.check_variant.
@@ -78,12 +78,18 @@ def _fwd_call(q, k, v, config: AttentionConfig):
     return tuple(_ffi.attn_fwd(q, k, v, config))
 
 
+def _fwd_sinks_call(q, k, v, sinks, config: AttentionConfig):
+    return tuple(_ffi.attn_fwd(q, k, v, config, sinks=sinks))
+
+
 def _bwd_call(q, k, v, out, lse, dout, dlse, static):
     config, deterministic = static
     return tuple(_ffi.attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic))
 
 
 _fwd_sharded = fold_vmap(batch_head_partitioned(_fwd_call, ("q", "k", "v"), ("out", "lse")))
+# The sinks operand is lse-shaped (_sinks.sink_rows): it shards and folds like lse.
+_fwd_sinks_sharded = fold_vmap(batch_head_partitioned(_fwd_sinks_call, ("q", "k", "v", "lse"), ("out", "lse")))
 _bwd_sharded = fold_vmap(batch_head_partitioned(
     _bwd_call, ("q", "k", "v", "out", "lse", "out", "lse"), ("q", "k", "v")))
 
@@ -108,11 +114,12 @@ _cuda_attention.defvjp(_cuda_attention_fwd, _cuda_attention_bwd)
 
 
 def _sink_kernels(config, deterministic):
-    """The kernels for _sinks.attention_with_sinks: forward without the sinks, backward from out' and lse'."""
-    def fwd(q, k, v):
-        return _fwd_sharded(q, k, v, config)
+    """The kernels for _sinks.attention_with_sinks: forward with the sinks, backward from out' and lse'."""
+    def fwd(sinks, q, k, v):
+        batch, sq, hq, _ = q.shape
+        return _fwd_sinks_sharded(q, k, v, _sinks.sink_rows(sinks, (batch, hq, sq)), config)
 
     def bwd(operands, out, lse, dout, dlse):
         return _bwd_sharded(*operands, out, lse, dout.astype(out.dtype), dlse, (config, deterministic))
 
-    return _sinks.Kernels(fwd, bwd)
+    return _sinks.Kernels(fwd, bwd, fused=True)

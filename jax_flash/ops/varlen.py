@@ -94,6 +94,11 @@ def _fwd_call(q, k, v, cu_q, cu_k, used_q, used_k, static):
     return tuple(_ffi.attn_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k))
 
 
+def _fwd_sinks_call(q, k, v, cu_q, cu_k, used_q, used_k, sinks, static):
+    config, max_q, max_k = static
+    return tuple(_ffi.attn_varlen_fwd(q, k, v, cu_q, cu_k, used_q, used_k, config, max_q, max_k, sinks=sinks))
+
+
 def _bwd_call(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k, static):
     config, max_q, max_k, deterministic = static
     return tuple(_ffi.attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k, config,
@@ -102,6 +107,9 @@ def _bwd_call(q, k, v, out, lse, dout, dlse, cu_q, cu_k, used_q, used_k, static)
 
 # Per device under sharded jit (heads split, tokens and offsets whole), one call over all elements under vmap.
 _fwd = concat_vmap(batch_head_partitioned(_fwd_call, _ARGS, _FWD_OUTS), _ARGS, _FWD_OUTS)
+# The sinks operand is lse-shaped (_sinks.sink_rows): it shards and concatenates like lse.
+_SINKS_ARGS = (*_ARGS, "packed_lse")
+_fwd_sinks = concat_vmap(batch_head_partitioned(_fwd_sinks_call, _SINKS_ARGS, _FWD_OUTS), _SINKS_ARGS, _FWD_OUTS)
 _bwd = concat_vmap(batch_head_partitioned(_bwd_call, _BWD_ARGS, _BWD_OUTS), _BWD_ARGS, _BWD_OUTS)
 
 
@@ -128,9 +136,14 @@ _cuda_varlen.defvjp(_cuda_varlen_fwd, _cuda_varlen_bwd)
 
 
 def _sink_kernels(static):
-    """The kernels for _sinks.attention_with_sinks: forward without the sinks, backward from out' and lse'."""
-    def fwd(*operands):
-        return _fwd(*operands, static[:3])
+    """The kernels for _sinks.attention_with_sinks: forward with the sinks, backward from out' and lse'."""
+    def fwd(sinks, *operands):
+        q = operands[0]
+        rows = _sinks.sink_rows(sinks, (q.shape[1], q.shape[0]))
+        out, lse = _fwd_sinks(*operands, rows, static[:3])
+        # Rows outside every sequence see no key: their lse is the sink, as the reference has it (d sinks then
+        # counts their dlse). The kernels' padding fill leaves them -inf; rows inside already hold the sink.
+        return out, jnp.where(lse == -jnp.inf, rows, lse)
 
     def bwd(operands, out, lse, dout, dlse):
         q, k, v, cu_q, cu_k, used_q, used_k = operands
@@ -138,4 +151,4 @@ def _sink_kernels(static):
                      used_k, static)
         return (*grads, None, None, None, None)  # the index arrays are integers: no cotangent
 
-    return _sinks.Kernels(fwd, bwd)
+    return _sinks.Kernels(fwd, bwd, fused=True)

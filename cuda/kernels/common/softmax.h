@@ -133,6 +133,43 @@ struct OnlineSoftmax {
       for (int c = 0; c < cute::size<1>(acc_o); ++c) acc_o(r, c) *= inv;
     }
   }
+
+  // finalize with one more score per row, the raw logit `sink` (an attention sink: in the normaliser, no
+  // value). With M = max * natural_scale (-inf for a row that saw no key) and m = max(M, sink):
+  //   sum' = sum * exp(M - m) + exp(sink - m),   lse = m + log(sum'),   acc_o *= exp(M - m) / sum',
+  // finite for any sink far above or below the scores. A row that saw no key gets out 0 and lse = sink;
+  // sink = -inf is no sink, +inf takes all the weight (out 0, lse +inf).
+  template <class OutTensor>
+  __device__ __forceinline__ void finalize_with_sink(OutTensor& acc_o, float natural_scale, float sink,
+                                                     float (&lse)[kRows]) {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const float sum = quad_allreduce(row_sum[r], [](float a, float b) { return a + b; });
+      const bool seen = sum > 0.f;  // false for NaN too, as in finalize
+      const float row_m = seen ? row_max[r] * natural_scale : -INFINITY;
+      const float m = fmaxf(row_m, sink);
+      const bool empty = m == -INFINITY;  // no key and no sink
+      const float keep = fast_exp2((row_m - m) * kLog2e);  // 0 for a row that saw no key
+      const float sink_p = sink == m ? 1.f : fast_exp2((sink - m) * kLog2e);  // no inf - inf
+      const float total = (seen ? sum * keep : 0.f) + sink_p;
+      const float inv = empty ? 0.f : keep / total;
+      lse[r] = empty ? -INFINITY : m + logf(total);
+      CUTE_UNROLL
+      for (int c = 0; c < cute::size<1>(acc_o); ++c) acc_o(r, c) *= inv;
+    }
+  }
+
+  // finalize, or finalize_with_sink when `sink` (the sink logit of every row of the tile) is not null. The
+  // branch is uniform, and without a sink the code and its results are finalize's.
+  template <class OutTensor>
+  __device__ __forceinline__ void finalize(OutTensor& acc_o, float natural_scale, const float* sink,
+                                           float (&lse)[kRows]) {
+    if (sink != nullptr) {
+      finalize_with_sink(acc_o, natural_scale, *sink, lse);
+    } else {
+      finalize(acc_o, natural_scale, lse);
+    }
+  }
 };
 
 }  // namespace jax_flash

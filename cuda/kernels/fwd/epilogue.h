@@ -1,6 +1,7 @@
 // The forward's epilogue, one for the dense and the paged kernels: normalize the output accumulator by the
-// online softmax's row sums, then either write O (converted to the element type, staged through shared memory
-// for 16-byte stores) and the LSE, or write the fp32 split partials of the paged split-KV.
+// online softmax's row sums (and the attention sink's column, dense and packed forwards with sinks), then
+// either write O (converted to the element type, staged through shared memory for 16-byte stores) and the LSE,
+// or write the fp32 split partials of the paged split-KV.
 //
 // Where rows go is the kernel's: an OutRows policy maps a tile row to its destination (dense_out_rows.h:
 // consecutive queries; paged_rows.h: (query, head) pairs of a kv group):
@@ -15,9 +16,18 @@
 
 #include "kernels/common/fragment.h"
 #include "kernels/common/softmax.h"
+#include "kernels/fwd/block_work.h"
 #include "kernels/params.h"
 
 namespace jax_flash {
+
+// The sink logit of a dense / packed forward tile's (sequence, head), or null without sinks: params.sinks is
+// lse-shaped with the head's sink on every row, read at the sequence's first row (inside the tensor: a tile
+// exists only for a sequence with rows).
+__device__ __forceinline__ const float* fwd_sink(const AttnFwdParams& p, const FwdBlockWork& w) {
+  if (p.sinks == nullptr) return nullptr;
+  return p.sinks + w.seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, w.bidb, w.bidh);
+}
 
 template <class Cfg>
 struct FwdEpilogue {
@@ -31,6 +41,15 @@ struct FwdEpilogue {
                                                    float (&lse)[kRows]) {
     auto acc_o_rc = rowcol_view(acc_o);
     softmax.finalize(acc_o_rc, natural_scale, lse);
+  }
+
+  // normalize with each row's attention sink when `sink` (the tile's sink logit, fwd_sink) is not null: a row
+  // that saw no key then gets lse = sink. The dense and packed forwards; the paged one has no sinks.
+  template <int kRows, class AccO>
+  __device__ __forceinline__ static void normalize(OnlineSoftmax<kRows>& softmax, AccO& acc_o, float natural_scale,
+                                                   const float* sink, float (&lse)[kRows]) {
+    auto acc_o_rc = rowcol_view(acc_o);
+    softmax.finalize(acc_o_rc, natural_scale, sink, lse);
   }
 
   // O and LSE of the tile's rows. acc_o: the normalized accumulator of Cfg::TiledMma; smem_o: the O tile, which

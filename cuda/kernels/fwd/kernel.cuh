@@ -1,7 +1,8 @@
 // Dense attention forward: one CTA per (query block, head, sequence) tile computes O = softmax(s(Q K^T)) V and
-// the row LSE. The kernel is the composition scheduler (sched/single_tile_scheduler.h) x mainloop
-// (mainloop.h: cp.async pipeline, products on mma.sync for every GPU or wgmma on sm_90a, chosen by the tile
-// config's MmaKind) x epilogue (epilogue.h, shared with the paged forward).
+// the row LSE, the head's attention sink in the softmax when params.sinks is set. The kernel is the composition
+// scheduler (sched/single_tile_scheduler.h) x mainloop (mainloop.h: cp.async pipeline, products on mma.sync for
+// every GPU or wgmma on sm_90a, chosen by the tile config's MmaKind) x epilogue (epilogue.h, shared with the
+// paged forward).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -40,7 +41,7 @@ __device__ __forceinline__ void attn_fwd_tile(const AttnFwdParams& params) {
 
   using Epilogue = FwdEpilogue<Cfg>;
   float lse[kRows];
-  Epilogue::normalize(softmax, acc_o, score_scale.natural, lse);
+  Epilogue::normalize(softmax, acc_o, score_scale.natural, fwd_sink(params, work), lse);
   Epilogue::store(acc_o, lse, DenseOutRows<Cfg>::make(params, work), storage.o.data(), tidx);
 }
 

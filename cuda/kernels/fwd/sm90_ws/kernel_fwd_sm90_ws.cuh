@@ -6,8 +6,8 @@
 //                                          pingpong and intra-warpgroup overlap (mainloop_tma_ws.h, mma),
 //                                          then the epilogue (epilogue_ws.h).
 // One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first.
-// Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, LSE for every
-// row (-inf and O = 0 for a row that sees no key).
+// Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, attention sinks,
+// LSE for every row (-inf, or the sink, and O = 0 for a row that sees no key).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -18,6 +18,7 @@
 #include "kernels/common/fragment.h"
 #include "kernels/common/softmax.h"
 #include "kernels/fwd/block_work.h"
+#include "kernels/fwd/epilogue.h"  // fwd_sink
 #include "kernels/fwd/sm90_ws/epilogue_ws.h"
 #include "kernels/fwd/sm90_ws/mainloop_tma_ws.h"
 #include "kernels/fwd/sm90_ws/shared_storage.h"
@@ -85,7 +86,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_cta(const Sm90WsKernelParams<Cf
     }
     Tensor acc_o_rc = rowcol_view(acc_o);
     float lse[kRows];
-    softmax.finalize(acc_o_rc, score_scale.natural, lse);
+    softmax.finalize(acc_o_rc, score_scale.natural, fwd_sink(p, w), lse);
     Sm90WsEpilogue<Cfg>::store(p, st, w, tidx, acc_o, lse);
   }
 }
