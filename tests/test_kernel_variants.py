@@ -234,8 +234,11 @@ def test_hopper_default_forward_is_warp_specialized(head_dims):
         assert (tuple(choice["tile"]), choice["block_m"]) == (head_dims, 128), choice
 
 
+# Head dims where the warp-specialized forward and the sm80 one step through the keys in tiles of different
+# widths (192 vs 128 keys at D64, 128 vs 64 at D128), so their sums round differently. At D256 both take 64-key
+# tiles and gave the same bits on an H100 (2026-12-06): no evidence there of which kernel ran.
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128])
 def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
     module = _extension()
     if not _hopper() or not module.supported("bfloat16", head_dim, head_dim):
