@@ -1,7 +1,7 @@
-// The forward's epilogue, one for the dense and the paged kernels: normalize the output accumulator by the
-// online softmax's row sums (and the attention sink's column, dense and packed forwards with sinks), then
-// either write O (converted to the element type, staged through shared memory for 16-byte stores) and the LSE,
-// or write the fp32 split partials of the paged split-KV.
+// The forward's epilogue, one for the dense, paged and warp-specialized kernels: normalize the output accumulator by
+// the online softmax's row sums (and the attention sink's column, dense and packed forwards with sinks), then either
+// write O (converted to the element type, staged through shared memory for 16-byte stores) and the LSE, or write the
+// fp32 split partials of the paged split-KV.
 //
 // Where rows go is the kernel's: an OutRows policy maps a tile row to its destination (dense_out_rows.h:
 // consecutive queries; paged_rows.h: (query, head) pairs of a kv group):
@@ -52,31 +52,39 @@ struct FwdEpilogue {
     softmax.finalize(acc_o_rc, natural_scale, sink, lse);
   }
 
-  // O and LSE of the tile's rows. acc_o: the normalized accumulator of Cfg::TiledMma; smem_o: the O tile, which
-  // aliases Q.
+  // O and LSE of the tile's rows, for the kernels whose CTA writes its tile as a whole (the dense / packed and
+  // paged forwards). acc_o: the normalized accumulator of Cfg::TiledMma; smem_o: the O tile, which aliases Q.
   template <int kRows, class AccO, class OutRows>
   __device__ __forceinline__ static void store(AccO const& acc_o, const float (&lse)[kRows], OutRows const& rows,
                                                Element* smem_o, int tidx) {
-    using namespace cute;
-    Tensor sO = make_tensor(make_smem_ptr(smem_o), typename Cfg::SmemLayoutO{});
     // sO aliases sQ: wait for every warp's last read of Q (and, with no key tile at all, for Q's own load).
     cute::cp_async_wait<0>();
     __syncthreads();
+    stage_and_store(typename Cfg::TiledMma{}, acc_o, lse, rows, smem_o, tidx, [] { __syncthreads(); });
+  }
 
-    typename Cfg::TiledMma tiled_mma;
+  // The store itself, for any forward: O converted to the element type and staged in smem_o (Cfg::SmemLayoutO)
+  // so that its global stores are 16-byte rows (Cfg::GmemCopyO), the LSE of each row from the thread holding
+  // its column 0. acc_o is the C partition of `mma` for thread tidx; staged() is the barrier of the threads
+  // taking part, between writing sO and reading it back. The caller has made smem_o free to write.
+  template <class TiledMma, int kRows, class AccO, class OutRows, class Barrier>
+  __device__ __forceinline__ static void stage_and_store(TiledMma const& mma, AccO const& acc_o,
+                                                         const float (&lse)[kRows], OutRows const& rows,
+                                                         Element* smem_o, int tidx, Barrier const& staged) {
+    using namespace cute;
+    Tensor sO = make_tensor(make_smem_ptr(smem_o), typename Cfg::SmemLayoutO{});
     Tensor o = convert_fragment<Element>(acc_o);
-    auto smem_copy_o = make_tiled_copy_C(typename Cfg::SmemCopyAtomO{}, tiled_mma);
+    auto smem_copy_o = make_tiled_copy_C(typename Cfg::SmemCopyAtomO{}, mma);
     auto smem_thr_o = smem_copy_o.get_thread_slice(tidx);
     copy(smem_copy_o, smem_thr_o.retile_S(o), smem_thr_o.partition_D(sO));
 
-    // One thread per row (the one holding column 0) writes the row's LSE.
-    Tensor tOcO_rc = rowcol_view(tiled_mma.get_thread_slice(tidx).partition_C(make_identity_tensor(TileMDv{})));
+    Tensor tOcO_rc = rowcol_view(mma.get_thread_slice(tidx).partition_C(make_identity_tensor(TileMDv{})));
     if (get<1>(tOcO_rc(0, 0)) == 0) {
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) rows.store_lse(get<0>(tOcO_rc(r, 0)), lse[r]);
     }
 
-    __syncthreads();
+    staged();
     typename Cfg::GmemCopyO gmem_copy_o;
     auto gmem_thr_o = gmem_copy_o.get_thread_slice(tidx);
     Tensor tOsO = gmem_thr_o.partition_S(sO);

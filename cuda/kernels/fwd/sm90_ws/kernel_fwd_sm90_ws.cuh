@@ -4,7 +4,7 @@
 //                                          (mainloop_tma_ws.h, load);
 //   warpgroups 1, 2 (consumers, 240 registers): 64 query rows each, wgmma products, online softmax,
 //                                          pingpong and intra-warpgroup overlap (mainloop_tma_ws.h, mma),
-//                                          then the epilogue (epilogue_ws.h).
+//                                          then the forward's epilogue (fwd/epilogue.h).
 // One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first.
 // Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, attention sinks,
 // LSE for every row (-inf, or the sink, and O = 0 for a row that sees no key).
@@ -18,9 +18,10 @@
 #include "kernels/common/fragment.h"
 #include "kernels/common/softmax.h"
 #include "kernels/fwd/block_work.h"
-#include "kernels/fwd/epilogue.h"  // fwd_sink
-#include "kernels/fwd/sm90_ws/epilogue_ws.h"
+#include "kernels/fwd/dense_out_rows.h"
+#include "kernels/fwd/epilogue.h"
 #include "kernels/fwd/sm90_ws/mainloop_tma_ws.h"
+#include "kernels/fwd/sm90_ws/named_barriers.h"
 #include "kernels/fwd/sm90_ws/shared_storage.h"
 #include "kernels/params.h"
 #include "kernels/sched/single_tile_scheduler.h"
@@ -87,7 +88,15 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_cta(const Sm90WsKernelParams<Cf
     Tensor acc_o_rc = rowcol_view(acc_o);
     float lse[kRows];
     softmax.finalize(acc_o_rc, score_scale.natural, fwd_sink(p, w), lse);
-    Sm90WsEpilogue<Cfg>::store(p, st, w, tidx, acc_o, lse);
+    // O is staged over Q as soon as this warpgroup's own last QK^T is done, while the other may still be
+    // computing: SmemLayoutO has Q's 8-row atoms (tile_size.h), so each warpgroup's 64 rows of O cover only the
+    // bytes of its own 64 rows of Q. The consumer warpgroups (not the producer, which may have exited) then
+    // meet on a named barrier and store the tile together.
+    auto consumers_staged = [] {
+      cutlass::arch::NamedBarrier::sync(Cfg::kMmaThreads, int(Sm90WsBarrier::kOutputStaged));
+    };
+    FwdEpilogue<Cfg>::stage_and_store(mma_pv, acc_o, lse, DenseOutRows<Cfg>::make(p, w), st.q.data(), tidx,
+                                      consumers_staged);
   }
 }
 

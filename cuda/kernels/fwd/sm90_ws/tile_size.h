@@ -60,7 +60,7 @@ struct Sm90WsFwdConfig {
   using SmemLayoutK = typename Tiles::SmemLayoutK;
   using SmemLayoutV = typename Tiles::SmemLayoutV;
   using SmemLayoutVt = typename Tiles::SmemLayoutVt;
-  // The output staging tile (aliasing Q, see epilogue_ws.h): the same 8-row atoms as Q, so that each
+  // The output staging tile (aliasing Q, see kernel_fwd_sm90_ws.cuh): the same 8-row atoms as Q, so that each
   // warpgroup's 64 rows of O cover exactly the bytes of its own 64 rows of Q.
   using SmemLayoutO = SmemTile<Element, kBlockM, kHeadDimV>;
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
