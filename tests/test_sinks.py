@@ -389,6 +389,41 @@ def test_parallel_with_sinks(strategy, check_vma):
     _assert_all_close(ours, ref, NAMES)
 
 
+@pytest.mark.parametrize("strategy, layout, check_vma", [("ring", "zigzag", True), ("ring", "striped", False),
+                                                     ("ulysses", "contiguous", False)])
+def test_parallel_packed_with_sinks(strategy, layout, check_vma):
+    """Packed sequences (an empty one, padding rows between and after) split over 2 host devices."""
+    size = 2
+    devices = jax.devices("cpu")
+    if len(devices) < size:
+        pytest.skip(f"needs {size} CPU devices")
+    mesh = Mesh(np.array(devices[:size]), ("cp",))
+    cu = np.array([0, 13, 13, 19, 40], np.int32)
+    padded_cu, used = cp.padded_cu_seqlens(cu, 2 * size)
+    total = int(padded_cu[-1])
+    hq, hk = 4, 2
+    q, k, v, dout, dlse, sinks = _random(3, (total, hq, 8), (total, hk, 8), (total, hk, 16), (total, hq, 16),
+                                         (hq, total), (hq,))
+    attend = cp.ring_attention_varlen if strategy == "ring" else cp.ulysses_attention_varlen
+
+    def local(q, k, v, s):
+        return attend(q, k, v, padded_cu, axis_name="cp", seqused=used, causal=True, layout=layout,
+                      return_lse=True, sinks=s, implementation="xla")
+
+    to_layout = lambda x: cp.varlen_to_layout(x, padded_cu, size, layout)  # noqa: E731
+    from_layout = lambda x: cp.varlen_from_layout(x, padded_cu, size, layout)  # noqa: E731
+    spec = P("cp")
+    sharded = shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()), out_specs=(spec, P(None, "cp")),
+                        check_vma=check_vma)
+    moved = _vjp(sharded, (to_layout(q), to_layout(k), to_layout(v), sinks), (to_layout(dout), to_layout(dlse.T).T))
+    out, lse, dq, dk, dv, dsinks = moved
+    ours = (from_layout(out), from_layout(lse.T).T, from_layout(dq), from_layout(dk), from_layout(dv), dsinks)
+    ref = _vjp(lambda q, k, v, s: reference.attention_varlen(q, k, v, padded_cu, padded_cu, seqused_q=used,
+                                                             seqused_k=used, causal=True, return_lse=True, sinks=s),
+               (q, k, v, sinks), (dout, dlse))
+    _assert_all_close(ours, ref, NAMES)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The forward FFI calls as lowered (the extension stood in for, nothing runs): the sinks operand and has_sinks.
 

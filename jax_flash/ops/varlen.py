@@ -46,8 +46,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
     Returns:
       out (Tq, Hq, Dv) [, lse]. Padding rows, rows before cu_seqlens_q[0] or after cu_seqlens_q[-1] and
-      rows with no visible key get out 0, lse -inf (with sinks: sinks[h]) and zero gradients; so do key rows outside every
-      sequence (zero dk, dv).
+      rows with no visible key get out 0, lse -inf (with sinks: sinks[h]) and zero gradients; so do key rows
+      outside every sequence (zero dk, dv).
 
     Under vmap the CUDA path makes one kernel call over every element's sequences (tokens concatenated,
     offsets shifted), forward and backward. Under sharded jit with q, k, v split over heads (an even split
