@@ -1,0 +1,47 @@
+"""tests/conftest.py under a pinned kernel variant: a GPU case the pinned family cannot serve is skipped with
+the reason; the same error without a pin, in a CPU case, or any other error still fails."""
+
+import os
+
+import pytest
+
+from conftest import PINNED_VARIANT_CANNOT_RUN
+
+pytest_plugins = ["pytester"]
+
+CASES = f'''
+import pytest
+
+@pytest.mark.gpu
+def test_gpu_unservable():
+    raise ValueError("kernel variant 'sm90_ws' {PINNED_VARIANT_CANNOT_RUN}: no backward")
+
+def test_cpu_unservable():
+    raise ValueError("kernel variant 'sm90_ws' {PINNED_VARIANT_CANNOT_RUN}: no backward")
+
+@pytest.mark.gpu
+def test_gpu_other_error():
+    raise ValueError("something else")
+'''
+
+# The hook under test, taken from the suite's conftest (loaded under another name), without its GPU skip.
+CONFTEST = '''
+import importlib.util
+spec = importlib.util.spec_from_file_location("jax_flash_tests_conftest", {path!r})
+suite_conftest = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(suite_conftest)
+pytest_runtest_call = suite_conftest.pytest_runtest_call
+'''
+
+
+@pytest.mark.parametrize("pin, skipped", [("sm90_ws", 1), ("auto", 0), ("", 0)])
+def test_unservable_gpu_cases_skip_only_under_a_pin(pytester, monkeypatch, pin, skipped):
+    monkeypatch.setenv("JAX_FLASH_KERNEL_VARIANT", pin)
+    pytester.makeconftest(CONFTEST.format(path=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                            "conftest.py")))
+    pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
+    pytester.makepyfile(CASES)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=skipped, failed=3 - skipped)
+    if skipped:
+        result.stdout.fnmatch_lines(["*pinned variant cannot serve this case*"])
