@@ -1,0 +1,91 @@
+// Launcher of the warp-specialized Hopper dK/dV kernel (kernels/bwd/sm90_ws/) for one (Element, kHeadDim,
+// kHeadDimV) instantiation: checks, tensor maps, launch. It runs step 2 of the backward (bwd_launch.cuh):
+// the caller has written delta and zeroed the dq accumulator (workspace_layout.h), and converts the
+// accumulator into dq afterwards (kernels/bwd/preprocess.cuh).
+//
+// Not wired into kernel_table.h / kernel_choice.h yet: only the GPU check tool (cuda/tools/bwd_sm90_ws_check.cu)
+// includes it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "host/attention.h"
+#include "host/smem_opt_in.h"
+#include "kernels/bwd/sm90_ws/kernel_bwd_sm90_ws.cuh"
+#include "kernels/bwd/sm90_ws/shared_storage.h"
+#include "kernels/bwd/sm90_ws/tile_size.h"
+
+namespace jax_flash {
+
+// What the tensor maps (q, k, v, dout) and the 32-bit stores of dk / dv need: 16-byte aligned bases,
+// row / head / batch strides that are multiples of 8 elements.
+inline bool bwd_sm90_ws_operands_aligned(const AttnBwdParams& p) {
+  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  auto strides_ok = [](int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; };
+  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.dout) && ptr_ok(p.dk) && ptr_ok(p.dv) &&
+         strides_ok(p.q_batch_stride, p.q_row_stride, p.q_head_stride) &&
+         strides_ok(p.k_batch_stride, p.k_row_stride, p.k_head_stride) &&
+         strides_ok(p.v_batch_stride, p.v_row_stride, p.v_head_stride) &&
+         strides_ok(p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride) &&
+         strides_ok(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride) &&
+         strides_ok(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+}
+
+// delta: (layout_batch, Hq, Sq) f32; dq_accum: (layout_batch, Hq, Sq, head_dim) f32, zeroed (workspace_layout.h).
+template <class Cfg>
+Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                                    cudaStream_t stream) {
+#ifndef JAX_FLASH_HAS_SM90A
+  return Status{"attn_bwd_dkdv_sm90_ws: this build has no sm_90a code"};
+#else
+  const std::string name = "attn_bwd_dkdv_sm90_ws";
+  if (params.head_dim > Cfg::kHeadDim || params.head_dim_v > Cfg::kHeadDimV || params.head_dim % 8 != 0 ||
+      params.head_dim_v % 8 != 0 || params.head_dim <= 0 || params.head_dim_v <= 0) {
+    return Status{name + ": head dims (" + std::to_string(params.head_dim) + ", " +
+                  std::to_string(params.head_dim_v) + ") must be positive multiples of 8 within the tile (" +
+                  std::to_string(Cfg::kHeadDim) + ", " + std::to_string(Cfg::kHeadDimV) + ")"};
+  }
+  if (params.heads_k <= 0 || params.kv_group < 1 || params.heads_q != params.heads_k * params.kv_group) {
+    return Status{name + ": heads_q (" + std::to_string(params.heads_q) + ") must equal heads_k (" +
+                  std::to_string(params.heads_k) + ") * kv_group (" + std::to_string(params.kv_group) + ")"};
+  }
+  if (!bwd_sm90_ws_operands_aligned(params)) {
+    return Status{name + ": q/k/v/dout/dk/dv need 16-byte aligned base pointers and row/head/batch strides that "
+                  "are multiples of 8 elements"};
+  }
+  if (delta == nullptr || dq_accum == nullptr) return Status{name + ": delta and the dq accumulator are required"};
+  if (params.batch <= 0 || params.seqlen_k <= 0) return Status{};  // no key: no dK / dV row to write
+  if (params.heads_k > 65535 || params.layout_batch() > 65535) {
+    return Status{name + ": batch and heads must each be <= 65535"};
+  }
+  const dim3 grid = Sm90WsBwdScheduler<Cfg>::grid(params, params.heads_k);
+  const Sm90WsBwdKernelParams<Cfg> kernel_params{params,
+                                                 Sm90WsBwdMainloop<Cfg>::make_params(params, delta, dq_accum)};
+  auto kernel = params.softcap > 0.f ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true>
+                                     : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false>;
+  constexpr int kSmem = int(sizeof(Sm90WsBwdSharedStorage<Cfg>));
+  static_assert(kSmem <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
+  if (Status s = opt_in_dynamic_smem(kernel, kSmem, name); !s.ok()) return s;
+  kernel<<<grid, Cfg::kThreads, kSmem, stream>>>(kernel_params);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return Status{name + ": launch (head dims " + std::to_string(Cfg::kHeadDim) + "/" +
+                  std::to_string(Cfg::kHeadDimV) + ", grid " + std::to_string(grid.x) + "x" +
+                  std::to_string(grid.y) + "x" + std::to_string(grid.z) + "): " + cudaGetErrorString(err)};
+  }
+  return Status{};
+#endif
+}
+
+// The default tile of the head-dim pair (tile_size.h). The caller has checked that the device is a Hopper.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                                 cudaStream_t stream) {
+  return launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, delta, dq_accum,
+                                                                                             stream);
+}
+
+}  // namespace jax_flash

@@ -1,0 +1,109 @@
+// The warp-specialized Hopper dK/dV kernel (sm_90a), FlashAttention-3's design: scheduler x mainloop x epilogue.
+//
+//   warpgroup 0 (producer, 24 registers): warp 0's lane 0 issues the TMA loads of K, V (once) and Q, dO (per
+//                                         step), warp 1 writes the lse and delta rows (mainloop_tma_ws.h,
+//                                         load_tiles / load_rows); warps 2-3 idle;
+//   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, the five products per step, dQ added to the
+//                                         workspace accumulator with fp32 atomics (mainloop_tma_ws.h, mma),
+//                                         then the backward's epilogue writes dK (times scale) and dV
+//                                         (bwd/epilogue.h, store_dk_dv).
+// One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
+// kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
+// the CTA in a fixed order (dK / dV deterministic; dQ is not, it is summed with atomics).
+// Semantics are the other backward kernels': bottom-right aligned causal / window mask, softcap, packed
+// layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and a zeroed dq
+// accumulator, whose sums bwd_dq_convert_kernel turns into dq (kernels/bwd/preprocess.cuh).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "kernels/bwd/dkdv_work.h"
+#include "kernels/bwd/epilogue.h"
+#include "kernels/bwd/sm90_ws/mainloop_tma_ws.h"
+#include "kernels/bwd/sm90_ws/shared_storage.h"
+#include "kernels/params.h"
+#include "kernels/sched/single_tile_scheduler.h"
+
+namespace jax_flash {
+
+template <class Cfg>
+struct Sm90WsBwdKernelParams {
+  AttnBwdParams attn;
+  typename Sm90WsBwdMainloop<Cfg>::Params mainloop;
+};
+
+template <class Cfg>
+using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/false>;
+
+template <class Cfg, bool kSoftcap>
+__device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelParams<Cfg>& kp) {
+  using namespace cute;
+  using Mainloop = Sm90WsBwdMainloop<Cfg>;
+  using Storage = Sm90WsBwdSharedStorage<Cfg>;
+  using Pipeline = typename Storage::Pipeline;
+  const AttnBwdParams& p = kp.attn;
+
+  extern __shared__ __align__(1024) char smem[];
+  Storage& st = *reinterpret_cast<Storage*>(smem);
+
+  const WorkTile tile = Sm90WsBwdScheduler<Cfg>::get_tile(p);
+  if (!tile.valid()) return;
+  const typename Mainloop::Work w(p, tile);
+
+  const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);  // warp-uniform
+  const bool producer = warpgroup == 0;
+
+  if (threadIdx.x == 0) st.barrier_kv.init(/*arrive_count=*/1);
+  auto pipeline_params = [&](int bytes) {
+    typename Pipeline::Params pp;
+    pp.transaction_bytes = bytes;
+    pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+    pp.is_leader = threadIdx.x == 0;
+    pp.num_consumers = Cfg::kMmaWarpgroups;  // one release per consumer warpgroup (mainloop_tma_ws.h)
+    pp.num_producers = 2;                    // the TMA bytes' arrival and the lse / delta rows' arrival
+    return pp;
+  };
+  // The constructors initialize the barriers (warp 0) and fence the initialization.
+  Pipeline pipe_q(st.pipeline_q, pipeline_params(Cfg::kBytesQ), Shape<_1, _1, _1>{});
+  Pipeline pipe_do(st.pipeline_do, pipeline_params(Cfg::kBytesDo), Shape<_1, _1, _1>{});
+  __syncthreads();
+
+  if (producer) {
+    cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
+    if (w.steps > 0) {
+      if (threadIdx.x == 0) {
+        Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
+      } else if (threadIdx.x / 32 == 1) {
+        Mainloop::load_rows(kp.mainloop, p, st, w, int(threadIdx.x) % 32);
+      }
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Cfg::kMmaRegs>();
+    const int tidx = int(threadIdx.x) - 128;
+    typename Cfg::TiledMmaDk mma_dk;
+    typename Cfg::TiledMmaDv mma_dv;
+    Tensor acc_dk = partition_fragment_C(mma_dk, Shape<Int<Cfg::kBlockN>, Int<Cfg::kHeadDim>>{});
+    Tensor acc_dv = partition_fragment_C(mma_dv, Shape<Int<Cfg::kBlockN>, Int<Cfg::kHeadDimV>>{});
+    clear(acc_dk);
+    clear(acc_dv);
+    if (w.steps > 0) {
+      Mainloop::template mma<kSoftcap>(kp.mainloop, p, st, pipe_q, pipe_do, w, tidx, acc_dk, acc_dv);
+    }
+    // dK and dV share one partition (tile_size.h: Dv = D), straight from registers.
+    store_dk_dv<Cfg>(p, w.seq, w.bidb, w.bidhk, w.n0, mma_dk.get_thread_slice(tidx), acc_dk, acc_dv);
+  }
+}
+
+// kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop.
+template <class Cfg, bool kSoftcap>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    attn_bwd_dkdv_sm90_ws_kernel(const __grid_constant__ Sm90WsBwdKernelParams<Cfg> kp) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  attn_bwd_dkdv_sm90_ws_cta<Cfg, kSoftcap>(kp);
+#endif
+}
+
+}  // namespace jax_flash

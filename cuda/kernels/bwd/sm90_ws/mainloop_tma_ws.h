@@ -1,0 +1,372 @@
+// Mainloop of the warp-specialized Hopper dK/dV kernel: the producer warps' loads and the consumers' products,
+// meeting in two mbarrier pipelines (Q + lse rows, dO + delta rows, kStages each) and one barrier for K / V.
+//
+// Producer (warpgroup 0): lane 0 of warp 0 issues the TMA loads, K and V once, then Q and dO of every step
+// (query head, query block: dkdv_work.h); warp 1 writes the step's lse and delta rows into the stages with
+// ordinary stores. A stage's full barrier therefore counts two producer arrivals: the TMA thread's
+// arrive-and-expect-tx (producer_acquire), and warp 1's lane 0 plain arrive after the warp's row stores
+// (__syncwarp orders the other lanes' stores before it; mbarrier arrive releases, the consumers' wait
+// acquires). Both producer warps wait for a stage's release before they write it; a stage is released once
+// both consumer warpgroups are done with it (one arrival per warpgroup).
+//
+// Consumers (warpgroup w owns keys [64 w, 64 w + 64) of the block), per step:
+//   wait Q, dO | S^T = K Q^T, dP^T = V dO^T (one batch) | P, dS (transposed_math.h)
+//   dV += P^T dO (P from registers)  | dS^T -> shared memory, fence.proxy.async, named barrier (kDsStored)
+//   dQ = dS K, dK += dS^T Q          | wait dV, dQ: release dO, dQ -> fp32 atomics | wait dK: release Q
+// dS^T is double-buffered (by step parity), so one barrier per step suffices: a warpgroup writes buffer b at
+// step t + 1 only after passing step t's barrier, which the other warpgroup reached after its dQ of step
+// t - 1 (the last reader of b) had completed.
+//
+// Rows past the sequence and columns past the real head dims arrive as zeros in dense layouts (the tensor maps
+// are the real shapes; TMA fills out-of-range boxes with zeros). Packed layouts: a tile reaching past its
+// sequence reads the next sequence's rows (or padding, which may hold anything, NaN included), and a masked
+// product 0 * NaN is NaN, so the consumers zero those rows of K, V (once) and of Q, dO (the step that needs
+// it) before any product reads them.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/detail/helper_macros.hpp>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/bwd/dkdv_work.h"
+#include "kernels/bwd/epilogue.h"
+#include "kernels/bwd/sm90_ws/named_barriers.h"
+#include "kernels/bwd/sm90_ws/shared_storage.h"
+#include "kernels/bwd/sm90_ws/transposed_math.h"
+#include "kernels/common/fragment.h"
+#include "kernels/common/mma_sm90.h"
+#include "kernels/common/softmax.h"
+#include "kernels/params.h"
+
+namespace jax_flash {
+
+// Rows [row_begin, kRows) of a (kRows, kCols) shared tile (any layout) set to zero by `threads` threads.
+template <int kCols, class Tile>
+__device__ __forceinline__ void zero_tile_rows(Tile&& tile, int row_begin, int rows, int tidx, int threads) {
+  using Element = typename std::decay_t<Tile>::value_type;
+  const int n = (rows - row_begin) * kCols;
+  for (int i = tidx; i < n; i += threads) tile(row_begin + i / kCols, i % kCols) = Element(0.f);
+}
+
+template <class Cfg>
+struct Sm90WsBwdMainloop {
+  using Element = typename Cfg::Element;
+  static constexpr int kBlockM = Cfg::kBlockM;
+  static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kHeadDimV = Cfg::kHeadDimV;
+  using Storage = Sm90WsBwdSharedStorage<Cfg>;
+  using Pipeline = typename Storage::Pipeline;
+  using PipelineState = typename Pipeline::PipelineState;
+  using Work = DkdvWork<kBlockM, kBlockN>;
+
+  // Global tensors as the tensor maps see them: (rows, head dim, heads, batch), the head dim contiguous.
+  using Shape4 = cute::Shape<int, int, int, int>;
+  using Stride4 = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
+  using GmemTensor = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<const Element*>(nullptr)),
+                                                Shape4{}, Stride4{}));
+  using TileQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>;
+  using TileDo = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>>;
+  using TileK = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>;
+  using TileV = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDimV>>;
+  template <class SmemLayout, class Tile>
+  using Tma = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{}, cute::take<0, 2>(SmemLayout{}),
+                                           Tile{}, cute::_1{}));
+  using TmaQ = Tma<typename Cfg::SmemLayoutQ, TileQ>;
+  using TmaDo = Tma<typename Cfg::SmemLayoutDo, TileDo>;
+  using TmaK = Tma<typename Cfg::SmemLayoutK, TileK>;
+  using TmaV = Tma<typename Cfg::SmemLayoutV, TileV>;
+
+  // The tensor maps (they hold the tensors' addresses, so they are encoded on the host at each launch) and
+  // the backward's workspace: delta (read) and the dq accumulator (added to), workspace_layout.h.
+  struct Params {
+    TmaQ tma_q;
+    TmaDo tma_do;
+    TmaK tma_k;
+    TmaV tma_v;
+    const float* delta;
+    float* dq_accum;
+  };
+
+  // The pipelines' state at step `step`: both pipelines (same stages) move once per step, so the state is a
+  // function of the step alone and no state is carried through the loops (registers, the producer's most).
+  // The producer starts on the opposite phase, as cutlass::make_producer_start_state.
+  __device__ static PipelineState pipeline_state(int step, bool producer) {
+    const uint32_t phase = uint32_t(step / Cfg::kStages) & 1u;
+    return PipelineState(step % Cfg::kStages, producer ? phase ^ 1u : phase, uint32_t(step));
+  }
+
+  __host__ __device__ static Shape4 shape_q(const AttnBwdParams& p) {
+    return cute::make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.layout_batch());
+  }
+  __host__ __device__ static Shape4 shape_do(const AttnBwdParams& p) {
+    return cute::make_shape(p.seqlen_q, p.head_dim_v, p.heads_q, p.layout_batch());
+  }
+  __host__ __device__ static Shape4 shape_k(const AttnBwdParams& p) {
+    return cute::make_shape(p.seqlen_k, p.head_dim, p.heads_k, p.layout_batch());
+  }
+  __host__ __device__ static Shape4 shape_v(const AttnBwdParams& p) {
+    return cute::make_shape(p.seqlen_k, p.head_dim_v, p.heads_k, p.layout_batch());
+  }
+
+  // Host: encode the maps. The caller checked what a map needs (16-byte aligned bases and strides) and that
+  // there are keys (seqlen_k > 0).
+  static Params make_params(const AttnBwdParams& p, const float* delta, float* dq_accum) {
+    using namespace cute;
+    // A packed layout is one batch: its batch stride is never stepped, but a map wants a valid one.
+    auto strides = [&](int64_t row, int64_t head, int64_t batch) {
+      return make_stride(row, _1{}, head, p.packed() ? row : batch);
+    };
+    auto tensor = [&](const void* ptr, Shape4 shape, Stride4 stride) {
+      return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), shape, stride);
+    };
+    const Stride4 k_strides = strides(p.k_row_stride, p.k_head_stride, p.k_batch_stride);
+    const Stride4 v_strides = strides(p.v_row_stride, p.v_head_stride, p.v_batch_stride);
+    Tensor k = tensor(p.k, shape_k(p), k_strides);
+    Tensor v = tensor(p.v, shape_v(p), v_strides);
+    // No query at all: no step ever loads Q or dO (every CTA only writes zero dK / dV), but a map of zero rows
+    // cannot be encoded; K and V stand in.
+    const bool no_queries = p.seqlen_q == 0;
+    Tensor q = no_queries ? k : tensor(p.q, shape_q(p), strides(p.q_row_stride, p.q_head_stride, p.q_batch_stride));
+    Tensor dout = no_queries ? v
+                             : tensor(p.dout, shape_do(p),
+                                      strides(p.dout_row_stride, p.dout_head_stride, p.dout_batch_stride));
+    return {make_tma_copy(SM90_TMA_LOAD{}, q, take<0, 2>(typename Cfg::SmemLayoutQ{}), TileQ{}, _1{}),
+            make_tma_copy(SM90_TMA_LOAD{}, dout, take<0, 2>(typename Cfg::SmemLayoutDo{}), TileDo{}, _1{}),
+            make_tma_copy(SM90_TMA_LOAD{}, k, take<0, 2>(typename Cfg::SmemLayoutK{}), TileK{}, _1{}),
+            make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Cfg::SmemLayoutV{}), TileV{}, _1{}),
+            delta,
+            dq_accum};
+  }
+
+  // Producer, tiles: run by one thread (lane 0 of the producer's warp 0), for a CTA with at least one step.
+  // K and V once, then per step Q and dO; producer_acquire waits for the stage's release and arrives with the
+  // TMA bytes (the first of the full barrier's two arrivals).
+  __device__ static void load_tiles(const Params& mp, const AttnBwdParams& p, Storage& st, Pipeline& pipe_q,
+                                    Pipeline& pipe_do, const Work& w) {
+    using namespace cute;
+    prefetch_tma_descriptor(mp.tma_q.get_tma_descriptor());
+    prefetch_tma_descriptor(mp.tma_do.get_tma_descriptor());
+    prefetch_tma_descriptor(mp.tma_k.get_tma_descriptor());
+    prefetch_tma_descriptor(mp.tma_v.get_tma_descriptor());
+    const int batch = w.seq.packed ? 0 : w.bidb;
+    {
+      const int k_row0 = int(w.seq.k_start);
+      Tensor mK = mp.tma_k.get_tma_tensor(shape_k(p))(_, _, w.bidhk, batch);
+      Tensor mV = mp.tma_v.get_tma_tensor(shape_v(p))(_, _, w.bidhk, batch);
+      Tensor gK = local_tile(domain_offset(make_coord(k_row0, _0{}), mK), TileK{}, make_coord(w.n_block, _0{}));
+      Tensor gV = local_tile(domain_offset(make_coord(k_row0, _0{}), mV), TileV{}, make_coord(w.n_block, _0{}));
+      Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Cfg::SmemLayoutK{});
+      Tensor sV = make_tensor(make_smem_ptr(st.v.data()), typename Cfg::SmemLayoutV{});
+      auto cta_k = mp.tma_k.get_slice(_0{});
+      auto cta_v = mp.tma_v.get_slice(_0{});
+      // K / V: read by this CTA only. Q / dO: read by every key block of the head, so kept in L2.
+      st.barrier_kv.arrive_and_expect_tx(Cfg::kBytesK + Cfg::kBytesV);
+      auto& bar_kv = reinterpret_cast<uint64_t&>(st.barrier_kv);
+      copy(mp.tma_k.with(bar_kv, 0, TMA::CacheHintSm90::EVICT_FIRST), cta_k.partition_S(gK),
+           cta_k.partition_D(sK(_, _, 0)));
+      copy(mp.tma_v.with(bar_kv, 0, TMA::CacheHintSm90::EVICT_FIRST), cta_v.partition_S(gV),
+           cta_v.partition_D(sV(_, _, 0)));
+    }
+    const int q_row0 = int(w.seq.q_start);
+    Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQ{});
+    Tensor sDo = make_tensor(make_smem_ptr(st.dout.data()), typename Cfg::SmemLayoutDo{});
+    auto cta_q = mp.tma_q.get_slice(_0{});
+    auto cta_do = mp.tma_do.get_slice(_0{});
+    Tensor tQsQ = cta_q.partition_D(sQ);     // (TMA, 1, 1, stage)
+    Tensor tDosDo = cta_do.partition_D(sDo);  // (TMA, 1, 1, stage)
+#pragma unroll 1
+    for (int step = 0; step < w.steps; ++step) {
+      const PipelineState write = pipeline_state(step, /*producer=*/true);
+      int bidh, m_block;
+      w.query_tile(step, p.kv_group, bidh, m_block);
+      pipe_q.producer_acquire(write);
+      Tensor mQ = mp.tma_q.get_tma_tensor(shape_q(p))(_, _, bidh, batch);
+      Tensor gQ = local_tile(domain_offset(make_coord(q_row0, _0{}), mQ), TileQ{}, make_coord(m_block, _0{}));
+      copy(mp.tma_q.with(*pipe_q.producer_get_barrier(write), 0, TMA::CacheHintSm90::EVICT_LAST),
+           cta_q.partition_S(gQ), tQsQ(_, _, _, write.index()));
+      pipe_do.producer_acquire(write);
+      Tensor mDo = mp.tma_do.get_tma_tensor(shape_do(p))(_, _, bidh, batch);
+      Tensor gDo = local_tile(domain_offset(make_coord(q_row0, _0{}), mDo), TileDo{}, make_coord(m_block, _0{}));
+      copy(mp.tma_do.with(*pipe_do.producer_get_barrier(write), 0, TMA::CacheHintSm90::EVICT_LAST),
+           cta_do.partition_S(gDo), tDosDo(_, _, _, write.index()));
+    }
+  }
+
+  // Producer, rows: run by the 32 lanes of the producer's warp 1, for a CTA with at least one step. Per step,
+  // once the stage is released (the lanes wait on its empty barrier themselves), the lse rows into the Q stage
+  // and the delta rows into the dO stage, then lane 0's plain arrive on the stage's full barrier (the second
+  // of its two arrivals; __syncwarp orders the other lanes' stores before it, the arrive releases them).
+  // A separate warp from the TMA thread: the global loads of the rows do not hold up the next tile's issue.
+  __device__ static void load_rows(const Params& mp, const AttnBwdParams& p, Storage& st, const Work& w,
+                                   int lane) {
+#pragma unroll 1
+    for (int step = 0; step < w.steps; ++step) {
+      const PipelineState write = pipeline_state(step, /*producer=*/true);
+      int bidh, m_block;
+      w.query_tile(step, p.kv_group, bidh, m_block);
+      const int row0 = m_block * kBlockM;
+      const int rows_left = w.seq.seqlen_q - row0;
+      const float* lse = p.lse + w.seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, w.bidb, bidh) + row0;
+      const float* delta = mp.delta + w.seq.scratch_row(p, w.bidb, bidh) + row0;
+      float* lse_rows = st.lse_log2.data() + write.index() * kBlockM;
+      float* delta_rows = st.delta.data() + write.index() * kBlockM;
+
+      st.pipeline_q.empty_barrier_[write.index()].wait(write.phase());
+      for (int i = lane; i < kBlockM; i += 32) {
+        const float l = i < rows_left ? lse[i] : -INFINITY;
+        lse_rows[i] = l == -INFINITY ? INFINITY : l * kLog2e;  // exp2(x - inf) = 0: no key, or past the sequence
+      }
+      __syncwarp();
+      if (lane == 0) st.pipeline_q.full_barrier_[write.index()].arrive();
+
+      st.pipeline_do.empty_barrier_[write.index()].wait(write.phase());
+      for (int i = lane; i < kBlockM; i += 32) delta_rows[i] = i < rows_left ? delta[i] : 0.f;
+      __syncwarp();
+      if (lane == 0) st.pipeline_do.full_barrier_[write.index()].arrive();
+    }
+  }
+
+  // Consumers: thread tidx (0 .. kMmaThreads - 1) adds every step's dK (without `scale`) and dV to its zeroed
+  // accumulator partitions, and every step's dQ (without `scale`) to the fp32 accumulator rows in global
+  // memory. Needs >= 1 step.
+  template <bool kSoftcap, class AccDk, class AccDv>
+  __device__ static void mma(const Params& mp, const AttnBwdParams& p, Storage& st, Pipeline& pipe_q,
+                             Pipeline& pipe_do, const Work& w, int tidx, AccDk& acc_dk, AccDv& acc_dv) {
+    using namespace cute;
+    Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQ{});
+    Tensor sQt = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQt{});
+    Tensor sDo = make_tensor(make_smem_ptr(st.dout.data()), typename Cfg::SmemLayoutDo{});
+    Tensor sDot = make_tensor(make_smem_ptr(st.dout.data()), typename Cfg::SmemLayoutDot{});
+    Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Cfg::SmemLayoutK{});
+    Tensor sKt = make_tensor(make_smem_ptr(st.k.data()), typename Cfg::SmemLayoutKt{});
+    Tensor sV = make_tensor(make_smem_ptr(st.v.data()), typename Cfg::SmemLayoutV{});
+    Tensor sDsT = make_tensor(make_smem_ptr(st.ds.data()), typename Cfg::SmemLayoutDsT{});
+    Tensor sDs = make_tensor(make_smem_ptr(st.ds.data()), typename Cfg::SmemLayoutDs{});
+
+    typename Cfg::TiledMmaSdP mma_s;
+    typename Cfg::TiledMmaDpT mma_dp;
+    typename Cfg::TiledMmaDk mma_dk;
+    typename Cfg::TiledMmaDv mma_dv;
+    typename Cfg::TiledMmaDq mma_dq;
+    auto thr_s = mma_s.get_thread_slice(tidx);
+    auto thr_dp = mma_dp.get_thread_slice(tidx);
+    auto thr_dk = mma_dk.get_thread_slice(tidx);
+    auto thr_dv = mma_dv.get_thread_slice(tidx);
+    auto thr_dq = mma_dq.get_thread_slice(tidx);
+    Tensor tSrK = thr_s.partition_fragment_A(sK(_, _, 0));  // descriptors: the warpgroup's 64 keys
+    Tensor tSrQ = thr_s.partition_fragment_B(sQ);           // (MMA, M, D, stage)
+    Tensor tDPrV = thr_dp.partition_fragment_A(sV(_, _, 0));
+    Tensor tDPrDo = thr_dp.partition_fragment_B(sDo);       // (MMA, M, Dv, stage)
+    Tensor tdVrDot = thr_dv.partition_fragment_B(sDot);     // (MMA, Dv, M, stage)
+    Tensor tdKrQt = thr_dk.partition_fragment_B(sQt);       // (MMA, D, M, stage)
+    Tensor tdQrDs = thr_dq.partition_fragment_A(sDs);       // (MMA, M, N, dS stage)
+    Tensor tdQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));  // the warpgroup's half of D
+    Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    auto store_ds = make_tiled_copy_C(typename Cfg::SmemStoreAtomDs{}, mma_s);
+    auto thr_store_ds = store_ds.get_thread_slice(tidx);
+    // stmatrix addresses 16-byte rows: the swizzle is applied to the address bits (position independent).
+    Tensor tDssDs = thr_store_ds.partition_D(as_position_independent_swizzle_tensor(sDsT));  // (CPY, N, M, stage)
+    // (query, key) of each score this thread holds, tile-local.
+    Tensor tScS = transposed_rowcol_view(thr_s.partition_C(swapped_identity<kBlockN, kBlockM>()));
+
+    const ScoreScale score_scale = ScoreScale::make(p.scale, p.softcap);
+    // One arrival per warpgroup frees a stage (the empty barriers count warpgroups): a warpgroup's wgmma
+    // reads of a stage are complete once its wait returns.
+    const bool signals_release = tidx % 128 == 0;
+    auto wait = [](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
+      pipe.consumer_wait(read, pipe.consumer_try_wait(read));
+    };
+    auto release = [&](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
+      if (signals_release) pipe.consumer_release(read);
+    };
+    auto consumers_meet = [](Sm90WsBwdBarrier id) CUTLASS_LAMBDA_FUNC_INLINE {
+      cutlass::arch::NamedBarrier::sync(Cfg::kMmaThreads, int(id));
+    };
+
+    st.barrier_kv.wait(0);
+    const int keys_left = w.seq.seqlen_k - w.n0;
+    if (w.seq.packed && keys_left < kBlockN) {
+      zero_tile_rows<kHeadDim>(sK(_, _, 0), keys_left, kBlockN, tidx, Cfg::kMmaThreads);
+      zero_tile_rows<kHeadDimV>(sV(_, _, 0), keys_left, kBlockN, tidx, Cfg::kMmaThreads);
+      cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, before wgmma's async-proxy reads
+      consumers_meet(Sm90WsBwdBarrier::kKvTailZeroed);
+    }
+
+#pragma unroll 1
+    for (int step = 0; step < w.steps; ++step) {
+      int bidh, m_block;
+      w.query_tile(step, p.kv_group, bidh, m_block);
+      const int row0 = m_block * kBlockM;
+      const int rows_left = w.seq.seqlen_q - row0;
+      const PipelineState read = pipeline_state(step, /*producer=*/false);
+      const int stage = read.index();
+      const int ds_stage = step % Cfg::kDsStages;
+
+      wait(pipe_q, read);
+      wait(pipe_do, read);
+      if (w.seq.packed && rows_left < kBlockM) {
+        zero_tile_rows<kHeadDim>(sQ(_, _, stage), rows_left, kBlockM, tidx, Cfg::kMmaThreads);
+        zero_tile_rows<kHeadDimV>(sDo(_, _, stage), rows_left, kBlockM, tidx, Cfg::kMmaThreads);
+        cutlass::arch::fence_view_async_shared();
+        consumers_meet(Sm90WsBwdBarrier::kQdoTailZeroed);
+      }
+
+      // S^T and dP^T, then P and dS in their registers.
+      Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockN>, Int<kBlockM>>{});
+      Tensor acc_dp = partition_fragment_C(mma_dp, Shape<Int<kBlockN>, Int<kBlockM>>{});
+      wgmma_batch([&] {
+        wgmma_issue<true>(mma_s, tSrK, tSrQ(_, _, _, stage), acc_s);
+        wgmma_issue<true>(mma_dp, tDPrV, tDPrDo(_, _, _, stage), acc_dp);
+      }, acc_s, acc_dp);
+      Tensor scores = transposed_rowcol_view(acc_s);
+      Tensor dscores = transposed_rowcol_view(acc_dp);
+      const bool needs_mask = !w.mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, w.n_block);
+      probs_and_dscores_transposed<kSoftcap>(scores, dscores, tScS, st.lse_log2.data() + stage * kBlockM,
+                                             st.delta.data() + stage * kBlockM, score_scale, w.mask, needs_mask,
+                                             row0, w.n0);
+      // dV += P^T dO, on the tensor cores while dS^T goes to shared memory. (P is converted and issued
+      // before dS is converted: S^T's registers free up first, which keeps the peak under the budget.)
+      auto rP = convert_fragment<Element>(acc_s);
+      Tensor tdVrP = make_tensor(rP.data(), acc_as_a_layout(rP.layout()));  // A of dV: P^T
+      warpgroup_fence_operand(acc_dv);
+      warpgroup_fence_operand(tdVrP);
+      warpgroup_arrive();
+      wgmma_issue<false>(mma_dv, tdVrP, tdVrDot(_, _, _, stage), acc_dv);
+      warpgroup_commit_batch();
+      auto rDs = convert_fragment<Element>(acc_dp);
+      Tensor tdKrDs = make_tensor(rDs.data(), acc_as_a_layout(rDs.layout()));  // A of dK: dS^T
+      copy(store_ds, thr_store_ds.retile_S(rDs), tDssDs(_, _, _, ds_stage));
+      cutlass::arch::fence_view_async_shared();
+      consumers_meet(Sm90WsBwdBarrier::kDsStored);
+
+      // dQ = dS K over every key of the block, dK += dS^T Q.
+      Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+      warpgroup_fence_operand(acc_dq);
+      warpgroup_fence_operand(acc_dk);
+      warpgroup_fence_operand(tdKrDs);
+      warpgroup_arrive();
+      wgmma_issue<true>(mma_dq, tdQrDs(_, _, _, ds_stage), tdQrKt, acc_dq);
+      warpgroup_commit_batch();
+      wgmma_issue<false>(mma_dk, tdKrDs, tdKrQt(_, _, _, stage), acc_dk);
+      warpgroup_commit_batch();
+      warpgroup_wait<1>();  // dV and dQ are in (batches complete in order)
+      warpgroup_fence_operand(acc_dv);
+      warpgroup_fence_operand(acc_dq);
+      release(pipe_do, read);  // its readers: dP^T, dV (and the delta rows)
+      float* dq_rows = mp.dq_accum + (w.seq.scratch_row(p, w.bidb, bidh) + row0) * p.head_dim;
+      atomic_add_acc(acc_dq, tdQcdQ, dq_rows, p.head_dim, rows_left, p.head_dim);
+      warpgroup_wait<0>();  // dK is in
+      warpgroup_fence_operand(acc_dk);
+      release(pipe_q, read);  // its readers: S^T, dK (and the lse rows)
+    }
+  }
+};
+
+}  // namespace jax_flash

@@ -1,0 +1,120 @@
+// Tile shapes, thread roles, products and register budget of the warp-specialized Hopper dK/dV kernel
+// (sm_90a), per head dim.
+//
+// A CTA is 1 producer warpgroup + 2 consumer warpgroups and owns kBlockN = 128 keys of one kv head; consumer
+// warpgroup w owns keys [64 w, 64 w + 64) of them for the whole query loop. Per query block of kBlockM queries:
+//   S^T  = K Q^T      (kBlockN, kBlockM)   SS: K rows of the warpgroup x all of Q           (TiledMmaSdP)
+//   dP^T = V dO^T     (kBlockN, kBlockM)   SS: V rows of the warpgroup x all of dO          (TiledMmaDpT)
+//   dV  += P^T dO     (kBlockN, Dv)        RS: P^T straight from the S^T registers, dO^T MN-major
+//   dK  += dS^T Q     (kBlockN, D)         RS: dS^T straight from the dP^T registers, Q^T MN-major
+//   dQ   = dS K       (kBlockM, D)         SS: dS from shared memory (stored as dS^T, read MN-major) x K^T;
+//                                          the warpgroups split D; summed over key blocks with fp32 atomics
+// Computing S and dP swapped (keys along M) is FlashAttention-3's choice for D <= 128: the accumulators of
+// S^T and dP^T are laid out as the A operands of the dV and dK products, so P never goes through shared
+// memory and only dS does (for dQ, which needs every key of the block).
+//
+// Registers per consumer thread (fp32 values unless said), Dv = D:
+//   dK, dV accumulators       2 x 64 D / 128 = D              (128 at D128), live for the whole query loop
+//   S^T, dP^T accumulators    2 x 64 kBlockM / 128 = kBlockM   (64), then P, dS in the element type (32 registers)
+//   dQ accumulator            kBlockM D / 256                  (32 at D128), while P / dS are still read
+// The per-query statistics (lse, delta) are read from shared memory where they are used (transposed_math.h).
+// Peak about D + kBlockM + addresses, ~200 at D128, under the 240 that setmaxnreg gives the consumers
+// (24 x 128 + 240 x 256 = 64,512 of the SM's 65,536). README.md has the table per head dim.
+#pragma once
+
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/numeric_types.h>
+
+#include <type_traits>
+
+#include "kernels/common/tile_atoms.h"
+#include "kernels/common/tile_atoms_sm90.h"
+
+namespace jax_flash {
+
+template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kStages_>
+struct Sm90WsBwdConfig {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kHeadDimV = kHeadDimV_;
+  static constexpr int kBlockM = kBlockM_;  // queries per step
+  static constexpr int kBlockN = kBlockN_;  // keys per CTA
+  static constexpr int kStages = kStages_;  // Q / dO (with their lse / delta rows) stages
+  static constexpr int kDsStages = 2;       // dS is double-buffered: one named barrier per step (mainloop_tma_ws.h)
+
+  static constexpr int kMmaWarpgroups = 2;
+  static constexpr int kMmaThreads = 128 * kMmaWarpgroups;
+  static constexpr int kThreads = 128 + kMmaThreads;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kMmaRegs = 240;
+  static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 64 * 1024, "registers of one SM");
+
+  static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
+  static_assert(kBlockN == 64 * kMmaWarpgroups, "each consumer warpgroup owns 64 keys (one wgmma M)");
+  static_assert(kBlockM % 64 == 0 && kBlockM <= 256, "dS^T tile atom and the wgmma N of S^T / dP^T");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "dQ splits D across the 2 warpgroups in wgmma N >= 16");
+  // store_dk_dv (bwd/epilogue.h) partitions dK and dV with one MMA; Dv != D needs its own (README.md).
+  static_assert(kHeadDimV == kHeadDim, "Dv != D is not done yet");
+  static_assert(kStages >= 2);
+
+  using Major = cute::GMMA::Major;
+  using WarpgroupsAlongM = cute::Layout<cute::Shape<cute::Int<kMmaWarpgroups>, cute::_1, cute::_1>>;
+  using TiledMmaSdP = Sm90TiledMmaSS<Element, kBlockN, kBlockM, kHeadDim, kMmaWarpgroups, 1, Major::K, Major::K>;
+  using TiledMmaDpT = Sm90TiledMmaSS<Element, kBlockN, kBlockM, kHeadDimV, kMmaWarpgroups, 1, Major::K, Major::K>;
+  // dK / dV: A (dS^T / P^T) from registers, B (Q^T / dO^T) MN-major; one warpgroup's 64 keys per atom.
+  template <int kN>
+  using TiledMmaRS = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<kN>, cute::Int<kBlockM>>,
+                                 Major::K, Major::MN>(),
+      WarpgroupsAlongM{}));
+  using TiledMmaDk = TiledMmaRS<kHeadDim>;
+  using TiledMmaDv = TiledMmaRS<kHeadDimV>;
+  using TiledMmaDq = Sm90TiledMmaSS<Element, kBlockM, kHeadDim, kBlockN, 1, kMmaWarpgroups, Major::MN, Major::MN>;
+  // One wgmma instruction per k slice spans the warpgroup's whole tile (no narrower fallback atoms).
+  static_assert(cute::size<1>(typename TiledMmaSdP::AtomShape_MNK{}) == kBlockM, "kBlockM needs a standard wgmma N");
+  static_assert(cute::size<1>(typename TiledMmaDq::AtomShape_MNK{}) == kHeadDim / kMmaWarpgroups,
+                "D / 2 needs a standard wgmma N");
+
+  // Shared tiles, K-major with the wgmma atom (TMA boxes land as they are); the transposed operands are views.
+  using SmemLayoutQ = GmmaTile<Element, kBlockM, kHeadDim, kStages>;
+  using SmemLayoutDo = GmmaTile<Element, kBlockM, kHeadDimV, kStages>;
+  using SmemLayoutK = GmmaTile<Element, kBlockN, kHeadDim, 1>;
+  using SmemLayoutV = GmmaTile<Element, kBlockN, kHeadDimV, 1>;
+  using SmemLayoutDsT = GmmaTile<Element, kBlockN, kBlockM, kDsStages>;  // dS^T as the registers hold it
+  using SmemLayoutQt = StagedTransposedView<SmemLayoutQ, kBlockM, kHeadDim, kStages>;     // (D, M): B of dK
+  using SmemLayoutDot = StagedTransposedView<SmemLayoutDo, kBlockM, kHeadDimV, kStages>;  // (Dv, M): B of dV
+  using SmemLayoutKt = StagedTransposedView<SmemLayoutK, kBlockN, kHeadDim, 1>;           // (D, N): B of dQ
+  using SmemLayoutDs = StagedTransposedView<SmemLayoutDsT, kBlockN, kBlockM, kDsStages>;  // (M, N): A of dQ
+  // dS^T fragments to shared memory with stmatrix (8 x 8 blocks of the accumulator, keys as rows): shared-space
+  // stores with 32-bit addresses. (Element-wise stores through CuTe's generic pointers came out as 64-bit
+  // generic stores here, 16 address pairs that pushed the consumers over their registers.)
+  using SmemStoreAtomDs = cute::Copy_Atom<cute::SM90_U32x4_STSM_N, Element>;
+  static_assert(kBlockN * kBlockM / kMmaThreads % 8 == 0, "stmatrix x4: 8 values per thread per store");
+
+  static constexpr int kBytesQ = kBlockM * kHeadDim * int(sizeof(Element));
+  static constexpr int kBytesDo = kBlockM * kHeadDimV * int(sizeof(Element));
+  static constexpr int kBytesK = kBlockN * kHeadDim * int(sizeof(Element));
+  static constexpr int kBytesV = kBlockN * kHeadDimV * int(sizeof(Element));
+};
+
+// The tile of each head-dim pair. FlashAttention-3 runs D128 with 64 x 128 (80 x 128 without masks, which
+// needs a wgmma N of 80) and D64 with 128 x 128; here D64 starts at 64 x 128 as well: at kBlockM 128 each
+// thread would hold 32 query columns of statistics and 64 + 64 S^T / dP^T accumulators (README.md).
+template <int kHeadDim, int kHeadDimV>
+struct Sm90WsBwdTileSize;
+template <>
+struct Sm90WsBwdTileSize<64, 64> {
+  static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2;
+};
+template <>
+struct Sm90WsBwdTileSize<128, 128> {
+  static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2;
+};
+
+template <typename Element, int kHeadDim, int kHeadDimV>
+using Sm90WsBwdDefaultConfig =
+    Sm90WsBwdConfig<Element, kHeadDim, kHeadDimV, Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kBlockM,
+                    Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kBlockN, Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kStages>;
+
+}  // namespace jax_flash

@@ -1,0 +1,79 @@
+// P and dS on the swapped tiles of the warp-specialized dK/dV kernel: the same formulas as bwd/math.h
+// (probs_and_dscores), for accumulators of S^T = K Q^T and dP^T = V dO^T (keys along M, queries along N).
+//
+// Two differences from math.h, both from the swap:
+//   - a thread holds 2 key rows x kBlockM / 4 query columns of a tile (math.h: 2 query rows), so the per-query
+//     statistics (lse, delta) are read from shared memory at their use instead of held in registers
+//     (2 x kBlockM / 4 registers that the consumers' budget does not have: tile_size.h);
+//   - the views are (query, key): transposed_rowcol_view of the accumulator, and coordinates whose first
+//     component is the query (swapped_identity), so AttnMask::apply masks them unchanged.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "kernels/common/fragment.h"
+#include "kernels/common/mask.h"
+#include "kernels/common/softmax.h"
+
+namespace jax_flash {
+
+// (query, key) view of an S^T-shaped accumulator (values or coordinates): mode 0 indexes the thread's
+// queries (the accumulator's columns), mode 1 its keys (the accumulator's rows).
+template <class Tensor>
+__device__ __forceinline__ auto transposed_rowcol_view(Tensor&& t) {
+  auto rc = rowcol_layout(t.layout());
+  return cute::make_tensor(t.data(), cute::make_layout(cute::get<1>(rc), cute::get<0>(rc)));
+}
+
+// Coordinates of a (kRows, kCols) tile with the components swapped: element (i, j) holds (j, i). Partitioned
+// like an S^T accumulator and viewed with transposed_rowcol_view, each entry holds its (query, key).
+template <int kRows, int kCols>
+__device__ __forceinline__ auto swapped_identity() {
+  using namespace cute;
+  return make_coord_tensor(make_layout(Shape<Int<kRows>, Int<kCols>>{}, make_stride(E<1>{}, E<0>{})));
+}
+
+// scores / dp: (query, key) views of this tile's S^T and dP^T accumulators; coords: the same view of the
+// (query, key) coordinates (tile-local). lse_log2 / delta: the tile's rows in shared memory, indexed by the
+// tile-local query. On return scores holds P and dp holds dS (without `scale`); masked entries are exactly 0.
+// Rows past the sequence have lse_log2 = +inf (P = 0) and zeroed Q / dO rows (finite scores).
+template <bool kSoftcap, class Scores, class Dp, class Coords>
+__device__ __forceinline__ void probs_and_dscores_transposed(Scores& scores, Dp& dp, Coords const& coords,
+                                                             const float* lse_log2, const float* delta,
+                                                             ScoreScale const& sc, AttnMask const& mask,
+                                                             bool needs_mask, int row0, int col0) {
+  using namespace cute;
+  if constexpr (kSoftcap) {
+    // The tanh derivative is folded into (dP - delta) before masking: a masked t = -inf must not meet P = 0.
+    CUTE_UNROLL
+    for (int r = 0; r < size<0>(scores); ++r) {
+      const float d = delta[get<0>(coords(r, 0))];
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(scores); ++c) {
+        const float t = fast_tanh(scores(r, c) * sc.pre_tanh);
+        scores(r, c) = t;
+        dp(r, c) = (dp(r, c) - d) * (1.f - t * t);
+      }
+    }
+  } else {
+    CUTE_UNROLL
+    for (int r = 0; r < size<0>(scores); ++r) {
+      const float d = delta[get<0>(coords(r, 0))];
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(scores); ++c) dp(r, c) -= d;
+    }
+  }
+  if (needs_mask) mask.apply(scores, coords, row0, col0);
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(scores); ++r) {
+    const float l = lse_log2[get<0>(coords(r, 0))];
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(scores); ++c) {
+      const float p = fast_exp2(scores(r, c) * sc.log2_scale - l);
+      scores(r, c) = p;
+      dp(r, c) *= p;
+    }
+  }
+}
+
+}  // namespace jax_flash
