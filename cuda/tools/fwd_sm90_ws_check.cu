@@ -3,7 +3,8 @@
 // rule with the current kernel in the place of the naive one), then speed beside the current forward.
 //
 // Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D; with
-// -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED the timings add FlashAttention-3's wider key tile, see tile_size.h):
+// -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED the timings add FlashAttention-3's wider key tile, see tile_size.h;
+// -DCHECK_ALT_BLOCK_N=N times the key tile N instead):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
@@ -40,8 +41,12 @@ namespace {
 
 constexpr int kD = CHECK_HEAD_DIM;
 constexpr int kDv = CHECK_HEAD_DIM_V;
-// FlashAttention-3's key tile where it differs from the default and needs the extended wgmma shapes; 0: none.
-#if defined(CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
+// A second key tile timed beside the default: -DCHECK_ALT_BLOCK_N=N (non-standard wgmma N, e.g. 160 or 176,
+// also need -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED), else FlashAttention-3's where it differs from the default
+// and needs the extended wgmma shapes; 0: none.
+#if defined(CHECK_ALT_BLOCK_N)
+constexpr int kWideBlockN = CHECK_ALT_BLOCK_N;
+#elif defined(CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
 constexpr int kWideBlockN = kD != kDv ? 0 : kD == 96 ? 144 : kD == 128 ? 176 : kD == 192 ? 112 : kD == 256 ? 80 : 0;
 #else
 constexpr int kWideBlockN = 0;
