@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One build+test+bench cycle on a lent GPU machine (see DEVICE.md): no network there, CUTLASS comes from a
 # carried wheel in .whl/. Logs go to $OUT. Usage:
-#   scripts/gpu_cycle.sh [build|test|memcheck|bench]...   (default: build test)
+#   scripts/gpu_cycle.sh [build|test|memcheck|tools|pinned|bench]...   (default: build test)
 # Environment: JAX_FLASH_HEAD_DIMS / JAX_FLASH_DTYPES / JAX_FLASH_ARCHS (default 90a here), PYTEST_ARGS,
 # BENCH_ARGS.
 set -uo pipefail
@@ -52,6 +52,38 @@ for step in $steps; do
        done) > "$OUT/memcheck.log" 2>&1
       rc=$?
       tail -5 "$OUT/memcheck.log"
+      ;;
+    tools)
+      # The standalone checks of the warp-specialized kernels (cuda/tools/): build for TOOL_DIMS (default
+      # 64 128), run correctness, then compute-sanitizer on --small restricted to the new kernels (the tools'
+      # own fp32 reference kernels are not what is checked). TOOL_FLAGS adds e.g. -DCHECK_ALT_BLOCK_N=128.
+      cutlass=$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")
+      rc=0
+      for tool in fwd bwd; do
+        for d in ${TOOL_DIMS:-64 128}; do
+          bin=/tmp/${tool}_sm90_ws_check_$d
+          nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -lineinfo \
+            -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=$d ${TOOL_FLAGS:-} -Icuda -I"$cutlass" \
+            cuda/tools/${tool}_sm90_ws_check.cu -o $bin > "$OUT/${tool}_tool_$d.log" 2>&1 || { rc=1; continue; }
+          $bin >> "$OUT/${tool}_tool_$d.log" 2>&1 || rc=1
+          for check in memcheck racecheck synccheck; do
+            compute-sanitizer --tool $check --kernel-name kns=sm90_ws_kernel --error-exitcode 9 $bin --small \
+              > "$OUT/${tool}_${check}_$d.log" 2>&1 || rc=1
+            tail -n 1 "$OUT/${tool}_${check}_$d.log"
+          done
+          grep -E "FAIL|ALL PASS" "$OUT/${tool}_tool_$d.log" | tail -3
+        done
+      done
+      ;;
+    pinned)
+      # The GPU suite under each kernel family (cases a family has no kernel for skip, tests/conftest.py).
+      rc=0
+      for variant in ${VARIANTS:-sm80 sm90 sm90_ws}; do
+        (cd /tmp && JAX_FLASH_KERNEL_VARIANT=$variant timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q \
+           -p no:cacheprovider -p no:benchmark -n ${PYTEST_WORKERS:-12} -m "gpu and not large" "$OLDPWD/tests") \
+          > "$OUT/pytest_$variant.log" 2>&1 || rc=1
+        echo "$variant: $(tail -n 1 "$OUT/pytest_$variant.log")"
+      done
       ;;
     bench)
       (cd /tmp && python3 -m jax_flash.benchmark ${BENCH_ARGS:-}) 2>&1 | tee "$OUT/bench.log"
