@@ -29,6 +29,7 @@
 #include "host/fwd_sm90_ws_launch.cuh"
 #include "kernels/bwd/preprocess.cuh"
 #include "kernels/bwd/workspace_layout.h"
+#include "tools/check_common.h"
 
 #ifndef CHECK_HEAD_DIM
 #define CHECK_HEAD_DIM 128
@@ -37,24 +38,11 @@
 namespace jax_flash {
 namespace {
 
+using namespace check;  // tools/check_common.h
+
 constexpr int kD = CHECK_HEAD_DIM;
 constexpr int kDv = CHECK_HEAD_DIM;  // the new kernel has Dv = D only (tile_size.h)
 
-#define CHECK_CUDA(call)                                                                          \
-  do {                                                                                            \
-    const cudaError_t err_ = (call);                                                              \
-    if (err_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(2);                                                                               \
-    }                                                                                             \
-  } while (0)
-
-void check_status(const Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, s.message.c_str());
-    std::exit(2);
-  }
-}
 
 // ---- The backward chain around a dK/dV kernel -------------------------------------------------------------------
 // delta, zeroed accumulator, dk/dv (+ dq sums), dq. dkdv(params, delta, dq_accum, stream) launches the kernel.
@@ -124,28 +112,7 @@ Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------
-__device__ float uniform_hash(uint64_t i, uint32_t seed) {
-  uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;
-  x ^= x >> 31;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 29;
-  return float(x >> 40) * (1.f / float(1 << 24)) * 2.f - 1.f;  // [-1, 1)
-}
 
-template <class Element>
-__global__ void fill_uniform(Element* x, int64_t n, uint32_t seed, float amplitude) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    x[i] = Element(amplitude * uniform_hash(uint64_t(i), seed));
-  }
-}
-
-template <class T>
-__global__ void fill_value(T* x, int64_t begin, int64_t end, float value) {
-  for (int64_t i = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    x[i] = T(value);
-  }
-}
 
 // Tensors are contiguous: q (rows_q, hq, d), k (rows_k, hk, d), v (rows_k, hk, dv), dout (rows_q, hq, dv).
 // The reference keeps every per-row array in (rows, heads) order and writes fp32 results in the inputs' layouts.
@@ -200,19 +167,6 @@ struct RefProblem {
   }
 };
 
-__device__ float block_reduce(float v, bool is_max, float* scratch) {
-  for (int o = 16; o > 0; o /= 2) {
-    const float w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = is_max ? fmaxf(v, w) : v + w;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float r = scratch[0];
-  for (int i = 1; i < warps; ++i) r = is_max ? fmaxf(r, scratch[i]) : r + scratch[i];
-  return r;
-}
 
 // Forward, one block per (query row, head, sequence): out and lse (exact softmax over the row's scores).
 template <class Element>
@@ -392,25 +346,7 @@ struct Case {
   int pad_rows;                                    // packed: rows after the last sequence
 };
 
-template <class T>
-T* device_alloc(int64_t n) {
-  T* p = nullptr;
-  CHECK_CUDA(cudaMalloc(&p, sizeof(T) * size_t(n > 0 ? n : 1)));
-  return p;
-}
-int* device_ints(const std::vector<int>& v) {
-  if (v.empty()) return nullptr;
-  int* p = device_alloc<int>(int64_t(v.size()));
-  CHECK_CUDA(cudaMemcpy(p, v.data(), sizeof(int) * v.size(), cudaMemcpyHostToDevice));
-  return p;
-}
-template <class T>
-void fill(T* x, int64_t begin, int64_t end, float value) {
-  if (end > begin) fill_value<<<256, 256>>>(x, begin, end, value);
-}
 
-float to_float(cutlass::bfloat16_t x) { return float(x); }
-float to_float(cutlass::half_t x) { return float(x); }
 
 template <class Element>
 std::vector<float> fetch(const Element* x, size_t n) {
@@ -738,33 +674,8 @@ bool check_correctness(bool small, const char* dtype) {
   return all_ok;
 }
 
-// Largest element-wise difference; NaN if either side has a NaN.
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) || std::isnan(b[i])) return NAN;
-    d = std::max(d, double(std::fabs(a[i] - b[i])));
-  }
-  return d;
-}
 
 // ---- Speed ------------------------------------------------------------------------------------------------------
-template <class Launch>
-float time_ms(Launch&& launch, int reps) {
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) launch();
-  CHECK_CUDA(cudaEventRecord(start));
-  for (int i = 0; i < reps; ++i) launch();
-  CHECK_CUDA(cudaEventRecord(stop));
-  CHECK_CUDA(cudaEventSynchronize(stop));
-  float ms = 0.f;
-  CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms / reps;
-}
 
 // The standard grid (DESIGN.md): 16k tokens per batch, hidden 2048. Inputs from the warp-specialized forward.
 template <class Element>

@@ -28,6 +28,7 @@
 #include "kernels/fwd/tile_config.h"
 #include "kernels/fwd/tile_config_sm90.h"
 #include "kernels/sched/single_tile_scheduler.h"
+#include "tools/check_common.h"
 
 #ifndef CHECK_HEAD_DIM
 #define CHECK_HEAD_DIM 128
@@ -38,6 +39,8 @@
 
 namespace jax_flash {
 namespace {
+
+using namespace check;  // tools/check_common.h
 
 constexpr int kD = CHECK_HEAD_DIM;
 constexpr int kDv = CHECK_HEAD_DIM_V;
@@ -52,21 +55,6 @@ constexpr int kWideBlockN = kD != kDv ? 0 : kD == 96 ? 144 : kD == 128 ? 176 : k
 constexpr int kWideBlockN = 0;
 #endif
 
-#define CHECK_CUDA(call)                                                                          \
-  do {                                                                                            \
-    const cudaError_t err_ = (call);                                                              \
-    if (err_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(2);                                                                               \
-    }                                                                                             \
-  } while (0)
-
-void check_status(const Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, s.message.c_str());
-    std::exit(2);
-  }
-}
 
 // ---- The current forward (the kernel the new one replaces), launched directly -------------------------------
 template <class Element, int D, int Dv, bool = Sm90FwdDefaultConfig<Element, D, Dv>::kAvailable>
@@ -90,29 +78,7 @@ Status launch_current(const AttnFwdParams& p, cudaStream_t stream) {
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------
-__device__ float uniform_hash(uint64_t i, uint32_t seed) {
-  uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;
-  x ^= x >> 31;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 29;
-  return float(x >> 40) * (1.f / float(1 << 24)) * 2.f - 1.f;  // [-1, 1)
-}
 
-template <class Element>
-__global__ void fill_uniform(Element* x, int64_t n, uint32_t seed, float amplitude) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    x[i] = Element(amplitude * uniform_hash(uint64_t(i), seed));
-  }
-}
-
-// x[begin, end) = NaN: packed key rows outside every sequence's used part, which may hold anything.
-template <class Element>
-__global__ void fill_nan(Element* x, int64_t begin, int64_t end) {
-  for (int64_t i = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    x[i] = Element(NAN);
-  }
-}
 
 // Tensors are contiguous: q (rows, hq, d), k (rows, hk, d), v (rows, hk, dv), out (rows, hq, dv); the
 // reference writes ref_out (rows_q, hq, dv) and ref_lse (rows_q, hq) in fp32.
@@ -127,19 +93,6 @@ struct RefProblem {
   int window_left, window_right;
 };
 
-__device__ float block_reduce(float v, bool is_max, float* scratch) {
-  for (int o = 16; o > 0; o /= 2) {
-    const float w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = is_max ? fmaxf(v, w) : v + w;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float r = scratch[0];
-  for (int i = 1; i < warps; ++i) r = is_max ? fmaxf(r, scratch[i]) : r + scratch[i];
-  return r;
-}
 
 // One block per (query row, head, sequence): the scores of all keys in shared memory, then exact softmax.
 template <class Element>
@@ -218,18 +171,6 @@ struct Case {
   int pad_rows;                                    // packed: rows after the last sequence
 };
 
-template <class T>
-T* device_alloc(int64_t n) {
-  T* p = nullptr;
-  CHECK_CUDA(cudaMalloc(&p, sizeof(T) * size_t(n > 0 ? n : 1)));
-  return p;
-}
-int* device_ints(const std::vector<int>& v) {
-  if (v.empty()) return nullptr;
-  int* p = device_alloc<int>(int64_t(v.size()));
-  CHECK_CUDA(cudaMemcpy(p, v.data(), sizeof(int) * v.size(), cudaMemcpyHostToDevice));
-  return p;
-}
 
 template <class Element>
 struct Problem {
@@ -272,8 +213,8 @@ struct Problem {
       for (int b = 0; b <= n_seq; ++b) {
         const int begin = b < n_seq ? cu_k[b] + (c.used_k.empty() ? c.lens_k[b] : c.used_k[b]) : cu_k[b];
         const int end = b < n_seq ? cu_k[b + 1] : rows_k;
-        fill_nan<<<64, 256>>>(k, int64_t(begin) * c.hk * c.d, int64_t(end) * c.hk * c.d);
-        fill_nan<<<64, 256>>>(v, int64_t(begin) * c.hk * c.dv, int64_t(end) * c.hk * c.dv);
+        fill(k, int64_t(begin) * c.hk * c.d, int64_t(end) * c.hk * c.d, NAN);
+        fill(v, int64_t(begin) * c.hk * c.dv, int64_t(end) * c.hk * c.dv, NAN);
       }
     }
     CHECK_CUDA(cudaGetLastError());
@@ -358,8 +299,6 @@ struct Result {
   std::vector<float> lse;  // (rows_q, hq)
 };
 
-float to_float(cutlass::bfloat16_t x) { return float(x); }
-float to_float(cutlass::half_t x) { return float(x); }
 
 template <class Element>
 Result fetch(const Problem<Element>& pr) {
@@ -513,33 +452,8 @@ bool check_correctness(bool small, const char* dtype) {
   return all_ok;
 }
 
-// Largest element-wise difference; NaN if either side has a NaN.
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) || std::isnan(b[i])) return NAN;
-    d = std::max(d, double(std::fabs(a[i] - b[i])));
-  }
-  return d;
-}
 
 // ---- Speed ------------------------------------------------------------------------------------------------------
-template <class Launch>
-float time_ms(Launch&& launch, int reps) {
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) launch();
-  CHECK_CUDA(cudaEventRecord(start));
-  for (int i = 0; i < reps; ++i) launch();
-  CHECK_CUDA(cudaEventRecord(stop));
-  CHECK_CUDA(cudaEventSynchronize(stop));
-  float ms = 0.f;
-  CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms / reps;
-}
 
 template <class Element>
 void benchmark(const char* dtype) {

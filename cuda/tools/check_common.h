@@ -1,0 +1,127 @@
+// What the standalone GPU check tools (cuda/tools/*_check.cu) share: error checks, device buffers, random and
+// constant fills, the fp32 reference kernels' block reduction, host copies, element-wise differences, timing.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "host/attention.h"
+
+namespace jax_flash::check {
+
+#define CHECK_CUDA(call)                                                                          \
+  do {                                                                                            \
+    const cudaError_t err_ = (call);                                                              \
+    if (err_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
+      std::exit(2);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+inline void check_status(const Status& s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, s.message.c_str());
+    std::exit(2);
+  }
+}
+
+// ---- Device buffers and fills -------------------------------------------------------------------------------
+template <class T>
+T* device_alloc(int64_t n) {
+  T* p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, sizeof(T) * size_t(n > 0 ? n : 1)));
+  return p;
+}
+
+inline int* device_ints(const std::vector<int>& v) {
+  if (v.empty()) return nullptr;
+  int* p = device_alloc<int>(int64_t(v.size()));
+  CHECK_CUDA(cudaMemcpy(p, v.data(), sizeof(int) * v.size(), cudaMemcpyHostToDevice));
+  return p;
+}
+
+__device__ inline float uniform_hash(uint64_t i, uint32_t seed) {
+  uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  return float(x >> 40) * (1.f / float(1 << 24)) * 2.f - 1.f;  // [-1, 1)
+}
+
+template <class Element>
+__global__ void fill_uniform(Element* x, int64_t n, uint32_t seed, float amplitude) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    x[i] = Element(amplitude * uniform_hash(uint64_t(i), seed));
+  }
+}
+
+template <class T>
+__global__ void fill_value(T* x, int64_t begin, int64_t end, float value) {
+  for (int64_t i = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    x[i] = T(value);
+  }
+}
+
+// x[begin, end) = value (NaN for rows a kernel must never let into its results).
+template <class T>
+void fill(T* x, int64_t begin, int64_t end, float value) {
+  if (end > begin) fill_value<<<256, 256>>>(x, begin, end, value);
+}
+
+// ---- The fp32 references ------------------------------------------------------------------------------------
+// Max (is_max) or sum of v over the block; scratch holds one float per warp.
+__device__ inline float block_reduce(float v, bool is_max, float* scratch) {
+  for (int o = 16; o > 0; o /= 2) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = scratch[0];
+  for (int i = 1; i < warps; ++i) r = is_max ? fmaxf(r, scratch[i]) : r + scratch[i];
+  return r;
+}
+
+// ---- Host side ----------------------------------------------------------------------------------------------
+inline float to_float(cutlass::bfloat16_t x) { return float(x); }
+inline float to_float(cutlass::half_t x) { return float(x); }
+
+// Largest element-wise difference; NaN if either side has a NaN.
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return NAN;
+    d = std::max(d, double(std::fabs(a[i] - b[i])));
+  }
+  return d;
+}
+
+// Milliseconds per launch(): 3 warm-up calls, then `reps` timed back to back with CUDA events.
+template <class Launch>
+float time_ms(Launch&& launch, int reps) {
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  for (int i = 0; i < 3; ++i) launch();
+  CHECK_CUDA(cudaEventRecord(start));
+  for (int i = 0; i < reps; ++i) launch();
+  CHECK_CUDA(cudaEventRecord(stop));
+  CHECK_CUDA(cudaEventSynchronize(stop));
+  float ms = 0.f;
+  CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / reps;
+}
+
+}  // namespace jax_flash::check
