@@ -24,6 +24,7 @@
 #include "kernels/bwd/epilogue.h"
 #include "kernels/bwd/sm90_ws/mainloop_tma_ws.h"
 #include "kernels/bwd/sm90_ws/shared_storage.h"
+#include "kernels/common/warp_specialized.h"
 #include "kernels/params.h"
 #include "kernels/sched/single_tile_scheduler.h"
 
@@ -53,18 +54,12 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
   if (!tile.valid()) return;
   const typename Mainloop::Work w(p, tile);
 
-  const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);  // warp-uniform
-  const bool producer = warpgroup == 0;
+  const bool producer = warpgroup_index() == 0;
 
   if (threadIdx.x == 0) st.barrier_kv.init(/*arrive_count=*/1);
+  // Q / dO stages are full after two producer arrivals: the TMA bytes' and the lse / delta rows'.
   auto pipeline_params = [&](int bytes) {
-    typename Pipeline::Params pp;
-    pp.transaction_bytes = bytes;
-    pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-    pp.is_leader = threadIdx.x == 0;
-    pp.num_consumers = Cfg::kMmaWarpgroups;  // one release per consumer warpgroup (mainloop_tma_ws.h)
-    pp.num_producers = 2;                    // the TMA bytes' arrival and the lse / delta rows' arrival
-    return pp;
+    return ws_pipeline_params<Pipeline>(bytes, producer, Cfg::kMmaWarpgroups, /*producers=*/2);
   };
   // The constructors initialize the barriers (warp 0) and fence the initialization.
   Pipeline pipe_q(st.pipeline_q, pipeline_params(Cfg::kBytesQ), Shape<_1, _1, _1>{});

@@ -42,17 +42,10 @@
 #include "kernels/common/fragment.h"
 #include "kernels/common/mma_sm90.h"
 #include "kernels/common/softmax.h"
+#include "kernels/common/warp_specialized.h"
 #include "kernels/params.h"
 
 namespace jax_flash {
-
-// Rows [row_begin, kRows) of a (kRows, kCols) shared tile (any layout) set to zero by `threads` threads.
-template <int kCols, class Tile>
-__device__ __forceinline__ void zero_tile_rows(Tile&& tile, int row_begin, int rows, int tidx, int threads) {
-  using Element = typename std::decay_t<Tile>::value_type;
-  const int n = (rows - row_begin) * kCols;
-  for (int i = tidx; i < n; i += threads) tile(row_begin + i / kCols, i % kCols) = Element(0.f);
-}
 
 template <class Cfg>
 struct Sm90WsBwdMainloop {
@@ -66,22 +59,16 @@ struct Sm90WsBwdMainloop {
   using PipelineState = typename Pipeline::PipelineState;
   using Work = DkdvWork<kBlockM, kBlockN>;
 
-  // Global tensors as the tensor maps see them: (rows, head dim, heads, batch), the head dim contiguous.
-  using Shape4 = cute::Shape<int, int, int, int>;
-  using Stride4 = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
-  using GmemTensor = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<const Element*>(nullptr)),
-                                                Shape4{}, Stride4{}));
+  using Rows = TmaRows<Element>;  // the global tensors as the maps see them (common/warp_specialized.h)
+  using Shape4 = typename Rows::Shape4;
   using TileQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>;
   using TileDo = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>>;
   using TileK = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>;
   using TileV = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDimV>>;
-  template <class SmemLayout, class Tile>
-  using Tma = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{}, cute::take<0, 2>(SmemLayout{}),
-                                           Tile{}, cute::_1{}));
-  using TmaQ = Tma<typename Cfg::SmemLayoutQ, TileQ>;
-  using TmaDo = Tma<typename Cfg::SmemLayoutDo, TileDo>;
-  using TmaK = Tma<typename Cfg::SmemLayoutK, TileK>;
-  using TmaV = Tma<typename Cfg::SmemLayoutV, TileV>;
+  using TmaQ = typename Rows::template Load<typename Cfg::SmemLayoutQ, TileQ>;
+  using TmaDo = typename Rows::template Load<typename Cfg::SmemLayoutDo, TileDo>;
+  using TmaK = typename Rows::template Load<typename Cfg::SmemLayoutK, TileK>;
+  using TmaV = typename Rows::template Load<typename Cfg::SmemLayoutV, TileV>;
 
   // The tensor maps (they hold the tensors' addresses, so they are encoded on the host at each launch) and
   // the backward's workspace: delta (read) and the dq accumulator (added to), workspace_layout.h.
@@ -118,29 +105,21 @@ struct Sm90WsBwdMainloop {
   // Host: encode the maps. The caller checked what a map needs (16-byte aligned bases and strides) and that
   // there are keys (seqlen_k > 0).
   static Params make_params(const AttnBwdParams& p, const float* delta, float* dq_accum) {
-    using namespace cute;
-    // A packed layout is one batch: its batch stride is never stepped, but a map wants a valid one.
-    auto strides = [&](int64_t row, int64_t head, int64_t batch) {
-      return make_stride(row, _1{}, head, p.packed() ? row : batch);
-    };
-    auto tensor = [&](const void* ptr, Shape4 shape, Stride4 stride) {
-      return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), shape, stride);
-    };
-    const Stride4 k_strides = strides(p.k_row_stride, p.k_head_stride, p.k_batch_stride);
-    const Stride4 v_strides = strides(p.v_row_stride, p.v_head_stride, p.v_batch_stride);
-    Tensor k = tensor(p.k, shape_k(p), k_strides);
-    Tensor v = tensor(p.v, shape_v(p), v_strides);
+    const bool packed = p.packed();
+    auto k = Rows::tensor(p.k, shape_k(p), p.k_row_stride, p.k_head_stride, p.k_batch_stride, packed);
+    auto v = Rows::tensor(p.v, shape_v(p), p.v_row_stride, p.v_head_stride, p.v_batch_stride, packed);
     // No query at all: no step ever loads Q or dO (every CTA only writes zero dK / dV), but a map of zero rows
     // cannot be encoded; K and V stand in.
     const bool no_queries = p.seqlen_q == 0;
-    Tensor q = no_queries ? k : tensor(p.q, shape_q(p), strides(p.q_row_stride, p.q_head_stride, p.q_batch_stride));
-    Tensor dout = no_queries ? v
-                             : tensor(p.dout, shape_do(p),
-                                      strides(p.dout_row_stride, p.dout_head_stride, p.dout_batch_stride));
-    return {make_tma_copy(SM90_TMA_LOAD{}, q, take<0, 2>(typename Cfg::SmemLayoutQ{}), TileQ{}, _1{}),
-            make_tma_copy(SM90_TMA_LOAD{}, dout, take<0, 2>(typename Cfg::SmemLayoutDo{}), TileDo{}, _1{}),
-            make_tma_copy(SM90_TMA_LOAD{}, k, take<0, 2>(typename Cfg::SmemLayoutK{}), TileK{}, _1{}),
-            make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Cfg::SmemLayoutV{}), TileV{}, _1{}),
+    auto q = no_queries ? k
+                        : Rows::tensor(p.q, shape_q(p), p.q_row_stride, p.q_head_stride, p.q_batch_stride, packed);
+    auto dout = no_queries ? v
+                           : Rows::tensor(p.dout, shape_do(p), p.dout_row_stride, p.dout_head_stride,
+                                          p.dout_batch_stride, packed);
+    return {Rows::template load<typename Cfg::SmemLayoutQ, TileQ>(q),
+            Rows::template load<typename Cfg::SmemLayoutDo, TileDo>(dout),
+            Rows::template load<typename Cfg::SmemLayoutK, TileK>(k),
+            Rows::template load<typename Cfg::SmemLayoutV, TileV>(v),
             delta,
             dq_accum};
   }
@@ -286,17 +265,13 @@ struct Sm90WsBwdMainloop {
     auto release = [&](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
       if (signals_release) pipe.consumer_release(read);
     };
-    auto consumers_meet = [](Sm90WsBwdBarrier id) CUTLASS_LAMBDA_FUNC_INLINE {
-      cutlass::arch::NamedBarrier::sync(Cfg::kMmaThreads, int(id));
-    };
 
     st.barrier_kv.wait(0);
     const int keys_left = w.seq.seqlen_k - w.n0;
     if (w.seq.packed && keys_left < kBlockN) {
       zero_tile_rows<kHeadDim>(sK(_, _, 0), keys_left, kBlockN, tidx, Cfg::kMmaThreads);
       zero_tile_rows<kHeadDimV>(sV(_, _, 0), keys_left, kBlockN, tidx, Cfg::kMmaThreads);
-      cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, before wgmma's async-proxy reads
-      consumers_meet(Sm90WsBwdBarrier::kKvTailZeroed);
+      publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBwdBarrier::kKvTailZeroed));
     }
 
 #pragma unroll 1
@@ -314,8 +289,7 @@ struct Sm90WsBwdMainloop {
       if (w.seq.packed && rows_left < kBlockM) {
         zero_tile_rows<kHeadDim>(sQ(_, _, stage), rows_left, kBlockM, tidx, Cfg::kMmaThreads);
         zero_tile_rows<kHeadDimV>(sDo(_, _, stage), rows_left, kBlockM, tidx, Cfg::kMmaThreads);
-        cutlass::arch::fence_view_async_shared();
-        consumers_meet(Sm90WsBwdBarrier::kQdoTailZeroed);
+        publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBwdBarrier::kQdoTailZeroed));
       }
 
       // S^T and dP^T, then P and dS in their registers.
@@ -343,8 +317,7 @@ struct Sm90WsBwdMainloop {
       auto rDs = convert_fragment<Element>(acc_dp);
       Tensor tdKrDs = make_tensor(rDs.data(), acc_as_a_layout(rDs.layout()));  // A of dK: dS^T
       copy(store_ds, thr_store_ds.retile_S(rDs), tDssDs(_, _, _, ds_stage));
-      cutlass::arch::fence_view_async_shared();
-      consumers_meet(Sm90WsBwdBarrier::kDsStored);
+      publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBwdBarrier::kDsStored));
 
       // dQ = dS K over every key of the block, dK += dS^T Q.
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});

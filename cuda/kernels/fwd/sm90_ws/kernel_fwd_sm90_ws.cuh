@@ -17,6 +17,7 @@
 
 #include "kernels/common/fragment.h"
 #include "kernels/common/softmax.h"
+#include "kernels/common/warp_specialized.h"
 #include "kernels/fwd/block_work.h"
 #include "kernels/fwd/dense_out_rows.h"
 #include "kernels/fwd/epilogue.h"
@@ -53,17 +54,11 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_cta(const Sm90WsKernelParams<Cf
   const FwdBlockWork w = FwdBlockWork::make<Cfg::kBlockM, Cfg::kBlockN>(p, tile);
   if (w.m_block * Cfg::kBlockM >= w.seq.seqlen_q) return;
 
-  const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);  // warp-uniform
-  const bool producer = warpgroup == 0;
+  const bool producer = warpgroup_index() == 0;
 
   if (threadIdx.x == 0) st.barrier_q.init(/*arrive_count=*/1);
   auto pipeline_params = [&](int bytes) {
-    typename Pipeline::Params pp;
-    pp.transaction_bytes = bytes;
-    pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-    pp.is_leader = threadIdx.x == 0;
-    pp.num_consumers = Cfg::kMmaWarpgroups;  // one release per consumer warpgroup (mainloop_tma_ws.h)
-    return pp;
+    return ws_pipeline_params<Pipeline>(bytes, producer, Cfg::kMmaWarpgroups);
   };
   // The constructors initialize the barriers (warp 0) and fence the initialization.
   Pipeline pipe_k(st.pipeline_k, pipeline_params(Cfg::kBytesK), Shape<_1, _1, _1>{});

@@ -14,7 +14,7 @@
 // shapes, and the TMA unit fills out-of-range boxes with zeros). Packed layouts: a key tile reaching past
 // its sequence reads the next sequence's rows (or the padding between sequences, which may hold anything).
 // The mask hides those keys (probabilities exactly 0), and the consumers zero those rows of V before any
-// P V reads them, since 0 * NaN is NaN (zero_v_tail).
+// P V reads them, since 0 * NaN is NaN.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -29,6 +29,7 @@
 #include "kernels/common/fragment.h"
 #include "kernels/common/mma_sm90.h"
 #include "kernels/common/softmax.h"
+#include "kernels/common/warp_specialized.h"
 #include "kernels/fwd/block_work.h"
 #include "kernels/fwd/sm90_ws/named_barriers.h"
 #include "kernels/fwd/sm90_ws/shared_storage.h"
@@ -61,19 +62,6 @@ __device__ __forceinline__ void rescale_rows(RowCol& acc, const float (&correcti
   }
 }
 
-// Packed layouts: zero the rows of V stage `stage` at or past `valid_rows` (the rows of the key tile that
-// belong to this sequence), split between the consumer warpgroups, then meet so that no warpgroup's P V reads
-// the stage before both halves are written. The stage's TMA load must have landed (its full barrier waited).
-template <class Cfg, class SmemV>
-__device__ __forceinline__ void zero_v_tail(SmemV& sV, int stage, int valid_rows, int tidx) {
-  const int rows = Cfg::kBlockN - valid_rows;
-  for (int i = tidx; i < rows * Cfg::kHeadDimV; i += Cfg::kMmaThreads) {
-    sV(valid_rows + i / Cfg::kHeadDimV, i % Cfg::kHeadDimV, stage) = typename Cfg::Element(0.f);
-  }
-  cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, before wgmma's async-proxy reads
-  cutlass::arch::NamedBarrier::sync(Cfg::kMmaThreads, int(Sm90WsBarrier::kVTailZeroed));
-}
-
 template <class Cfg>
 struct Sm90WsMainloop {
   using Element = typename Cfg::Element;
@@ -85,20 +73,14 @@ struct Sm90WsMainloop {
   using Pipeline = typename Storage::Pipeline;
   using PipelineState = typename Pipeline::PipelineState;
 
-  // Global tensors as the tensor maps see them: (rows, head dim, heads, batch), the head dim contiguous.
-  using Shape4 = cute::Shape<int, int, int, int>;
-  using Stride4 = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
-  using GmemTensor = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<const Element*>(nullptr)),
-                                                Shape4{}, Stride4{}));
+  using Rows = TmaRows<Element>;  // the global tensors as the maps see them (common/warp_specialized.h)
+  using Shape4 = typename Rows::Shape4;
   using TileQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>;
   using TileK = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>;
   using TileV = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDimV>>;
-  using TmaQ = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{}, typename Cfg::SmemLayoutQ{},
-                                            TileQ{}, cute::_1{}));
-  using TmaK = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{},
-                                            cute::take<0, 2>(typename Cfg::SmemLayoutK{}), TileK{}, cute::_1{}));
-  using TmaV = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{},
-                                            cute::take<0, 2>(typename Cfg::SmemLayoutV{}), TileV{}, cute::_1{}));
+  using TmaQ = typename Rows::template Load<typename Cfg::SmemLayoutQ, TileQ>;
+  using TmaK = typename Rows::template Load<typename Cfg::SmemLayoutK, TileK>;
+  using TmaV = typename Rows::template Load<typename Cfg::SmemLayoutV, TileV>;
 
   // The tensor maps (they hold the tensors' addresses, so they are encoded on the host at each launch).
   struct Params {
@@ -122,25 +104,20 @@ struct Sm90WsMainloop {
   // Host: encode the maps. The caller checked what a map needs (16-byte aligned bases and strides).
   static Params make_params(const AttnFwdParams& p) {
     using namespace cute;
-    // A packed layout is one batch: its batch stride is never stepped, but a map wants a valid one.
-    auto strides = [&](int64_t row, int64_t head, int64_t batch) {
-      return make_stride(row, _1{}, head, p.packed() ? row : batch);
-    };
-    auto tensor = [&](const void* ptr, Shape4 shape, Stride4 stride) {
-      return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), shape, stride);
-    };
-    const Stride4 q_strides = strides(p.q_row_stride, p.q_head_stride, p.q_batch_stride);
-    Tensor q = tensor(p.q, shape_q(p), q_strides);
+    const bool packed = p.packed();
+    auto q = Rows::tensor(p.q, shape_q(p), p.q_row_stride, p.q_head_stride, p.q_batch_stride, packed);
     // No key at all: the K / V maps are never read, but their buffers may be empty (null) and their strides
     // zero, which a map refuses. One row of Q has an address and strides a map accepts.
     const bool no_keys = p.seqlen_k == 0;
-    Tensor k = no_keys ? tensor(p.q, make_shape(1, p.head_dim, 1, 1), q_strides)
-                       : tensor(p.k, shape_k(p), strides(p.k_row_stride, p.k_head_stride, p.k_batch_stride));
-    Tensor v = no_keys ? tensor(p.q, make_shape(1, p.head_dim_v, 1, 1), q_strides)
-                       : tensor(p.v, shape_v(p), strides(p.v_row_stride, p.v_head_stride, p.v_batch_stride));
-    return {make_tma_copy(SM90_TMA_LOAD{}, q, typename Cfg::SmemLayoutQ{}, TileQ{}, _1{}),
-            make_tma_copy(SM90_TMA_LOAD{}, k, take<0, 2>(typename Cfg::SmemLayoutK{}), TileK{}, _1{}),
-            make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Cfg::SmemLayoutV{}), TileV{}, _1{})};
+    auto k = no_keys ? Rows::tensor(p.q, make_shape(1, p.head_dim, 1, 1), p.q_row_stride, p.q_head_stride,
+                                    p.q_batch_stride, packed)
+                     : Rows::tensor(p.k, shape_k(p), p.k_row_stride, p.k_head_stride, p.k_batch_stride, packed);
+    auto v = no_keys ? Rows::tensor(p.q, make_shape(1, p.head_dim_v, 1, 1), p.q_row_stride, p.q_head_stride,
+                                    p.q_batch_stride, packed)
+                     : Rows::tensor(p.v, shape_v(p), p.v_row_stride, p.v_head_stride, p.v_batch_stride, packed);
+    return {Rows::template load<typename Cfg::SmemLayoutQ, TileQ>(q),
+            Rows::template load<typename Cfg::SmemLayoutK, TileK>(k),
+            Rows::template load<typename Cfg::SmemLayoutV, TileV>(v)};
   }
 
   // Producer: run by one thread, for a block with at least one key tile.
@@ -249,13 +226,15 @@ struct Sm90WsMainloop {
       Tensor scores = finish_scores(w.n_max - 1, cute::true_type{});
       softmax.step(scores, acc_o_rc);
     }
-    // The first key tile is the only one that can reach past the sequence. Done before the pingpong turns
-    // start, because it waits for the other warpgroup.
+    // Packed layouts: the first key tile is the only one that can reach past the sequence; its rows of V
+    // there are zeroed (the consumer warpgroups split them, then meet) before any P V. Done before the
+    // pingpong turns start, because it waits for the other warpgroup. The stage's TMA load must have landed.
     const int v_tail_valid_rows = w.seq.seqlen_k - (w.n_max - 1) * kBlockN;
     if (w.seq.packed && v_tail_valid_rows < kBlockN) {
       Tensor sV = make_tensor(make_smem_ptr(st.v.data()), typename Cfg::SmemLayoutV{});
       wait(pipe_v, read_v);
-      zero_v_tail<Cfg>(sV, read_v.index(), v_tail_valid_rows, tidx);
+      zero_tile_rows<kHeadDimV>(sV(_, _, read_v.index()), v_tail_valid_rows, kBlockN, tidx, Cfg::kMmaThreads);
+      publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBarrier::kVTailZeroed));
     }
     auto p_tile = convert_fragment<Element>(acc_s);  // P of the tile whose P V is next
     Tensor tOrP = make_tensor(p_tile.data(), acc_as_a_layout(p_tile.layout()));

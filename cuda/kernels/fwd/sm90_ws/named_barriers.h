@@ -11,7 +11,7 @@ namespace jax_flash {
 enum class Sm90WsBarrier : int {
   kTurnFirst = 0,      // kTurnFirst + w: consumer warpgroup w may issue its GEMMs (up to 3 warpgroups)
   kOutputStaged = 3,   // every consumer warpgroup's rows of O are in shared memory
-  kVTailZeroed = 4,    // packed: the rows of V past the sequence are zeroed (mainloop_tma_ws.h zero_v_tail)
+  kVTailZeroed = 4,    // packed: the rows of V past the sequence are zeroed (mainloop_tma_ws.h)
 };
 
 // Pingpong: the consumer warpgroups issue the GEMMs of a mainloop step in turn (0, 1, ..., 0, 1, ...), so the
