@@ -40,9 +40,9 @@ def assert_bitwise(names, a, b, what):
 
 # The kernel variants a grid runs under: the default kernels ("auto": on a Hopper the warp-specialized forward
 # with the atomic backward), each pinned forward + atomic backward family, and the deterministic backward (after
-# the "auto" forward). On an H100: the sm90_ws, sm80 and sm90 forwards, sm80 and sm90 atomic dK/dV and the
-# deterministic dq kernel.
-GRID_VARIANTS = ("auto", "sm80", "sm90", "deterministic")
+# the "auto" forward). On an H100: the sm90_ws, sm80 and sm90 forwards, the sm80, sm90 and sm90_ws atomic dK/dV
+# and the deterministic dq kernel.
+GRID_VARIANTS = ("auto", "sm80", "sm90", "sm90_ws", "deterministic")
 
 
 def _variant_kernels(variant, dtype, head_dim, head_dim_v):

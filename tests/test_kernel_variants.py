@@ -25,7 +25,7 @@ class StandInExtension:
 
     def __init__(self, runnable=("sm80", "sm90", "sm90_ws"), forward_only=("sm90_ws",)):
         self.runnable = runnable
-        self.forward_only = forward_only  # as the extension's warp-specialized kernel: no backward
+        self.forward_only = forward_only  # as the extension's warp-specialized kernels above D128: no backward
 
     def kernel_choice(self, feature, dtype, head_dim, head_dim_v, variant):
         if variant != "auto" and (variant not in self.runnable or
@@ -180,8 +180,9 @@ def test_extension_exports_match_python():
             choice = module.kernel_choice("paged", dtype, d, d, "sm80")
             assert (choice["block_m"], choice["block_n"]) == _ffi.paged_tile()
             assert "sm80" in module.variants("fwd", dtype, d, d)
-            with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
-                module.kernel_choice("bwd_deterministic", dtype, d, d, "sm90")
+            for variant in ("sm90", "sm90_ws"):
+                with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
+                    module.kernel_choice("bwd_deterministic", dtype, d, d, variant)
 
 
 def _random(shape, seed):
@@ -232,6 +233,12 @@ def test_hopper_default_forward_is_warp_specialized(head_dims):
         choice = module.kernel_choice("fwd", dtype, *head_dims)
         assert choice["variant"] == "sm90_ws"
         assert (tuple(choice["tile"]), choice["block_m"]) == (head_dims, 128), choice
+        # D64 up to 1024 keys: the mma.sync forward (kernel_table.h auto_min_keys); other tiles at any length.
+        short = module.kernel_choice("fwd", dtype, *head_dims, "auto", 1024)["variant"]
+        assert short == ("sm80" if head_dims == (64, 64) else "sm90_ws")
+        assert module.kernel_choice("fwd", dtype, *head_dims, "auto", 1025)["variant"] == "sm90_ws"
+        # The warp-specialized backward runs only when pinned (kernel_table.h kPinnedOnly).
+        assert module.kernel_choice("bwd", dtype, *head_dims)["variant"] != "sm90_ws"
 
 
 # Head dims where the warp-specialized forward and the sm80 one step through the keys in tiles of different
@@ -249,8 +256,48 @@ def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
     sm80, ws = (np.asarray(jax.device_get(run(q, k, v, variant))) for variant in ("sm80", "sm90_ws"))
     assert not np.array_equal(sm80.view(np.uint16), ws.view(np.uint16))
     np.testing.assert_allclose(sm80.astype(np.float32), ws.astype(np.float32), atol=2e-2, rtol=2e-2)
-    with pytest.raises(ValueError, match="cannot serve bwd"):
-        jax.grad(lambda q: jax_flash.flash_attention(q, k, v, _variant="sm90_ws").astype(jnp.float32).sum())(q)
+    with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
+        jax.grad(lambda q: jax_flash.flash_attention(q, k, v, deterministic=True, _variant="sm90_ws").astype(
+            jnp.float32).sum())(q)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_pinned_warp_specialized_backward_runs_its_own_kernel(head_dim):
+    """GQA 3 (each kv head sums three query heads' dK / dV), causal: the warp-specialized dK/dV kernel against
+    the sm80 one. (Both step through 64 queries per 128-key tile, so dK and dV may round alike: the bits are no
+    evidence of which kernel ran; the grids run the pinned family against the oracle.)"""
+    module = _extension()
+    if not _hopper() or "sm90_ws" not in _ffi.runnable_variants("bwd", BF16, head_dim, head_dim):
+        pytest.skip(f"needs a Hopper and a build with sm_90a code and D{head_dim}")
+    q, dout = (_random((2, 700, 6, head_dim), seed) for seed in (0, 3))
+    k, v = (_random((2, 700, 2, head_dim), seed) for seed in (1, 2))
+
+    def grads(q, k, v, variant):
+        _, vjp = jax.vjp(lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=True, _variant=variant), q, k, v)
+        return vjp(dout)
+
+    run = jax.jit(grads, static_argnums=3)
+    sm80, ws = (jax.device_get(run(q, k, v, variant)) for variant in ("sm80", "sm90_ws"))
+    for name, a, b in zip(("dq", "dk", "dv"), sm80, ws):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.isfinite(b).all(), name
+        np.testing.assert_allclose(a, b, atol=3e-2, rtol=3e-2, err_msg=name)
+
+
+@pytest.mark.gpu
+def test_automatic_d64_forward_follows_the_key_count():
+    """kernel_table.h: at D64 the automatic choice runs the mma.sync forward up to 1024 keys and the
+    warp-specialized one above; the launcher passes the call's key count to the choice."""
+    module = _extension()
+    if not _hopper() or not module.supported("bfloat16", 64, 64):
+        pytest.skip("needs a Hopper and a build with sm_90a code and D64")
+    run = jax.jit(lambda q, k, v, variant: jax_flash.flash_attention(q, k, v, _variant=variant), static_argnums=3)
+    for keys, expected in ((1024, "sm80"), (1100, "sm90_ws")):
+        q, k, v = (_random((1, keys, 4, 64), seed) for seed in range(3))
+        auto, pinned = (np.asarray(jax.device_get(run(q, k, v, variant))).view(np.uint16)
+                        for variant in ("auto", expected))
+        np.testing.assert_array_equal(auto, pinned, err_msg=f"{keys} keys")
 
 
 @pytest.mark.gpu

@@ -94,10 +94,11 @@ NB_MODULE(_jax_flash_cuda, m) {
   m.def(
       "kernel_choice",
       [](const std::string& feature, const std::string& dtype, int head_dim, int head_dim_v,
-         const std::string& variant) {
+         const std::string& variant, int64_t seqlen_k) {
         jax_flash::KernelChoice choice;
-        const jax_flash::Status status = jax_flash::choose_kernel(
-            parse_feature(feature), parse_dtype(dtype), head_dim, head_dim_v, parse_variant(variant), &choice);
+        const jax_flash::Status status =
+            jax_flash::choose_kernel(parse_feature(feature), parse_dtype(dtype), head_dim, head_dim_v, seqlen_k,
+                                     parse_variant(variant), &choice);
         if (!status.ok()) throw nb::value_error(status.message.c_str());
         nb::dict out;
         out["variant"] = jax_flash::kernel_variant_name(choice.variant);
@@ -108,6 +109,8 @@ NB_MODULE(_jax_flash_cuda, m) {
         return out;
       },
       nb::arg("feature"), nb::arg("dtype"), nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("variant") = "auto",
+      nb::arg("seqlen_k") = -1,
       "The kernel the launchers run for this call on the current device: {variant, tile, block_m, block_n, "
-      "atomic_dq}; ValueError saying why when none can serve it.");
+      "atomic_dq}; ValueError saying why when none can serve it. seqlen_k: the call's keys (packed: the "
+      "max_seqlen_k bound); -1 for a long call.");
 }

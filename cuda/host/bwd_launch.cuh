@@ -4,7 +4,7 @@
 //   2. dk, dv (and, on the atomic path, dq partial sums -> workspace accumulator, zeroed first)
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
 // The atomic path runs where the kernel choice picks it (deterministic == false, head-dim tile up to 128; see
-// kernel_choice.h); it saves the dq kernel's recomputation of S and dP at the price of run-to-run rounding
+// kernel_choice.h): the mma.sync, wgmma or warp-specialized dK/dV kernel adds dQ into the accumulator. It saves the dq kernel's recomputation of S and dP at the price of run-to-run rounding
 // differences in dq.
 #pragma once
 
@@ -27,6 +27,13 @@
 #include "kernels/sched/single_tile_scheduler.h"
 
 namespace jax_flash {
+
+// The warp-specialized Hopper dK/dV kernel (bwd_sm90_ws_launch.cuh). Its instantiations are generated files of
+// their own (attn_bwd_sm90_ws_*.cu), compiled for sm_90a only, for the head-dim tiles kernel_table.h lists.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                                 cudaStream_t stream);
+
 namespace bwd_launch_detail {
 
 inline Status error(const std::string& what) { return {"jax_flash attention backward: " + what}; }
@@ -110,6 +117,16 @@ template <typename Element, int kHeadDim, int kHeadDimV>
 Status launch_chosen_dkdv(const AttnBwdParams& params, const KernelChoice& choice, const float* delta,
                           float* dq_accum, cudaStream_t stream) {
   using DkDv = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv;
+  if (choice.variant == KernelVariant::kSm90Ws) {
+    if (!choice.atomic_dq) return error("the warp-specialized dK/dV kernel sums dQ with atomics only");
+    constexpr bool kHasWs =
+        find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kHeadDim, kHeadDimV) != nullptr;
+    if constexpr (kBuildHasSm90a && kHasWs) {
+      return run_attn_bwd_dkdv_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream);
+    } else {
+      return error("this build has no warp-specialized dK/dV kernel for these head dims");
+    }
+  }
   if (choice.variant == KernelVariant::kSm90) {
     if (!choice.atomic_dq) return error("the sm90 dK/dV kernel sums dQ with atomics only");
     return launch_dkdv_sm90_atomic_dq<Sm90BwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, delta, dq_accum,

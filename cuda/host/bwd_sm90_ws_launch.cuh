@@ -3,8 +3,9 @@
 // the caller has written delta and zeroed the dq accumulator (workspace_layout.h), and converts the
 // accumulator into dq afterwards (kernels/bwd/preprocess.cuh).
 //
-// Not wired into kernel_table.h / kernel_choice.h yet: only the GPU check tool (cuda/tools/bwd_sm90_ws_check.cu)
-// includes it.
+// Included only by its generated instantiation files (attn_bwd_sm90_ws_*.cu, built for sm_90a alone) and the
+// GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls it when the kernel choice is kSm90Ws
+// (pinned only for now: kernel_table.h).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "host/attention.h"
+#include "host/kernel_table.h"
 #include "host/smem_opt_in.h"
 #include "kernels/bwd/sm90_ws/kernel_bwd_sm90_ws.cuh"
 #include "kernels/bwd/sm90_ws/shared_storage.h"
@@ -84,8 +86,10 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
                                  cudaStream_t stream) {
-  return launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, delta, dq_accum,
-                                                                                             stream);
+  using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
+  static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
+                "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
+  return launch_attn_bwd_dkdv_sm90_ws<Cfg>(params, delta, dq_accum, stream);
 }
 
 }  // namespace jax_flash

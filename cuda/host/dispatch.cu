@@ -44,10 +44,10 @@ struct PagedLaunch {
 
 // Chooses the kernel and calls launch.template run<Element, D, Dv>(choice) on the instantiation of its tile.
 template <typename Launch>
-Status dispatch(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, KernelVariant variant,
-                Launch&& launch) {
+Status dispatch(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, int64_t seqlen_k,
+                KernelVariant variant, Launch&& launch) {
   KernelChoice choice;
-  if (Status s = choose_kernel(feature, dtype, head_dim, head_dim_v, variant, &choice); !s.ok()) return s;
+  if (Status s = choose_kernel(feature, dtype, head_dim, head_dim_v, seqlen_k, variant, &choice); !s.ok()) return s;
   Status status{"jax_flash: no instantiation of the chosen tile"};  // unreachable: the choice is of compiled tiles
   visit_compiled_dtype(dtype, [&](auto dtype_tag) {
     using Element = typename ElementOf<decltype(dtype_tag)::value>::type;
@@ -64,22 +64,22 @@ Status dispatch(KernelFeature feature, DType dtype, int head_dim, int head_dim_v
 }  // namespace
 
 Status attn_fwd(const AttnFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
-  Status status = dispatch(KernelFeature::kFwd, dtype, params.head_dim, params.head_dim_v, variant,
-                           FwdLaunch{params, stream});
+  Status status = dispatch(KernelFeature::kFwd, dtype, params.head_dim, params.head_dim_v, params.seqlen_k,
+                           variant, FwdLaunch{params, stream});
   if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);
   return status;
 }
 
 Status attn_bwd(const AttnBwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
-  Status status = dispatch(bwd_feature(params.deterministic), dtype, params.head_dim, params.head_dim_v, variant,
-                           BwdLaunch{params, stream});
+  Status status = dispatch(bwd_feature(params.deterministic), dtype, params.head_dim, params.head_dim_v,
+                           params.seqlen_k, variant, BwdLaunch{params, stream});
   if (status.ok() && params.packed()) status = fill_bwd_padding(params, stream);
   return status;
 }
 
 Status paged_fwd(const PagedFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
-  Status status = dispatch(paged_feature(params), dtype, params.head_dim, params.head_dim_v, variant,
-                           PagedLaunch{params, stream});
+  Status status = dispatch(paged_feature(params), dtype, params.head_dim, params.head_dim_v, params.seqlen_k,
+                           variant, PagedLaunch{params, stream});
   if (status.ok() && params.num_splits > 1) status = paged_combine(params, dtype, stream);
   if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);
   return status;

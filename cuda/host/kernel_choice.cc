@@ -22,14 +22,14 @@ KernelKind kind_of(KernelFeature feature) {
 }
 
 // The deterministic backward pairs the dq kernel with the mma.sync dK/dV kernel only; the Hopper paged kernel
-// is the split-key decode; the warp-specialized kernel is a forward.
+// is the split-key decode; the warp-specialized kernels are the forward and the atomic-dQ dK/dV.
 bool feature_has_variant(KernelFeature feature, KernelVariant variant) {
   switch (variant) {
     case KernelVariant::kSm80: return true;
     case KernelVariant::kSm90:
       return feature == KernelFeature::kFwd || feature == KernelFeature::kBwd ||
              feature == KernelFeature::kPagedDecode;
-    case KernelVariant::kSm90Ws: return feature == KernelFeature::kFwd;
+    case KernelVariant::kSm90Ws: return feature == KernelFeature::kFwd || feature == KernelFeature::kBwd;
     case KernelVariant::kAuto: return false;
   }
   return false;
@@ -64,14 +64,19 @@ std::string describe_call(KernelFeature feature, DType dtype, int head_dim, int 
          std::to_string(head_dim) + ", head_dim_v " + std::to_string(head_dim_v) + ")";
 }
 
-// Why `variant` cannot run the feature on this tile here; empty when it can.
-std::string unavailable(KernelFeature feature, KernelVariant variant, int tile_d, int tile_dv) {
+// Why `variant` cannot run the feature for these head dims on this tile here; empty when it can.
+std::string unavailable(KernelFeature feature, KernelVariant variant, int head_dim, int head_dim_v, int tile_d,
+                        int tile_dv) {
   if (variant == KernelVariant::kAuto || int(variant) < 0 || int(variant) >= kNumKernelVariants) {
     return "not a kernel variant";
   }
   if (!feature_has_variant(feature, variant)) return "this feature has no such kernel";
   if (find_kernel_tile(kind_of(feature), variant, tile_d, tile_dv) == nullptr) {
     return "no such kernel for the head-dim tile " + std::to_string(tile_d) + "x" + std::to_string(tile_dv);
+  }
+  // kernels/bwd/sm90_ws/tile_size.h: dK and dV share one partitioning (Dv = D).
+  if (kind_of(feature) == KernelKind::kBwdDkDv && variant == KernelVariant::kSm90Ws && head_dim != head_dim_v) {
+    return "the warp-specialized dK/dV kernel needs head_dim == head_dim_v";
   }
   if (is_hopper_variant(variant)) {
     if (!kBuildHasSm90a) return "this build has no sm_90a code (JAX_FLASH_ARCHS)";
@@ -100,20 +105,24 @@ bool attn_supported(DType dtype, int head_dim, int head_dim_v) {
   return compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv);
 }
 
-Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, KernelVariant pinned,
-                     KernelChoice* choice) {
+Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, int64_t seqlen_k,
+                     KernelVariant pinned, KernelChoice* choice) {
   int tile_d = 0, tile_dv = 0;
   if (!compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv)) {
     return {"jax_flash: this build has no kernel for " + describe_call(feature, dtype, head_dim, head_dim_v)};
   }
   KernelVariant variant = pinned;
   if (pinned == KernelVariant::kAuto) {
+    // kSm80 serves every compiled tile, so the loop always ends on a kernel that can run.
     for (KernelVariant candidate : kPreference) {
       variant = candidate;
-      if (unavailable(feature, candidate, tile_d, tile_dv).empty()) break;
+      if (!unavailable(feature, candidate, head_dim, head_dim_v, tile_d, tile_dv).empty()) continue;
+      const int min_keys = find_kernel_tile(kind_of(feature), candidate, tile_d, tile_dv)->auto_min_keys;
+      if (min_keys == kPinnedOnly || (seqlen_k >= 0 && seqlen_k < min_keys)) continue;
+      break;
     }
   }
-  if (std::string why = unavailable(feature, variant, tile_d, tile_dv); !why.empty()) {
+  if (std::string why = unavailable(feature, variant, head_dim, head_dim_v, tile_d, tile_dv); !why.empty()) {
     return {std::string("jax_flash: kernel variant ") + kernel_variant_name(variant) + " cannot serve " +
             describe_call(feature, dtype, head_dim, head_dim_v) + ": " + why};
   }
@@ -127,7 +136,7 @@ std::vector<KernelVariant> runnable_variants(KernelFeature feature, DType dtype,
   std::vector<KernelVariant> variants;
   for (KernelVariant variant : {KernelVariant::kSm80, KernelVariant::kSm90, KernelVariant::kSm90Ws}) {
     KernelChoice choice;
-    if (choose_kernel(feature, dtype, head_dim, head_dim_v, variant, &choice).ok()) variants.push_back(variant);
+    if (choose_kernel(feature, dtype, head_dim, head_dim_v, -1, variant, &choice).ok()) variants.push_back(variant);
   }
   return variants;
 }

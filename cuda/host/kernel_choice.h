@@ -3,6 +3,7 @@
 // module asks the same function for Python (the variants a test can pin, the tiles).
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "host/attention.h"
@@ -31,11 +32,12 @@ struct KernelChoice {
 
 // Fills `choice`, or says why no kernel can serve the call: no compiled tile holds the head dims, the dtype is
 // not compiled, or the pinned variant does not exist for this feature and tile, in this build (sm_90a code) or
-// on this device. kAuto picks the first of kSm90Ws, kSm90, kSm80 that can serve the call (on a Hopper the
-// warp-specialized forward, the wgmma backward where its tile exists; kSm80 elsewhere); a pinned variant never
-// falls back.
-Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, KernelVariant pinned,
-                     KernelChoice* choice);
+// on this device. kAuto picks the first of kSm90Ws, kSm90, kSm80 that can serve the call and whose row takes
+// calls of `seqlen_k` keys (KernelTile::auto_min_keys; a negative seqlen_k: unknown, only pinned-only rows are
+// passed over): on a Hopper the warp-specialized forward, the wgmma backward where its tile exists; kSm80
+// elsewhere. A pinned variant never falls back.
+Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, int64_t seqlen_k,
+                     KernelVariant pinned, KernelChoice* choice);
 
 // The variants (never kAuto) that can serve `feature` for these dtype and head dims on the current device.
 std::vector<KernelVariant> runnable_variants(KernelFeature feature, DType dtype, int head_dim, int head_dim_v);

@@ -14,7 +14,8 @@ enum class KernelVariant : int32_t {
   kSm80 = 1,  // mma.sync products and cp.async loads: every GPU of the build
   kSm90 = 2,  // Hopper (sm_90a builds on a compute capability 9.0 device): wgmma forward, wgmma dK/dV with
               // atomic dQ, TMA loads for the paged decode
-  kSm90Ws = 3,  // Hopper, warp-specialized: TMA producer warpgroup, two consumer warpgroups (forward)
+  kSm90Ws = 3,  // Hopper, warp-specialized: TMA producer warpgroup, two consumer warpgroups (forward; dK/dV
+                // with atomic dQ)
 };
 inline constexpr int kNumKernelVariants = 4;
 
@@ -32,12 +33,18 @@ inline const char* kernel_variant_name(KernelVariant variant) {
 // sums dQ with atomics, or leaves dQ to the dq kernel), the paged-KV forward.
 enum class KernelKind { kFwd, kBwdDkDv, kPaged };
 
+// auto_min_keys: the automatic choice (KernelVariant::kAuto) takes the row only for calls with at least this
+// many keys (seqlen_k, a static shape), else it goes on to the next family; kPinnedOnly: never, the row runs
+// only when its variant is pinned. A pinned variant ignores the field.
+inline constexpr int kPinnedOnly = 0x7fffffff;
+
 struct KernelTile {
   KernelKind kind;
   KernelVariant variant;
   int tile_d, tile_dv;   // head-dim tile: serves head_dim <= tile_d, head_dim_v <= tile_dv
   int block_m, block_n;  // kFwd / kPaged: query rows per CTA, keys per mainloop step;
                          // kBwdDkDv: queries per inner step, keys per CTA
+  int auto_min_keys = 0;
 };
 
 // The paged kernels' cp.async tile for every head dim: rows are (query, query head) pairs of one kv head, keys
@@ -57,8 +64,10 @@ inline constexpr KernelTile kKernelTable[] = {
     {KernelKind::kFwd, KernelVariant::kSm80, 256, 256, 64, 64},
     // Forward, wgmma (kernels/fwd/tile_config_sm90.h Sm90FwdDefaultConfig).
     {KernelKind::kFwd, KernelVariant::kSm90, 128, 128, 128, 128},
-    // Forward, warp-specialized (kernels/fwd/sm90_ws/tile_size.h Sm90WsFwdDefaultConfig).
-    {KernelKind::kFwd, KernelVariant::kSm90Ws, 64, 64, 128, 192},
+    // Forward, warp-specialized (kernels/fwd/sm90_ws/tile_size.h Sm90WsFwdDefaultConfig). D64 up to 1024 keys:
+    // the mma.sync kernel is faster there (H100, B16 H32 S1k bf16: 0.446 vs 0.487 ms; BENCHMARKS.md): a
+    // 192-key step leaves a sixth of 1024 keys masked and a CTA runs only 6 steps.
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 64, 64, 128, 192, 1025},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 96, 96, 128, 128},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 128, 128, 128, 128},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 192, 128, 128, 128},
@@ -73,6 +82,10 @@ inline constexpr KernelTile kKernelTable[] = {
     {KernelKind::kBwdDkDv, KernelVariant::kSm80, 256, 256, 64, 64},
     // dK/dV with atomic dQ, wgmma (kernels/bwd/tile_config_sm90.h Sm90BwdDefaultConfig::DkDv).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90, 128, 128, 64, 128},
+    // dK/dV with atomic dQ, warp-specialized (kernels/bwd/sm90_ws/tile_size.h Sm90WsBwdDefaultConfig): pinned
+    // only until the full GPU suite has run with it.
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 64, 128, kPinnedOnly},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128, kPinnedOnly},
     // Paged, cp.async (kernels/fwd/paged_tile_config.h PagedDefaultConfig).
     {KernelKind::kPaged, KernelVariant::kSm80, 64, 64, kPagedTileRows, kPagedTileKeys},
     {KernelKind::kPaged, KernelVariant::kSm80, 96, 96, kPagedTileRows, kPagedTileKeys},

@@ -15,9 +15,12 @@ DIRECTIONS = {
     "paged_fwd": ("host/paged_launch.cuh", "run_paged_fwd", "PagedFwdParams"),
 }
 
-# Kernels built only for sm_90a (CMake compiles these files for that architecture alone, when it is built).
+# Kernels built only for sm_90a (CMake compiles these files for that architecture alone, when it is built), and
+# the head-dim tiles each has (host/kernel_table.h lists the same).
 SM90A_DIRECTIONS = {
-    "fwd_sm90_ws": ("host/fwd_sm90_ws_launch.cuh", "run_attn_fwd_sm90_ws", "AttnFwdParams"),
+    "fwd_sm90_ws": ("host/fwd_sm90_ws_launch.cuh", "run_attn_fwd_sm90_ws", "const AttnFwdParams&, ", HEAD_DIMS),
+    "bwd_sm90_ws": ("host/bwd_sm90_ws_launch.cuh", "run_attn_bwd_dkdv_sm90_ws",
+                    "const AttnBwdParams&, const float*, float*, ", [(64, 64), (128, 128)]),
 }
 
 TEMPLATE = """\
@@ -25,7 +28,7 @@ TEMPLATE = """\
 #include "{header}"
 
 namespace jax_flash {{
-template Status {launcher}<{element}, {d}, {dv}>(const {params}&, {choice}cudaStream_t);
+template Status {launcher}<{element}, {d}, {dv}>({args}cudaStream_t);
 }}  // namespace jax_flash
 """
 
@@ -38,13 +41,13 @@ def main():
     here = pathlib.Path(__file__).parent
     for old in here.glob("attn_*.cu"):
         old.unlink()
-    directions = [(name, entry, "const KernelChoice&, ") for name, entry in DIRECTIONS.items()]
-    directions += [(name, entry, "") for name, entry in SM90A_DIRECTIONS.items()]
-    for direction, (header, launcher, params), choice in directions:
+    directions = [(name, header, launcher, f"const {params}&, const KernelChoice&, ", HEAD_DIMS)
+                  for name, (header, launcher, params) in DIRECTIONS.items()]
+    directions += [(name, *entry) for name, entry in SM90A_DIRECTIONS.items()]
+    for direction, header, launcher, args, head_dims in directions:
         for dtype, element in DTYPES.items():
-            for d, dv in HEAD_DIMS:
-                text = TEMPLATE.format(header=header, launcher=launcher, element=element, d=d, dv=dv,
-                                       params=params, choice=choice)
+            for d, dv in head_dims:
+                text = TEMPLATE.format(header=header, launcher=launcher, element=element, d=d, dv=dv, args=args)
                 (here / f"attn_{direction}_{dtype}_hdim{hdim_name(d, dv)}.cu").write_text(text)
 
 

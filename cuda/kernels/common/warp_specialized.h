@@ -13,17 +13,18 @@
 namespace jax_flash {
 
 // Parameters of one PipelineTmaAsync: the producer warpgroup's threads produce (`is_leader`: thread 0, which
-// initializes the barriers), the others consume; a stage is free again after one release per consumer
-// warpgroup, and full after `producers` arrivals (the TMA bytes' one, plus any plain producer arrivals).
+// initializes the barriers), the others consume; a stage is free again after `consumer_releases` releases (one
+// per consumer warpgroup, or one per consumer thread), and full after `producers` arrivals (the TMA bytes' one,
+// plus any plain producer arrivals).
 template <class Pipeline>
 __device__ __forceinline__ typename Pipeline::Params ws_pipeline_params(int transaction_bytes, bool producer,
-                                                                        int consumer_warpgroups,
+                                                                        int consumer_releases,
                                                                         int producers = 1) {
   typename Pipeline::Params params;
   params.transaction_bytes = transaction_bytes;
   params.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
   params.is_leader = threadIdx.x == 0;
-  params.num_consumers = consumer_warpgroups;
+  params.num_consumers = consumer_releases;
   params.num_producers = producers;
   return params;
 }

@@ -57,9 +57,11 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
   const bool producer = warpgroup_index() == 0;
 
   if (threadIdx.x == 0) st.barrier_kv.init(/*arrive_count=*/1);
-  // Q / dO stages are full after two producer arrivals: the TMA bytes' and the lse / delta rows'.
+  // Q / dO stages are full after two producer arrivals: the TMA bytes' and the lse / delta rows'. They are free
+  // again after every consumer thread's release (mainloop_tma_ws.h: the rows warp's plain stores follow the
+  // consumers' plain loads of the rows).
   auto pipeline_params = [&](int bytes) {
-    return ws_pipeline_params<Pipeline>(bytes, producer, Cfg::kMmaWarpgroups, /*producers=*/2);
+    return ws_pipeline_params<Pipeline>(bytes, producer, Cfg::kMmaThreads, /*producers=*/2);
   };
   // The constructors initialize the barriers (warp 0) and fence the initialization.
   Pipeline pipe_q(st.pipeline_q, pipeline_params(Cfg::kBytesQ), Shape<_1, _1, _1>{});

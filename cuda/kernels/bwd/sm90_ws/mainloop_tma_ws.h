@@ -256,14 +256,15 @@ struct Sm90WsBwdMainloop {
     Tensor tScS = transposed_rowcol_view(thr_s.partition_C(swapped_identity<kBlockN, kBlockM>()));
 
     const ScoreScale score_scale = ScoreScale::make(p.scale, p.softcap);
-    // One arrival per warpgroup frees a stage (the empty barriers count warpgroups): a warpgroup's wgmma
-    // reads of a stage are complete once its wait returns.
-    const bool signals_release = tidx % 128 == 0;
+    // Every consumer thread releases a stage once its own reads of it are done: its wgmma reads (complete when
+    // its wait returns) and its plain loads of the lse / delta rows, which the rows warp overwrites next. (A
+    // release by one thread per warpgroup after a named barrier orders them too, but compute-sanitizer's
+    // racecheck reported those rows as hazards: cuda/tools/racecheck_mbarrier_probe.cu.)
     auto wait = [](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
       pipe.consumer_wait(read, pipe.consumer_try_wait(read));
     };
-    auto release = [&](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
-      if (signals_release) pipe.consumer_release(read);
+    auto release = [](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
+      pipe.consumer_release(read);
     };
 
     st.barrier_kv.wait(0);
