@@ -23,13 +23,14 @@ class StandInExtension:
     """What _ffi asks of the nanobind module while tracing: kernel_choice (ValueError for a variant it cannot
     run) and the backward's scratch size."""
 
-    def __init__(self, runnable=("sm80", "sm90", "sm90_ws"), forward_only=("sm90_ws",)):
+    def __init__(self, runnable=("sm80", "sm90", "sm90_ws"), forward_only_above=(("sm90_ws", 128),)):
         self.runnable = runnable
-        self.forward_only = forward_only  # as the extension's warp-specialized kernels above D128: no backward
+        # As the extension's warp-specialized kernels: no backward above head dim 128.
+        self.forward_only_above = dict(forward_only_above)
 
     def kernel_choice(self, feature, dtype, head_dim, head_dim_v, variant):
         if variant != "auto" and (variant not in self.runnable or
-                                  (variant in self.forward_only and feature != "fwd")):
+                                  (feature != "fwd" and head_dim > self.forward_only_above.get(variant, 256))):
             raise ValueError(f"jax_flash: kernel variant {variant} cannot serve {feature} here")
         return {"variant": variant}
 
@@ -62,9 +63,9 @@ def _varlen(**kw):
     return attn
 
 
-def _lowered(attn, grads=True) -> str:
-    """StableHLO of attn's forward and (grads=True) its gradients, for (1, 16, 4, 64) bfloat16 q, k, v."""
-    x = jax.ShapeDtypeStruct((1, 16, 4, 64), BF16)
+def _lowered(attn, grads=True, head_dim=64) -> str:
+    """StableHLO of attn's forward and (grads=True) its gradients, for (1, 16, 4, head_dim) bfloat16 q, k, v."""
+    x = jax.ShapeDtypeStruct((1, 16, 4, head_dim), BF16)
 
     def loss(q, k, v):
         return attn(q, k, v).astype(jnp.float32).sum()
@@ -82,7 +83,7 @@ def _variant_attributes(text: str) -> dict:
     return calls
 
 
-@pytest.mark.parametrize("variant, attribute", [("auto", 0), ("sm80", 1), ("sm90", 2)])
+@pytest.mark.parametrize("variant, attribute", [("auto", 0), ("sm80", 1), ("sm90", 2), ("sm90_ws", 3)])
 def test_private_argument_reaches_every_call(extension, variant, attribute):
     dense = _variant_attributes(_lowered(_dense(_variant=variant)))
     assert dense == {"jax_flash_attn_fwd": [attribute], "jax_flash_attn_bwd": [attribute]}
@@ -91,11 +92,13 @@ def test_private_argument_reaches_every_call(extension, variant, attribute):
 
 
 def test_forward_only_variant_pins_forward_calls_and_refuses_gradients(extension):
-    assert _variant_attributes(_lowered(_dense(_variant="sm90_ws"), grads=False)) == {"jax_flash_attn_fwd": [3]}
-    assert _variant_attributes(_lowered(_varlen(_variant="sm90_ws"), grads=False)) == {
+    """sm90_ws at head dim 192 (as the extension: a forward, no backward above 128)."""
+    assert _variant_attributes(_lowered(_dense(_variant="sm90_ws"), grads=False, head_dim=192)) == {
+        "jax_flash_attn_fwd": [3]}
+    assert _variant_attributes(_lowered(_varlen(_variant="sm90_ws"), grads=False, head_dim=192)) == {
         "jax_flash_attn_varlen_fwd": [3]}
     with pytest.raises(ValueError, match=r"kernel variant 'sm90_ws' .* cannot serve bwd"):
-        _lowered(_dense(_variant="sm90_ws"))
+        _lowered(_dense(_variant="sm90_ws"), head_dim=192)
 
 
 def test_environment_variable_pins_and_the_argument_wins(extension, monkeypatch):
@@ -228,7 +231,9 @@ def test_hopper_default_forward_is_warp_specialized(head_dims):
     if not _hopper():
         pytest.skip("needs a Hopper and a build with sm_90a code")
     for dtype in ("bfloat16", "float16"):
-        if not module.supported(dtype, *head_dims):
+        # This head-dim tile itself (a build may serve these head dims with a larger tile).
+        if (not module.supported(dtype, *head_dims) or
+                tuple(module.kernel_choice("fwd", dtype, *head_dims, "sm80")["tile"]) != head_dims):
             continue
         choice = module.kernel_choice("fwd", dtype, *head_dims)
         assert choice["variant"] == "sm90_ws"
@@ -290,14 +295,23 @@ def test_automatic_d64_forward_follows_the_key_count():
     """kernel_table.h: at D64 the automatic choice runs the mma.sync forward up to 1024 keys and the
     warp-specialized one above; the launcher passes the call's key count to the choice."""
     module = _extension()
-    if not _hopper() or not module.supported("bfloat16", 64, 64):
-        pytest.skip("needs a Hopper and a build with sm_90a code and D64")
+    # module.supported(64) holds for any build with a tile >= 64: the D64 tile itself is what is needed.
+    if not _hopper() or tuple(module.kernel_choice("fwd", "bfloat16", 64, 64, "sm80")["tile"]) != (64, 64):
+        pytest.skip("needs a Hopper and a build with sm_90a code and the D64 tile")
     run = jax.jit(lambda q, k, v, variant: jax_flash.flash_attention(q, k, v, _variant=variant), static_argnums=3)
     for keys, expected in ((1024, "sm80"), (1100, "sm90_ws")):
         q, k, v = (_random((1, keys, 4, 64), seed) for seed in range(3))
         auto, pinned = (np.asarray(jax.device_get(run(q, k, v, variant))).view(np.uint16)
                         for variant in ("auto", expected))
         np.testing.assert_array_equal(auto, pinned, err_msg=f"{keys} keys")
+    # Packed: the choice goes by max_seqlen_k, not by the token total (8 sequences of 512 keys: 4096 tokens).
+    cu = jnp.arange(0, 4097, 512, dtype=jnp.int32)
+    q, k, v = (_random((4096, 4, 64), seed) for seed in range(3))
+    packed = jax.jit(lambda q, k, v, variant: jax_flash.flash_attention_varlen(q, k, v, cu, cu, 512, 512,
+                                                                               _variant=variant), static_argnums=3)
+    auto, pinned = (np.asarray(jax.device_get(packed(q, k, v, variant))).view(np.uint16)
+                    for variant in ("auto", "sm80"))
+    np.testing.assert_array_equal(auto, pinned, err_msg="packed, max_seqlen_k 512")
 
 
 @pytest.mark.gpu

@@ -110,7 +110,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attrs(),                        // AttnAttributes (attributes.h), deterministic (bool)
     {ffi::Traits::kCmdBufferCompatible});
 
-// max_seqlen_q / max_seqlen_k: recorded in the call, never used to size work (see the forward handler).
+// max_seqlen_q / max_seqlen_k: recorded in the call, never used to size work; max_seqlen_k goes to the kernel
+// choice (see the forward handler).
 static ffi::Error AttnVarlenBwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
                                     ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse,
                                     ffi::AnyBuffer dout, ffi::Buffer<ffi::F32> dlse,
@@ -131,6 +132,7 @@ static ffi::Error AttnVarlenBwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/true, &params, &dtype)) return *std::move(e);
   if (auto e = fill_packed(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, &params)) return *std::move(e);
+  params.max_seqlen_k = max_seqlen_k;
   BwdBuffers buffers{out, dout, lse, dlse, *dq, *dk, *dv, *workspace};
   return run_bwd(stream, params, dtype, true, buffers, attributes, deterministic);
 }

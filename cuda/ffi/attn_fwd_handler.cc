@@ -56,8 +56,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attrs(),                        // AttnAttributes (attributes.h), has_sinks (bool)
     {ffi::Traits::kCmdBufferCompatible});
 
-// max_seqlen_q / max_seqlen_k are part of the call (so each value has its own executable) but never
-// steer the kernels: their work comes from a bound on the shapes (kernels/common/seqlen.h).
+// max_seqlen_q / max_seqlen_k are part of the call (so each value has its own executable) but never size
+// the kernels' work, which comes from a bound on the shapes (kernels/common/seqlen.h); max_seqlen_k is the key
+// count the kernel choice goes by (kernel_table.h auto_min_keys).
 static ffi::Error AttnVarlenFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
                                     ffi::AnyBuffer v, ffi::Buffer<ffi::S32> cu_seqlens_q,
                                     ffi::Buffer<ffi::S32> cu_seqlens_k, ffi::Buffer<ffi::S32> seqused_q,
@@ -76,6 +77,7 @@ static ffi::Error AttnVarlenFwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::
   DType dtype;
   if (auto e = fill_qkv(q, k, v, /*packed=*/true, &params, &dtype)) return *std::move(e);
   if (auto e = fill_packed(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, &params)) return *std::move(e);
+  params.max_seqlen_k = max_seqlen_k;
   if (auto e = fill_sinks(sinks, has_sinks, &params)) return *std::move(e);
   return run_fwd(stream, params, dtype, true, *out, *lse, attributes);
 }

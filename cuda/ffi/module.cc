@@ -111,6 +111,6 @@ NB_MODULE(_jax_flash_cuda, m) {
       nb::arg("feature"), nb::arg("dtype"), nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("variant") = "auto",
       nb::arg("seqlen_k") = -1,
       "The kernel the launchers run for this call on the current device: {variant, tile, block_m, block_n, "
-      "atomic_dq}; ValueError saying why when none can serve it. seqlen_k: the call's keys (packed: the "
-      "max_seqlen_k bound); -1 for a long call.");
+      "atomic_dq}; ValueError saying why when none can serve it. seqlen_k: the call's keys (packed: its "
+      "max_seqlen_k); -1 for a long call.");
 }

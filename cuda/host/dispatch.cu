@@ -42,6 +42,13 @@ struct PagedLaunch {
   Status run(const KernelChoice& choice) const { return run_paged_fwd<Element, kD, kDv>(params, choice, stream); }
 };
 
+// The key count the kernel choice goes by: the keys of a dense call, the max_seqlen_k bound of a packed one (-1,
+// unknown, where it was not given).
+int64_t choice_keys(const AttnFwdParams& params) {
+  if (!params.packed()) return params.seqlen_k;
+  return params.max_seqlen_k > 0 ? params.max_seqlen_k : -1;
+}
+
 // Chooses the kernel and calls launch.template run<Element, D, Dv>(choice) on the instantiation of its tile.
 template <typename Launch>
 Status dispatch(KernelFeature feature, DType dtype, int head_dim, int head_dim_v, int64_t seqlen_k,
@@ -64,7 +71,7 @@ Status dispatch(KernelFeature feature, DType dtype, int head_dim, int head_dim_v
 }  // namespace
 
 Status attn_fwd(const AttnFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
-  Status status = dispatch(KernelFeature::kFwd, dtype, params.head_dim, params.head_dim_v, params.seqlen_k,
+  Status status = dispatch(KernelFeature::kFwd, dtype, params.head_dim, params.head_dim_v, choice_keys(params),
                            variant, FwdLaunch{params, stream});
   if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);
   return status;
@@ -72,13 +79,13 @@ Status attn_fwd(const AttnFwdParams& params, DType dtype, KernelVariant variant,
 
 Status attn_bwd(const AttnBwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
   Status status = dispatch(bwd_feature(params.deterministic), dtype, params.head_dim, params.head_dim_v,
-                           params.seqlen_k, variant, BwdLaunch{params, stream});
+                           choice_keys(params), variant, BwdLaunch{params, stream});
   if (status.ok() && params.packed()) status = fill_bwd_padding(params, stream);
   return status;
 }
 
 Status paged_fwd(const PagedFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream) {
-  Status status = dispatch(paged_feature(params), dtype, params.head_dim, params.head_dim_v, params.seqlen_k,
+  Status status = dispatch(paged_feature(params), dtype, params.head_dim, params.head_dim_v, choice_keys(params),
                            variant, PagedLaunch{params, stream});
   if (status.ok() && params.num_splits > 1) status = paged_combine(params, dtype, stream);
   if (status.ok() && params.packed()) status = fill_fwd_padding(params, stream);

@@ -65,8 +65,8 @@ inline constexpr KernelTile kKernelTable[] = {
     // Forward, wgmma (kernels/fwd/tile_config_sm90.h Sm90FwdDefaultConfig).
     {KernelKind::kFwd, KernelVariant::kSm90, 128, 128, 128, 128},
     // Forward, warp-specialized (kernels/fwd/sm90_ws/tile_size.h Sm90WsFwdDefaultConfig). D64 up to 1024 keys:
-    // the mma.sync kernel is faster there (H100, B16 H32 S1k bf16: 0.446 vs 0.487 ms; BENCHMARKS.md): a
-    // 192-key step leaves a sixth of 1024 keys masked and a CTA runs only 6 steps.
+    // the mma.sync kernel is faster there (H100, B16 H32 S1k bf16: 0.446 vs 0.487 ms; BENCHMARKS.md): six
+    // 192-key steps cover 1152 key slots for 1024 keys, and a CTA runs only 6 steps.
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 64, 64, 128, 192, 1025},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 96, 96, 128, 128},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 128, 128, 128, 128},

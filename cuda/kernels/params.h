@@ -29,6 +29,9 @@ struct AttnFwdParams {
   int64_t lse_batch_stride, lse_head_stride;  // lse row stride is 1
 
   int batch, seqlen_q, seqlen_k;
+  // Packed only, host side (the kernels never read it): the call's max_seqlen_k attribute, the key count the
+  // kernel choice goes by (kernel_table.h auto_min_keys; dense calls go by seqlen_k). 0: not given.
+  int max_seqlen_k;
   int heads_q, heads_k;
   int kv_group;  // heads_q / heads_k: query head h reads kv head h / kv_group
   int head_dim, head_dim_v;  // the real sizes; the instantiation's tile may be larger
