@@ -4,8 +4,8 @@
 //   2. dk, dv (and, on the atomic path, dq partial sums -> workspace accumulator, zeroed first)
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
 // The atomic path runs where the kernel choice picks it (deterministic == false, head-dim tile up to 128; see
-// kernel_choice.h): the mma.sync, wgmma or warp-specialized dK/dV kernel adds dQ into the accumulator. It saves the dq kernel's recomputation of S and dP at the price of run-to-run rounding
-// differences in dq.
+// kernel_choice.h): the mma.sync, wgmma or warp-specialized dK/dV kernel adds dQ into the accumulator. It saves
+// the dq kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq.
 #pragma once
 
 #include <cuda_runtime.h>
