@@ -258,8 +258,9 @@ struct Sm90WsBwdMainloop {
     const ScoreScale score_scale = ScoreScale::make(p.scale, p.softcap);
     // Every consumer thread releases a stage once its own reads of it are done: its wgmma reads (complete when
     // its wait returns) and its plain loads of the lse / delta rows, which the rows warp overwrites next. (A
-    // release by one thread per warpgroup after a named barrier orders them too, but compute-sanitizer's
-    // racecheck reported those rows as hazards: cuda/tools/racecheck_mbarrier_probe.cu.)
+    // release by one thread per warpgroup after the named barrier orders them too, but compute-sanitizer's
+    // racecheck reported the rows as hazards there; cuda/tools/racecheck_mbarrier_probe.cu asks whether it sees
+    // that protocol at all.)
     auto wait = [](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
       pipe.consumer_wait(read, pipe.consumer_try_wait(read));
     };
