@@ -183,9 +183,9 @@ def test_extension_exports_match_python():
             choice = module.kernel_choice("paged", dtype, d, d, "sm80")
             assert (choice["block_m"], choice["block_n"]) == _ffi.paged_tile()
             assert "sm80" in module.variants("fwd", dtype, d, d)
-            for variant in ("sm90", "sm90_ws"):
-                with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
-                    module.kernel_choice("bwd_deterministic", dtype, d, d, variant)
+            # The wgmma dK/dV kernel sums dQ with atomics only; the warp-specialized one has a mode without dQ.
+            with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
+                module.kernel_choice("bwd_deterministic", dtype, d, d, "sm90")
 
 
 def _random(shape, seed):
@@ -261,9 +261,31 @@ def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
     sm80, ws = (np.asarray(jax.device_get(run(q, k, v, variant))) for variant in ("sm80", "sm90_ws"))
     assert not np.array_equal(sm80.view(np.uint16), ws.view(np.uint16))
     np.testing.assert_allclose(sm80.astype(np.float32), ws.astype(np.float32), atol=2e-2, rtol=2e-2)
-    with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
-        jax.grad(lambda q: jax_flash.flash_attention(q, k, v, deterministic=True, _variant="sm90_ws").astype(
-            jnp.float32).sum())(q)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_pinned_warp_specialized_deterministic_backward(head_dim):
+    """deterministic=True under sm90_ws: the warp-specialized dK/dV kernel without dQ, then the dq kernel.
+    Bitwise repeatable, and close to the sm80 deterministic backward."""
+    _extension()
+    if not _hopper() or "sm90_ws" not in _ffi.runnable_variants("bwd_deterministic", BF16, head_dim, head_dim):
+        pytest.skip(f"needs a Hopper and a build with sm_90a code and D{head_dim}")
+    q, dout = (_random((2, 700, 6, head_dim), seed) for seed in (0, 3))
+    k, v = (_random((2, 700, 2, head_dim), seed) for seed in (1, 2))
+
+    def grads(q, k, v, variant):
+        _, vjp = jax.vjp(lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=True, deterministic=True,
+                                                                   _variant=variant), q, k, v)
+        return vjp(dout)
+
+    run = jax.jit(grads, static_argnums=3)
+    ws, ws_again, sm80 = (jax.device_get(run(q, k, v, variant)) for variant in ("sm90_ws", "sm90_ws", "sm80"))
+    for name, a, b, c in zip(("dq", "dk", "dv"), ws, ws_again, sm80):
+        a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
+        assert np.array_equal(a.view(np.uint16), b.view(np.uint16)), name
+        assert np.isfinite(a.astype(np.float32)).all(), name
+        np.testing.assert_allclose(a.astype(np.float32), c.astype(np.float32), atol=3e-2, rtol=3e-2, err_msg=name)
 
 
 @pytest.mark.gpu

@@ -5,7 +5,8 @@
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
 // The atomic path runs where the kernel choice picks it (deterministic == false, head-dim tile up to 128; see
 // kernel_choice.h): the mma.sync, wgmma or warp-specialized dK/dV kernel adds dQ into the accumulator. It saves
-// the dq kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq.
+// the dq kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq. Otherwise
+// the mma.sync or warp-specialized dK/dV kernel runs without dQ, then the dq kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -118,11 +119,12 @@ Status launch_chosen_dkdv(const AttnBwdParams& params, const KernelChoice& choic
                           float* dq_accum, cudaStream_t stream) {
   using DkDv = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv;
   if (choice.variant == KernelVariant::kSm90Ws) {
-    if (!choice.atomic_dq) return error("the warp-specialized dK/dV kernel sums dQ with atomics only");
     constexpr bool kHasWs =
         find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kHeadDim, kHeadDimV) != nullptr;
     if constexpr (kBuildHasSm90a && kHasWs) {
-      return run_attn_bwd_dkdv_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream);
+      // No accumulator: the kernel's mode without dQ (the dq kernel follows).
+      return run_attn_bwd_dkdv_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta,
+                                                                     choice.atomic_dq ? dq_accum : nullptr, stream);
     } else {
       return error("this build has no warp-specialized dK/dV kernel for these head dims");
     }

@@ -1,7 +1,8 @@
 // Launcher of the warp-specialized Hopper dK/dV kernel (kernels/bwd/sm90_ws/) for one (Element, kHeadDim,
 // kHeadDimV) instantiation: checks, tensor maps, launch. It runs step 2 of the backward (bwd_launch.cuh):
-// the caller has written delta and zeroed the dq accumulator (workspace_layout.h), and converts the
-// accumulator into dq afterwards (kernels/bwd/preprocess.cuh).
+// the caller has written delta and, on the atomic path, zeroed the dq accumulator (workspace_layout.h), and
+// computes dq afterwards: the accumulator converted (kernels/bwd/preprocess.cuh), or, without an accumulator
+// (the deterministic backward), the dq kernel (kernels/bwd/dq_kernel.cuh).
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws_*.cu, built for sm_90a alone) and the
 // GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls it when the kernel choice is kSm90Ws
@@ -36,7 +37,9 @@ inline bool bwd_sm90_ws_operands_aligned(const AttnBwdParams& p) {
          strides_ok(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
 }
 
-// delta: (layout_batch, Hq, Sq) f32; dq_accum: (layout_batch, Hq, Sq, head_dim) f32, zeroed (workspace_layout.h).
+// delta: (layout_batch, Hq, Sq) f32; dq_accum: (layout_batch, Hq, Sq, head_dim) f32, zeroed (workspace_layout.h),
+// to which the kernel adds dQ with atomics; nullptr: the kernel's mode without dQ (dK and dV only, bitwise
+// repeatable, for the deterministic backward).
 template <class Cfg>
 Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
                                     cudaStream_t stream) {
@@ -58,7 +61,7 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
     return Status{name + ": q/k/v/dout/dk/dv need 16-byte aligned base pointers and row/head/batch strides that "
                   "are multiples of 8 elements"};
   }
-  if (delta == nullptr || dq_accum == nullptr) return Status{name + ": delta and the dq accumulator are required"};
+  if (delta == nullptr) return Status{name + ": delta is required"};
   if (params.batch <= 0 || params.seqlen_k <= 0) return Status{};  // no key: no dK / dV row to write
   if (params.heads_k > 65535 || params.layout_batch() > 65535) {
     return Status{name + ": batch and heads must each be <= 65535"};
@@ -66,8 +69,11 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
   const dim3 grid = Sm90WsBwdScheduler<Cfg>::grid(params, params.heads_k);
   const Sm90WsBwdKernelParams<Cfg> kernel_params{params,
                                                  Sm90WsBwdMainloop<Cfg>::make_params(params, delta, dq_accum)};
-  auto kernel = params.softcap > 0.f ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true>
-                                     : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false>;
+  const bool softcap = params.softcap > 0.f;
+  auto kernel = dq_accum != nullptr ? (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, true>
+                                               : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, true>)
+                                    : (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, false>
+                                               : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, false>);
   constexpr int kSmem = int(sizeof(Sm90WsBwdSharedStorage<Cfg>));
   static_assert(kSmem <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, name); !s.ok()) return s;

@@ -21,15 +21,18 @@ KernelKind kind_of(KernelFeature feature) {
   return KernelKind::kFwd;
 }
 
-// The deterministic backward pairs the dq kernel with the mma.sync dK/dV kernel only; the Hopper paged kernel
-// is the split-key decode; the warp-specialized kernels are the forward and the atomic-dQ dK/dV.
+// The deterministic backward pairs the dq kernel with a dK/dV kernel that has a mode without dQ: the mma.sync
+// one or the warp-specialized one (the wgmma dK/dV kernel sums dQ with atomics only); the Hopper paged kernel
+// is the split-key decode; the warp-specialized kernels are the forward and the dK/dV, with or without dQ.
 bool feature_has_variant(KernelFeature feature, KernelVariant variant) {
   switch (variant) {
     case KernelVariant::kSm80: return true;
     case KernelVariant::kSm90:
       return feature == KernelFeature::kFwd || feature == KernelFeature::kBwd ||
              feature == KernelFeature::kPagedDecode;
-    case KernelVariant::kSm90Ws: return feature == KernelFeature::kFwd || feature == KernelFeature::kBwd;
+    case KernelVariant::kSm90Ws:
+      return feature == KernelFeature::kFwd || feature == KernelFeature::kBwd ||
+             feature == KernelFeature::kBwdDeterministic;
     case KernelVariant::kAuto: return false;
   }
   return false;

@@ -3,7 +3,9 @@
 // oracle rule with the current kernel in the place of the naive one), then speed beside the current backward.
 // Both run the same chain around their dK/dV kernel: delta (bwd_delta_kernel), the dq accumulator zeroed,
 // dK/dV with atomic dQ sums, the accumulator converted (bwd_dq_convert_kernel). The current dK/dV kernel is
-// the sm90 wgmma one where its tile exists (D128), else the sm80 one.
+// the sm90 wgmma one where its tile exists (D128), else the sm80 one. A few cases also run the deterministic
+// backward with the new kernel (its mode without dQ, then the dq kernel): dK and dV must equal the atomic-dQ
+// mode's bit for bit, dq meets the same tolerance.
 //
 // Build from the repository root (CHECK_HEAD_DIM picks the tile: 64 or 128):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
@@ -94,6 +96,20 @@ Status current_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum,
 template <class Element>
 Status new_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum, cudaStream_t stream) {
   return run_attn_bwd_dkdv_sm90_ws<Element, kD, kDv>(p, delta, dq_accum, stream);
+}
+
+// The deterministic backward with the new kernel, as run_attn_bwd runs it for the pinned sm90_ws variant: the
+// kernel without dQ, then the dq kernel. (The workspace, sized for the atomic path, starts with delta either way.)
+template <class Element>
+Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
+  AttnBwdParams det = p;
+  det.deterministic = true;
+  KernelChoice choice{};
+  choice.feature = KernelFeature::kBwdDeterministic;
+  choice.variant = KernelVariant::kSm90Ws;
+  choice.pinned = true;
+  choice.atomic_dq = false;
+  return run_attn_bwd<Element, kD, kDv>(det, choice, stream);
 }
 
 template <class Element>
@@ -344,6 +360,7 @@ struct Case {
   float softcap;
   std::vector<int> lens_q, lens_k, used_q, used_k;  // packed when lens_q is not empty; used_* optional
   int pad_rows;                                    // packed: rows after the last sequence
+  bool deterministic_too = false;                  // also run the deterministic backward (not with --small)
 };
 
 
@@ -623,7 +640,7 @@ std::vector<Case> correctness_cases(bool small) {
       {"causal sq1000 sk777 (empty rows)", 1, 1000, 777, 2, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
       {"window(100,30) B2 S900 gqa2", 2, 900, 900, 2, 1, d, dv, 100, 30, 0.f, {}, {}, {}, {}, 0},
       {"window(-1,64) softcap20 S700", 1, 700, 700, 2, 2, d, dv, -1, 64, 20.f, {}, {}, {}, {}, 0},
-      {"full softcap30 gqa7 sq513 sk1500", 1, 513, 1500, 14, 2, d, dv, -1, -1, 30.f, {}, {}, {}, {}, 0},
+      {"full softcap30 gqa7 sq513 sk1500", 1, 513, 1500, 14, 2, d, dv, -1, -1, 30.f, {}, {}, {}, {}, 0, true},
       {"causal sq300 sk5", 1, 300, 5, 2, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
       {"full sk0 (no keys)", 2, 100, 0, 2, 2, d, dv, -1, -1, 0.f, {}, {}, {}, {}, 0},
       {"full sq0 (no queries)", 2, 0, 100, 2, 2, d, dv, -1, -1, 0.f, {}, {}, {}, {}, 0},
@@ -631,7 +648,7 @@ std::vector<Case> correctness_cases(bool small) {
       {"full head dims D-8", 1, 600, 700, 3, 1, d - 8, dv - 8, -1, -1, 0.f, {}, {}, {}, {}, 0},
       {"packed full gqa2", 0, 0, 0, 4, 2, d, dv, -1, -1, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0}, {}, {}, 16},
       {"packed causal seqused", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0},
-       {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16},
+       {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16, true},
   };
 }
 
@@ -670,6 +687,18 @@ bool check_correctness(bool small, const char* dtype) {
                 "bad %ld/%ld %s %s\n",
                 dtype, c.d, c.name.c_str(), e.dq, cur.dq, e.dk, cur.dk, e.dv, cur.dv, e.ref_dq, e.ref_dk, e.ref_dv,
                 e.bad, cur.bad, same ? "dkdv-repeatable" : "DKDV NOT REPEATABLE", ok ? "PASS" : "FAIL");
+    if (small || !c.deterministic_too) continue;
+    pr.poison();
+    check_status(launch_new_deterministic<Element>(pr.p, nullptr), "sm90_ws deterministic backward");
+    CHECK_CUDA(cudaDeviceSynchronize());
+    const Grads det = pr.grads();
+    const Errors e_det = compare(pr, det, ref);
+    const bool det_same = same_dk_dv(pr, got, det);
+    const bool det_ok = e_det.bad == 0 && e_det.dq <= tol(cur.dq, e_det.ref_dq) && det_same;
+    all_ok = all_ok && det_ok;
+    std::printf("%-5s D%d %-36s deterministic (no dQ + dq kernel): dq %.2e bad %ld, dk/dv %s %s\n", dtype, c.d,
+                c.name.c_str(), e_det.dq, e_det.bad, det_same ? "bitwise equal to the dQ mode's" : "DIFFER FROM THE DQ MODE'S",
+                det_ok ? "PASS" : "FAIL");
   }
   return all_ok;
 }

@@ -4,15 +4,16 @@
 //                                         step), warp 1 writes the lse and delta rows (mainloop_tma_ws.h,
 //                                         load_tiles / load_rows); warps 2-3 idle;
 //   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, the five products per step, dQ added to the
-//                                         workspace accumulator with fp32 atomics (mainloop_tma_ws.h, mma),
-//                                         then the backward's epilogue writes dK (times scale) and dV
-//                                         (bwd/epilogue.h, store_dk_dv).
+//                                         workspace accumulator with fp32 atomics (mainloop_tma_ws.h, mma;
+//                                         kDq false: three products, no dQ), then the backward's epilogue
+//                                         writes dK (times scale) and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
-// the CTA in a fixed order (dK / dV deterministic; dQ is not, it is summed with atomics).
+// the CTA in a fixed order (dK / dV deterministic; dQ, where this kernel sums it, is not: atomics).
 // Semantics are the other backward kernels': bottom-right aligned causal / window mask, softcap, packed
-// layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and a zeroed dq
-// accumulator, whose sums bwd_dq_convert_kernel turns into dq (kernels/bwd/preprocess.cuh).
+// layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and, with kDq, a zeroed dq
+// accumulator, whose sums bwd_dq_convert_kernel turns into dq (kernels/bwd/preprocess.cuh). Without dQ (the
+// deterministic backward) the dq kernel computes dq afterwards (kernels/bwd/dq_kernel.cuh).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -39,7 +40,7 @@ struct Sm90WsBwdKernelParams {
 template <class Cfg>
 using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/false>;
 
-template <class Cfg, bool kSoftcap>
+template <class Cfg, bool kSoftcap, bool kDq>
 __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelParams<Cfg>& kp) {
   using namespace cute;
   using Mainloop = Sm90WsBwdMainloop<Cfg>;
@@ -87,19 +88,20 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
     clear(acc_dk);
     clear(acc_dv);
     if (w.steps > 0) {
-      Mainloop::template mma<kSoftcap>(kp.mainloop, p, st, pipe_q, pipe_do, w, tidx, acc_dk, acc_dv);
+      Mainloop::template mma<kSoftcap, kDq>(kp.mainloop, p, st, pipe_q, pipe_do, w, tidx, acc_dk, acc_dv);
     }
     // dK and dV share one partition (tile_size.h: Dv = D), straight from registers.
     store_dk_dv<Cfg>(p, w.seq, w.bidb, w.bidhk, w.n0, mma_dk.get_thread_slice(tidx), acc_dk, acc_dv);
   }
 }
 
-// kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop.
-template <class Cfg, bool kSoftcap>
+// kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop. kDq: dQ summed into
+// the workspace accumulator (the atomic-dQ backward), or not at all (the deterministic one).
+template <class Cfg, bool kSoftcap, bool kDq>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     attn_bwd_dkdv_sm90_ws_kernel(const __grid_constant__ Sm90WsBwdKernelParams<Cfg> kp) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  attn_bwd_dkdv_sm90_ws_cta<Cfg, kSoftcap>(kp);
+  attn_bwd_dkdv_sm90_ws_cta<Cfg, kSoftcap, kDq>(kp);
 #endif
 }
 

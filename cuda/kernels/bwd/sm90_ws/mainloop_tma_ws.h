@@ -16,6 +16,9 @@
 // dS^T is double-buffered (by step parity), so one barrier per step suffices: a warpgroup writes buffer b at
 // step t + 1 only after passing step t's barrier, which the other warpgroup reached after its dQ of step
 // t - 1 (the last reader of b) had completed.
+// Without dQ (kDq false: the deterministic backward, whose dq kernel computes dQ), no dS^T store, barrier, dQ
+// product or atomic: dV += P^T dO and dK += dS^T Q (both from registers) | wait dV: release dO | wait dK:
+// release Q.
 //
 // Rows past the sequence and columns past the real head dims arrive as zeros in dense layouts (the tensor maps
 // are the real shapes; TMA fills out-of-range boxes with zeros). Packed layouts: a tile reaching past its
@@ -71,7 +74,8 @@ struct Sm90WsBwdMainloop {
   using TmaV = typename Rows::template Load<typename Cfg::SmemLayoutV, TileV>;
 
   // The tensor maps (they hold the tensors' addresses, so they are encoded on the host at each launch) and
-  // the backward's workspace: delta (read) and the dq accumulator (added to), workspace_layout.h.
+  // the backward's workspace: delta (read) and the dq accumulator (added to; nullptr without dQ),
+  // workspace_layout.h.
   struct Params {
     TmaQ tma_q;
     TmaDo tma_do;
@@ -213,9 +217,9 @@ struct Sm90WsBwdMainloop {
   }
 
   // Consumers: thread tidx (0 .. kMmaThreads - 1) adds every step's dK (without `scale`) and dV to its zeroed
-  // accumulator partitions, and every step's dQ (without `scale`) to the fp32 accumulator rows in global
-  // memory. Needs >= 1 step.
-  template <bool kSoftcap, class AccDk, class AccDv>
+  // accumulator partitions, and with kDq every step's dQ (without `scale`) to the fp32 accumulator rows in
+  // global memory. Needs >= 1 step.
+  template <bool kSoftcap, bool kDq, class AccDk, class AccDv>
   __device__ static void mma(const Params& mp, const AttnBwdParams& p, Storage& st, Pipeline& pipe_q,
                              Pipeline& pipe_do, const Work& w, int tidx, AccDk& acc_dk, AccDv& acc_dv) {
     using namespace cute;
@@ -245,6 +249,7 @@ struct Sm90WsBwdMainloop {
     Tensor tDPrDo = thr_dp.partition_fragment_B(sDo);       // (MMA, M, Dv, stage)
     Tensor tdVrDot = thr_dv.partition_fragment_B(sDot);     // (MMA, Dv, M, stage)
     Tensor tdKrQt = thr_dk.partition_fragment_B(sQt);       // (MMA, D, M, stage)
+    // dQ's operands and dS^T's store (unused without dQ).
     Tensor tdQrDs = thr_dq.partition_fragment_A(sDs);       // (MMA, M, N, dS stage)
     Tensor tdQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));  // the warpgroup's half of D
     Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
@@ -318,25 +323,31 @@ struct Sm90WsBwdMainloop {
       warpgroup_commit_batch();
       auto rDs = convert_fragment<Element>(acc_dp);
       Tensor tdKrDs = make_tensor(rDs.data(), acc_as_a_layout(rDs.layout()));  // A of dK: dS^T
-      copy(store_ds, thr_store_ds.retile_S(rDs), tDssDs(_, _, _, ds_stage));
-      publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBwdBarrier::kDsStored));
+      if constexpr (kDq) {
+        copy(store_ds, thr_store_ds.retile_S(rDs), tDssDs(_, _, _, ds_stage));
+        publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBwdBarrier::kDsStored));
+      }
 
-      // dQ = dS K over every key of the block, dK += dS^T Q.
-      Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-      warpgroup_fence_operand(acc_dq);
+      // dQ = dS K over every key of the block (kDq), dK += dS^T Q.
+      Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // unused without dQ
+      if constexpr (kDq) warpgroup_fence_operand(acc_dq);
       warpgroup_fence_operand(acc_dk);
       warpgroup_fence_operand(tdKrDs);
       warpgroup_arrive();
-      wgmma_issue<true>(mma_dq, tdQrDs(_, _, _, ds_stage), tdQrKt, acc_dq);
-      warpgroup_commit_batch();
+      if constexpr (kDq) {
+        wgmma_issue<true>(mma_dq, tdQrDs(_, _, _, ds_stage), tdQrKt, acc_dq);
+        warpgroup_commit_batch();
+      }
       wgmma_issue<false>(mma_dk, tdKrDs, tdKrQt(_, _, _, stage), acc_dk);
       warpgroup_commit_batch();
-      warpgroup_wait<1>();  // dV and dQ are in (batches complete in order)
+      warpgroup_wait<1>();  // all but dK are in: dV (and dQ); batches complete in order
       warpgroup_fence_operand(acc_dv);
-      warpgroup_fence_operand(acc_dq);
+      if constexpr (kDq) warpgroup_fence_operand(acc_dq);
       release(pipe_do, read);  // its readers: dP^T, dV (and the delta rows)
-      float* dq_rows = mp.dq_accum + (w.seq.scratch_row(p, w.bidb, bidh) + row0) * p.head_dim;
-      atomic_add_acc(acc_dq, tdQcdQ, dq_rows, p.head_dim, rows_left, p.head_dim);
+      if constexpr (kDq) {
+        float* dq_rows = mp.dq_accum + (w.seq.scratch_row(p, w.bidb, bidh) + row0) * p.head_dim;
+        atomic_add_acc(acc_dq, tdQcdQ, dq_rows, p.head_dim, rows_left, p.head_dim);
+      }
       warpgroup_wait<0>();  // dK is in
       warpgroup_fence_operand(acc_dk);
       release(pipe_q, read);  // its readers: S^T, dK (and the lse rows)
