@@ -85,6 +85,7 @@ inline constexpr KernelTile kKernelTable[] = {
     // dK/dV with atomic dQ, warp-specialized (kernels/bwd/sm90_ws/tile_size.h Sm90WsBwdDefaultConfig): pinned
     // only until the full GPU suite has run with it.
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 64, 128, kPinnedOnly},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128, kPinnedOnly},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128, kPinnedOnly},
     // Paged, cp.async (kernels/fwd/paged_tile_config.h PagedDefaultConfig).
     {KernelKind::kPaged, KernelVariant::kSm80, 64, 64, kPagedTileRows, kPagedTileKeys},

@@ -20,7 +20,7 @@ DIRECTIONS = {
 SM90A_DIRECTIONS = {
     "fwd_sm90_ws": ("host/fwd_sm90_ws_launch.cuh", "run_attn_fwd_sm90_ws", "const AttnFwdParams&, ", HEAD_DIMS),
     "bwd_sm90_ws": ("host/bwd_sm90_ws_launch.cuh", "run_attn_bwd_dkdv_sm90_ws",
-                    "const AttnBwdParams&, const float*, float*, ", [(64, 64), (128, 128)]),
+                    "const AttnBwdParams&, const float*, float*, ", [(64, 64), (96, 96), (128, 128)]),
 }
 
 TEMPLATE = """\

@@ -7,7 +7,7 @@
 // backward with the new kernel (its mode without dQ, then the dq kernel): dK and dV must equal the atomic-dQ
 // mode's bit for bit, dq meets the same tolerance.
 //
-// Build from the repository root (CHECK_HEAD_DIM picks the tile: 64 or 128):
+// Build from the repository root (CHECK_HEAD_DIM picks the tile: 64, 96 or 128):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -lineinfo -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/bwd_sm90_ws_check.cu -o /tmp/bwd_sm90_ws_check

@@ -19,11 +19,14 @@
 //   dQ accumulator            kBlockM D / 256                  (32 at D128), while P / dS are still read
 // The per-query statistics (lse, delta) are read from shared memory where they are used (transposed_math.h).
 // setmaxnreg gives the consumers 240 (24 x 128 + 240 x 256 = 64,512 of the SM's 65,536). ptxas (nvcc 13.0):
-// the consumers reach R237 at D128 (no spill; 5 spilled values per step with softcap), R215 at D64.
+// the consumers reach R237 at D128 (no spill; 5 spilled values per step with softcap), R236 at D96 (no spill),
+// R215 at D64.
 // README.md has the table per head dim.
 #pragma once
 
+#include <cute/arch/mma_sm90_gmma_ext.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cute/atom/mma_traits_sm90_gmma_ext.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
@@ -33,6 +36,15 @@
 #include "kernels/common/tile_atoms_sm90.h"
 
 namespace jax_flash {
+
+// wgmma 64 x 48 x 16 with both operands in shared memory: dQ's atom at D96 (D / 2 per warpgroup). CuTe's
+// selector offers N = 48 only under CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED, a macro that would change the
+// selector for every kernel of the build; the atom is taken from CuTe's extended-shape header by name instead.
+template <typename Element, cute::GMMA::Major kMajorA, cute::GMMA::Major kMajorB>
+using Sm90GmmaAtomN48SS =
+    std::conditional_t<std::is_same_v<Element, cutlass::half_t>,
+                       cute::SM90::GMMA::MMA_64x48x16_F32F16F16_SS<kMajorA, kMajorB>,
+                       cute::SM90::GMMA::MMA_64x48x16_F32BF16BF16_SS<kMajorA, kMajorB>>;
 
 template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kStages_>
 struct Sm90WsBwdConfig {
@@ -71,7 +83,11 @@ struct Sm90WsBwdConfig {
       WarpgroupsAlongM{}));
   using TiledMmaDk = TiledMmaRS<kHeadDim>;
   using TiledMmaDv = TiledMmaRS<kHeadDimV>;
-  using TiledMmaDq = Sm90TiledMmaSS<Element, kBlockM, kHeadDim, kBlockN, 1, kMmaWarpgroups, Major::MN, Major::MN>;
+  using TiledMmaDq = std::conditional_t<
+      kHeadDim / kMmaWarpgroups == 48,
+      decltype(cute::make_tiled_mma(Sm90GmmaAtomN48SS<Element, Major::MN, Major::MN>{},
+                                    cute::Layout<cute::Shape<cute::_1, cute::Int<kMmaWarpgroups>, cute::_1>>{})),
+      Sm90TiledMmaSS<Element, kBlockM, kHeadDim, kBlockN, 1, kMmaWarpgroups, Major::MN, Major::MN>>;
   // One wgmma instruction per k slice spans the warpgroup's whole tile (no narrower fallback atoms).
   static_assert(cute::size<1>(typename TiledMmaSdP::AtomShape_MNK{}) == kBlockM, "kBlockM needs a standard wgmma N");
   static_assert(cute::size<1>(typename TiledMmaDq::AtomShape_MNK{}) == kHeadDim / kMmaWarpgroups,
@@ -80,7 +96,13 @@ struct Sm90WsBwdConfig {
   // Shared tiles, K-major with the wgmma atom (TMA boxes land as they are); the transposed operands are views.
   using SmemLayoutQ = GmmaTile<Element, kBlockM, kHeadDim, kStages>;
   using SmemLayoutDo = GmmaTile<Element, kBlockM, kHeadDimV, kStages>;
-  using SmemLayoutK = GmmaTile<Element, kBlockN, kHeadDim, 1>;
+  // K is also dQ's B operand (K^T, MN-major), split along D between the warpgroups: a warpgroup's D / 2 columns
+  // must be whole swizzle atoms. D96 splits at column 48, inside GmmaTile's 32-column (64-byte) atom, so K takes
+  // the 16-column (32-byte) atom there (FlashAttention-3 chooses K's atom by the same width).
+  using SmemLayoutK = std::conditional_t<
+      (kHeadDim / kMmaWarpgroups) % 32 == 0, GmmaTile<Element, kBlockN, kHeadDim, 1>,
+      decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW32_Atom<Element>{},
+                                   cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::_1>{}))>;
   using SmemLayoutV = GmmaTile<Element, kBlockN, kHeadDimV, 1>;
   using SmemLayoutDsT = GmmaTile<Element, kBlockN, kBlockM, kDsStages>;  // dS^T as the registers hold it
   using SmemLayoutQt = StagedTransposedView<SmemLayoutQ, kBlockM, kHeadDim, kStages>;     // (D, M): B of dK
@@ -106,6 +128,10 @@ template <int kHeadDim, int kHeadDimV>
 struct Sm90WsBwdTileSize;
 template <>
 struct Sm90WsBwdTileSize<64, 64> {
+  static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2;
+};
+template <>
+struct Sm90WsBwdTileSize<96, 96> {
   static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2;
 };
 template <>
