@@ -264,7 +264,7 @@ def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
 def test_pinned_warp_specialized_deterministic_backward(head_dim):
     """deterministic=True under sm90_ws: the warp-specialized dK/dV kernel without dQ, then the dq kernel.
     Bitwise repeatable, and close to the sm80 deterministic backward."""
@@ -289,7 +289,7 @@ def test_pinned_warp_specialized_deterministic_backward(head_dim):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
 def test_pinned_warp_specialized_backward_runs_its_own_kernel(head_dim):
     """GQA 3 (each kv head sums three query heads' dK / dV), causal: the warp-specialized dK/dV kernel against
     the sm80 one. (Both step through 64 queries per 128-key tile, so dK and dV may round alike: the bits are no

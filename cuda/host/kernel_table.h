@@ -15,7 +15,7 @@ enum class KernelVariant : int32_t {
   kSm90 = 2,  // Hopper (sm_90a builds on a compute capability 9.0 device): wgmma forward, wgmma dK/dV with
               // atomic dQ, TMA loads for the paged decode
   kSm90Ws = 3,  // Hopper, warp-specialized: TMA producer warpgroup, two consumer warpgroups (forward; dK/dV
-                // with atomic dQ)
+                // with atomic dQ, or without dQ beside the dq kernel)
 };
 inline constexpr int kNumKernelVariants = 4;
 
@@ -82,8 +82,8 @@ inline constexpr KernelTile kKernelTable[] = {
     {KernelKind::kBwdDkDv, KernelVariant::kSm80, 256, 256, 64, 64},
     // dK/dV with atomic dQ, wgmma (kernels/bwd/tile_config_sm90.h Sm90BwdDefaultConfig::DkDv).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90, 128, 128, 64, 128},
-    // dK/dV with atomic dQ, warp-specialized (kernels/bwd/sm90_ws/tile_size.h Sm90WsBwdDefaultConfig): pinned
-    // only until the full GPU suite has run with it.
+    // dK/dV with atomic dQ or without dQ, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
+    // Sm90WsBwdDefaultConfig): pinned only until the full GPU suite has run with it.
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 64, 128, kPinnedOnly},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128, kPinnedOnly},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128, kPinnedOnly},
