@@ -55,12 +55,14 @@ for step in $steps; do
       ;;
     tools)
       # The standalone checks of the warp-specialized kernels (cuda/tools/): build for TOOL_DIMS (default
-      # 64 128), run correctness, then compute-sanitizer on --small restricted to the new kernels (the tools'
+      # 64 96 128), run correctness, then compute-sanitizer on --small restricted to the new kernels (the tools'
       # own fp32 reference kernels are not what is checked). TOOL_FLAGS adds e.g. -DCHECK_ALT_BLOCK_N=128.
+      # Then racecheck on the mbarrier probe: "none" (a real race) must be reported, "each" must be clean;
+      # "named" (the protocol the backward's rows warp first used) says what the tool can see.
       cutlass=$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")
       rc=0
       for tool in fwd bwd; do
-        for d in ${TOOL_DIMS:-64 128}; do
+        for d in ${TOOL_DIMS:-64 96 128}; do
           bin=/tmp/${tool}_sm90_ws_check_$d
           nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -lineinfo \
             -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=$d ${TOOL_FLAGS:-} -Icuda -I"$cutlass" \
@@ -73,6 +75,15 @@ for step in $steps; do
           done
           grep -E "FAIL|ALL PASS" "$OUT/${tool}_tool_$d.log" | tail -3
         done
+      done
+      probe=/tmp/racecheck_mbarrier_probe
+      nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 -Icuda -I"$cutlass" \
+        cuda/tools/racecheck_mbarrier_probe.cu -o $probe > "$OUT/probe.log" 2>&1 || rc=1
+      for mode in none each named; do
+        compute-sanitizer --tool racecheck --error-exitcode 9 $probe $mode > "$OUT/probe_$mode.log" 2>&1
+        probe_rc=$?
+        echo "probe $mode: exit $probe_rc, $(grep -E 'RACECHECK SUMMARY' "$OUT/probe_$mode.log")"
+        case $mode in none) [ $probe_rc -eq 9 ] || rc=1 ;; each) [ $probe_rc -eq 0 ] || rc=1 ;; esac
       done
       ;;
     pinned)

@@ -45,27 +45,27 @@ def assert_bitwise(names, a, b, what):
 GRID_VARIANTS = ("auto", "sm80", "sm90", "sm90_ws", "deterministic")
 
 
-def _variant_kernels(variant, dtype, head_dim, head_dim_v):
+def _variant_kernels(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
     """(pin, deterministic, the kernels both directions run) of a grid variant, or None where this machine
-    cannot run it."""
+    cannot run it. seqlen_k: the case's keys (the automatic choice depends on them at some tiles); None: long."""
     pin, deterministic = ("auto", True) if variant == "deterministic" else (variant, False)
     try:
-        kernels = [sorted(_ffi.kernel_choice(feature, dtype, head_dim, head_dim_v, pin).items())
+        kernels = [sorted(_ffi.kernel_choice(feature, dtype, head_dim, head_dim_v, pin, seqlen_k).items())
                    for feature in ("fwd", "bwd_deterministic" if deterministic else "bwd")]
     except ValueError:
         return None
     return pin, deterministic, kernels
 
 
-def variant_or_skip(variant, dtype, head_dim, head_dim_v):
+def variant_or_skip(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
     """(pin, deterministic) to run a case under the grid variant `variant`. Skips where the machine cannot run
     it, or where an earlier variant of GRID_VARIANTS runs the same kernels (above head dim 128, say, the
-    deterministic backward is the only one)."""
-    this = _variant_kernels(variant, dtype, head_dim, head_dim_v)
+    deterministic backward is the only one; at D64 up to 1024 keys "auto" runs the sm80 kernels)."""
+    this = _variant_kernels(variant, dtype, head_dim, head_dim_v, seqlen_k)
     if this is None:
         pytest.skip(f"kernel variant {variant} cannot run {dtype} D={head_dim}/{head_dim_v} here")
     for earlier in GRID_VARIANTS[:GRID_VARIANTS.index(variant)]:
-        other = _variant_kernels(earlier, dtype, head_dim, head_dim_v)
+        other = _variant_kernels(earlier, dtype, head_dim, head_dim_v, seqlen_k)
         if other is not None and other[2] == this[2]:
             pytest.skip(f"variant {variant} runs the kernels of {earlier} here")
     return this[0], this[1]

@@ -19,7 +19,7 @@ CASES = pairwise_cases()
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 @pytest.mark.parametrize("variant", GRID_VARIANTS)
 def test_grid(variant, case):
-    pin, deterministic = variant_or_skip(variant, case["dtype"], *case["head_dims"])
+    pin, deterministic = variant_or_skip(variant, case["dtype"], *case["head_dims"], seqlen_k=case["seqlens"][1])
     run_case(case, variant=pin, deterministic=deterministic)
 
 
