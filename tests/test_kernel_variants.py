@@ -15,6 +15,7 @@ import jax_flash
 from jax_flash import _ffi
 from jax_flash.ops import paged
 from jax_flash.ops._config import VARIANT_ENV
+from gpu_harness import assert_bitwise, run_case
 
 BF16 = jnp.bfloat16
 
@@ -263,53 +264,40 @@ def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
     np.testing.assert_allclose(sm80.astype(np.float32), ws.astype(np.float32), atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("head_dim", [64, 96, 128])
-def test_pinned_warp_specialized_deterministic_backward(head_dim):
-    """deterministic=True under sm90_ws: the warp-specialized dK/dV kernel without dQ, then the dq kernel.
-    Bitwise repeatable, and close to the sm80 deterministic backward."""
+def _ws_backward_case(head_dim, softcap):
+    """GQA 3 (each kv head sums three query heads' dK / dV), causal; with softcap also a left window."""
+    return dict(dtype="bfloat16", head_dims=(head_dim, head_dim), heads=(6, 2), seqlens=(700, 700), causal=True,
+                softcap=softcap, window=(64, 0) if softcap else None)
+
+
+def _ws_backward_or_skip(feature, head_dim):
     _extension()
-    if not _hopper() or "sm90_ws" not in _ffi.runnable_variants("bwd_deterministic", BF16, head_dim, head_dim):
+    if not _hopper() or "sm90_ws" not in _ffi.runnable_variants(feature, BF16, head_dim, head_dim):
         pytest.skip(f"needs a Hopper and a build with sm_90a code and D{head_dim}")
-    q, dout = (_random((2, 700, 6, head_dim), seed) for seed in (0, 3))
-    k, v = (_random((2, 700, 2, head_dim), seed) for seed in (1, 2))
-
-    def grads(q, k, v, variant):
-        _, vjp = jax.vjp(lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=True, deterministic=True,
-                                                                   _variant=variant), q, k, v)
-        return vjp(dout)
-
-    run = jax.jit(grads, static_argnums=3)
-    ws, ws_again, sm80 = (jax.device_get(run(q, k, v, variant)) for variant in ("sm90_ws", "sm90_ws", "sm80"))
-    for name, a, b, c in zip(("dq", "dk", "dv"), ws, ws_again, sm80):
-        a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
-        assert np.array_equal(a.view(np.uint16), b.view(np.uint16)), name
-        assert np.isfinite(a.astype(np.float32)).all(), name
-        np.testing.assert_allclose(a.astype(np.float32), c.astype(np.float32), atol=3e-2, rtol=3e-2, err_msg=name)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("softcap", [None, 30.0])
 @pytest.mark.parametrize("head_dim", [64, 96, 128])
-def test_pinned_warp_specialized_backward_runs_its_own_kernel(head_dim):
-    """GQA 3 (each kv head sums three query heads' dK / dV), causal: the warp-specialized dK/dV kernel against
-    the sm80 one. (Both step through 64 queries per 128-key tile, so dK and dV may round alike: the bits are no
-    evidence of which kernel ran; the grids run the pinned family against the oracle.)"""
-    module = _extension()
-    if not _hopper() or "sm90_ws" not in _ffi.runnable_variants("bwd", BF16, head_dim, head_dim):
-        pytest.skip(f"needs a Hopper and a build with sm_90a code and D{head_dim}")
-    q, dout = (_random((2, 700, 6, head_dim), seed) for seed in (0, 3))
-    k, v = (_random((2, 700, 2, head_dim), seed) for seed in (1, 2))
+def test_pinned_warp_specialized_deterministic_backward(head_dim, softcap):
+    """deterministic=True under sm90_ws: the warp-specialized dK/dV kernel without dQ, then the dq kernel. By the
+    oracle rule (gpu_harness.run_case), and bitwise repeatable."""
+    _ws_backward_or_skip("bwd_deterministic", head_dim)
+    case = _ws_backward_case(head_dim, softcap)
+    first, _ = run_case(case, variant="sm90_ws", deterministic=True)
+    second, _ = run_case(case, variant="sm90_ws", deterministic=True)
+    assert_bitwise(("out", "lse", "dq", "dk", "dv"), first, second, "sm90_ws deterministic, second run")
 
-    def grads(q, k, v, variant):
-        _, vjp = jax.vjp(lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=True, _variant=variant), q, k, v)
-        return vjp(dout)
 
-    run = jax.jit(grads, static_argnums=3)
-    sm80, ws = (jax.device_get(run(q, k, v, variant)) for variant in ("sm80", "sm90_ws"))
-    for name, a, b in zip(("dq", "dk", "dv"), sm80, ws):
-        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        assert np.isfinite(b).all(), name
-        np.testing.assert_allclose(a, b, atol=3e-2, rtol=3e-2, err_msg=name)
+@pytest.mark.gpu
+@pytest.mark.parametrize("softcap", [None, 30.0])
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
+def test_pinned_warp_specialized_backward(head_dim, softcap):
+    """The warp-specialized dK/dV kernel with atomic dQ, by the oracle rule (gpu_harness.run_case). (Against the
+    sm80 kernel the bits are no evidence of which ran: both step through 64 queries per 128-key tile, so dK and
+    dV may round alike; the grids run the pinned family too.)"""
+    _ws_backward_or_skip("bwd", head_dim)
+    run_case(_ws_backward_case(head_dim, softcap), variant="sm90_ws")
 
 
 @pytest.mark.gpu
