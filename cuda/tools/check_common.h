@@ -96,6 +96,34 @@ __device__ inline float block_reduce(float v, bool is_max, float* scratch) {
 inline float to_float(cutlass::bfloat16_t x) { return float(x); }
 inline float to_float(cutlass::half_t x) { return float(x); }
 
+// ---- Problem layout -------------------------------------------------------------------------------------------
+// The forward operands' strides, shapes and attributes of a tool's case `c` (its fields sq, sk, hq, hk, d, dv,
+// softcap, window_left, window_right): dense (B, S, H, D) tensors, or packed (T, H, D) with n_seq sequences in
+// rows_q / rows_k token rows; lse dense (B, Hq, Sq), packed (Hq, Tq). Pointers and sequence arrays are the
+// caller's.
+template <class Case>
+void set_fwd_layout(AttnFwdParams& p, const Case& c, bool packed, int n_seq, int rows_q, int rows_k) {
+  const int64_t sq = packed ? 0 : c.sq, sk = packed ? 0 : c.sk;
+  p.q_row_stride = int64_t(c.hq) * c.d, p.q_head_stride = c.d, p.q_batch_stride = sq * p.q_row_stride;
+  p.k_row_stride = int64_t(c.hk) * c.d, p.k_head_stride = c.d, p.k_batch_stride = sk * p.k_row_stride;
+  p.v_row_stride = int64_t(c.hk) * c.dv, p.v_head_stride = c.dv, p.v_batch_stride = sk * p.v_row_stride;
+  p.out_row_stride = int64_t(c.hq) * c.dv, p.out_head_stride = c.dv, p.out_batch_stride = sq * p.out_row_stride;
+  p.lse_head_stride = packed ? rows_q : c.sq;
+  p.lse_batch_stride = packed ? 0 : int64_t(c.hq) * c.sq;
+  p.batch = n_seq;
+  p.seqlen_q = packed ? rows_q : c.sq;
+  p.seqlen_k = packed ? rows_k : c.sk;
+  p.heads_q = c.hq;
+  p.heads_k = c.hk;
+  p.kv_group = c.hq / c.hk;
+  p.head_dim = c.d;
+  p.head_dim_v = c.dv;
+  p.scale = 1.f / std::sqrt(float(c.d));
+  p.softcap = c.softcap;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+}
+
 // Largest element-wise difference; NaN if either side has a NaN.
 inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double d = 0;

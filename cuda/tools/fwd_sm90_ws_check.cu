@@ -230,26 +230,7 @@ struct Problem {
     p.v = v;
     p.out = out;
     p.lse = lse;
-    const int64_t sq = packed ? 0 : c.sq, sk = packed ? 0 : c.sk;
-    p.q_row_stride = int64_t(c.hq) * c.d, p.q_head_stride = c.d, p.q_batch_stride = sq * p.q_row_stride;
-    p.k_row_stride = int64_t(c.hk) * c.d, p.k_head_stride = c.d, p.k_batch_stride = sk * p.k_row_stride;
-    p.v_row_stride = int64_t(c.hk) * c.dv, p.v_head_stride = c.dv, p.v_batch_stride = sk * p.v_row_stride;
-    p.out_row_stride = int64_t(c.hq) * c.dv, p.out_head_stride = c.dv, p.out_batch_stride = sq * p.out_row_stride;
-    // lse: dense (B, Hq, Sq), packed (Hq, Tq)
-    p.lse_head_stride = packed ? rows_q : c.sq;
-    p.lse_batch_stride = packed ? 0 : int64_t(c.hq) * c.sq;
-    p.batch = n_seq;
-    p.seqlen_q = packed ? rows_q : c.sq;
-    p.seqlen_k = packed ? rows_k : c.sk;
-    p.heads_q = c.hq;
-    p.heads_k = c.hk;
-    p.kv_group = c.hq / c.hk;
-    p.head_dim = c.d;
-    p.head_dim_v = c.dv;
-    p.scale = 1.f / std::sqrt(float(c.d));
-    p.softcap = c.softcap;
-    p.window_left = c.window_left;
-    p.window_right = c.window_right;
+    set_fwd_layout(p, c, packed, n_seq, rows_q, rows_k);
     p.cu_seqlens_q = d_cu_q;
     p.cu_seqlens_k = d_cu_k;
     p.seqused_q = d_used_q;
