@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 
+#include "host/bwd_operands.h"
 #include "host/compiled_tiles.h"
 #include "host/kernel_table.h"
 #include "host/launch.h"
@@ -76,22 +77,6 @@ Status launch_dq(const AttnBwdParams& params, const float* delta, cudaStream_t s
   const dim3 grid(tile_grid_x(params, params.seqlen_q, Cfg::kBlockM), params.heads_q, params.layout_batch());
   kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(params, delta);
   return check_launch("bwd_dq_kernel");
-}
-
-// Every global load / store of the backward moves 16 bytes (8 elements) per thread, dk / dv / dq 4 bytes.
-inline bool operands_aligned(const AttnBwdParams& p) {
-  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  auto strides_ok = [](int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; };
-  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.out) && ptr_ok(p.dout) && ptr_ok(p.dq) &&
-         ptr_ok(p.dk) && ptr_ok(p.dv) && ptr_ok(p.workspace) &&
-         strides_ok(p.q_batch_stride, p.q_row_stride, p.q_head_stride) &&
-         strides_ok(p.k_batch_stride, p.k_row_stride, p.k_head_stride) &&
-         strides_ok(p.v_batch_stride, p.v_row_stride, p.v_head_stride) &&
-         strides_ok(p.out_batch_stride, p.out_row_stride, p.out_head_stride) &&
-         strides_ok(p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride) &&
-         strides_ok(p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride) &&
-         strides_ok(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride) &&
-         strides_ok(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
 }
 
 // Grid for a grid-stride elementwise kernel over `items` items of one thread (or warp) each.
@@ -170,7 +155,7 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
     return error("heads_q and batch must be at most 65535");
   }
   if (params.batch <= 0 || params.seqlen_q < 0 || params.seqlen_k < 0) return {};
-  if (!operands_aligned(params)) {
+  if (!bwd_operands_aligned(params)) {
     return error("q/k/v/out/dout/dq/dk/dv and the workspace need 16-byte aligned pointers and batch/row/head "
                  "strides that are multiples of 8 elements");
   }

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "host/attention.h"
+#include "host/bwd_operands.h"
 #include "host/kernel_table.h"
 #include "host/smem_opt_in.h"
 #include "kernels/bwd/sm90_ws/kernel_bwd_sm90_ws.cuh"
@@ -22,20 +23,6 @@
 #include "kernels/bwd/sm90_ws/tile_size.h"
 
 namespace jax_flash {
-
-// What the tensor maps (q, k, v, dout) and the 32-bit stores of dk / dv need: 16-byte aligned bases,
-// row / head / batch strides that are multiples of 8 elements.
-inline bool bwd_sm90_ws_operands_aligned(const AttnBwdParams& p) {
-  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  auto strides_ok = [](int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; };
-  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.dout) && ptr_ok(p.dk) && ptr_ok(p.dv) &&
-         strides_ok(p.q_batch_stride, p.q_row_stride, p.q_head_stride) &&
-         strides_ok(p.k_batch_stride, p.k_row_stride, p.k_head_stride) &&
-         strides_ok(p.v_batch_stride, p.v_row_stride, p.v_head_stride) &&
-         strides_ok(p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride) &&
-         strides_ok(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride) &&
-         strides_ok(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
-}
 
 // delta: (layout_batch, Hq, Sq) f32; dq_accum: (layout_batch, Hq, Sq, head_dim) f32, zeroed (workspace_layout.h),
 // to which the kernel adds dQ with atomics; nullptr: the kernel's mode without dQ (dK and dV only, bitwise
@@ -57,9 +44,9 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
     return Status{name + ": heads_q (" + std::to_string(params.heads_q) + ") must equal heads_k (" +
                   std::to_string(params.heads_k) + ") * kv_group (" + std::to_string(params.kv_group) + ")"};
   }
-  if (!bwd_sm90_ws_operands_aligned(params)) {
-    return Status{name + ": q/k/v/dout/dk/dv need 16-byte aligned base pointers and row/head/batch strides that "
-                  "are multiples of 8 elements"};
+  if (!bwd_operands_aligned(params)) {
+    return Status{name + ": q/k/v/out/dout/dq/dk/dv and the workspace need 16-byte aligned base pointers and "
+                  "row/head/batch strides that are multiples of 8 elements"};
   }
   if (delta == nullptr) return Status{name + ": delta is required"};
   if (params.batch <= 0 || params.seqlen_k <= 0) return Status{};  // no key: no dK / dV row to write
