@@ -1,11 +1,11 @@
 // The warp-specialized Hopper dK/dV kernel (sm_90a), FlashAttention-3's design: scheduler x mainloop x epilogue.
 //
 //   warpgroup 0 (producer, 24 registers): warp 0's lane 0 issues the TMA loads of K, V (once) and Q, dO (per
-//                                         step), warp 1 writes the lse and delta rows (mainloop_tma_ws.h,
-//                                         load_tiles / load_rows); warps 2-3 idle;
-//   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, the five products per step, dQ added to the
-//                                         workspace accumulator with fp32 atomics (mainloop_tma_ws.h, mma;
-//                                         kDq false: three products, no dQ), then the backward's epilogue
+//                                         step) (mainloop_tma_ws.h, load_tiles); warps 1-3 idle;
+//   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, each warpgroup fetching its own lse / delta rows
+//                                         a step ahead (query_rows.h), the five products per step, dQ added
+//                                         to the workspace accumulator with fp32 atomics (mainloop_tma_ws.h,
+//                                         mma; kDq false: three products, no dQ), then the backward's epilogue
 //                                         writes dK (times scale) and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
@@ -58,11 +58,9 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
   const bool producer = warpgroup_index() == 0;
 
   if (threadIdx.x == 0) st.barrier_kv.init(/*arrive_count=*/1);
-  // Q / dO stages are full after two producer arrivals: the TMA bytes' and the lse / delta rows'. They are free
-  // again after every consumer thread's release (mainloop_tma_ws.h: the rows warp's plain stores follow the
-  // consumers' plain loads of the rows).
+  // Q / dO stages are full once their TMA bytes landed, free again after every consumer thread's release.
   auto pipeline_params = [&](int bytes) {
-    return ws_pipeline_params<Pipeline>(bytes, producer, Cfg::kMmaThreads, /*producers=*/2);
+    return ws_pipeline_params<Pipeline>(bytes, producer, Cfg::kMmaThreads);
   };
   // The constructors initialize the barriers (warp 0) and fence the initialization.
   Pipeline pipe_q(st.pipeline_q, pipeline_params(Cfg::kBytesQ), Shape<_1, _1, _1>{});
@@ -71,13 +69,7 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
 
   if (producer) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
-    if (w.steps > 0) {
-      if (threadIdx.x == 0) {
-        Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
-      } else if (threadIdx.x / 32 == 1) {
-        Mainloop::load_rows(kp.mainloop, p, st, w, int(threadIdx.x) % 32);
-      }
-    }
+    if (w.steps > 0 && threadIdx.x == 0) Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMmaRegs>();
     const int tidx = int(threadIdx.x) - 128;

@@ -1,15 +1,12 @@
-// Mainloop of the warp-specialized Hopper dK/dV kernel: the producer warps' loads and the consumers' products,
-// meeting in two mbarrier pipelines (Q + lse rows, dO + delta rows, kStages each) and one barrier for K / V.
+// Mainloop of the warp-specialized Hopper dK/dV kernel: the producer's TMA loads and the consumers' products,
+// meeting in two mbarrier pipelines (Q, dO, kStages each) and one barrier for K / V.
 //
 // Producer (warpgroup 0): lane 0 of warp 0 issues the TMA loads, K and V once, then Q and dO of every step
-// (query head, query block: dkdv_work.h); warp 1 writes the step's lse and delta rows into the stages with
-// ordinary stores. A stage's full barrier therefore counts two producer arrivals: the TMA thread's
-// arrive-and-expect-tx (producer_acquire), and warp 1's lane 0 plain arrive after the warp's row stores
-// (__syncwarp orders the other lanes' stores before it; mbarrier arrive releases, the consumers' wait
-// acquires). Both producer warps wait for a stage's release before they write it; a stage is released once
-// both consumer warpgroups are done with it (one arrival per warpgroup).
+// (query head, query block: dkdv_work.h). It waits for a stage's release before it refills it; a stage is
+// released by every consumer thread once its wgmma reads of it completed.
 //
 // Consumers (warpgroup w owns keys [64 w, 64 w + 64) of the block), per step:
+//   lse / delta rows published (query_rows.h: this warpgroup's named barrier), next step's rows started
 //   wait Q, dO | S^T = K Q^T, dP^T = V dO^T (one batch) | P, dS (transposed_math.h)
 //   dV += P^T dO (P from registers)  | dS^T -> shared memory, fence.proxy.async, named barrier (kDsStored)
 //   dQ = dS K, dK += dS^T Q          | wait dV, dQ: release dO, dQ -> fp32 atomics | wait dK: release Q
@@ -40,6 +37,7 @@
 #include "kernels/bwd/dkdv_work.h"
 #include "kernels/bwd/epilogue.h"
 #include "kernels/bwd/sm90_ws/named_barriers.h"
+#include "kernels/bwd/sm90_ws/query_rows.h"
 #include "kernels/bwd/sm90_ws/shared_storage.h"
 #include "kernels/bwd/sm90_ws/transposed_math.h"
 #include "kernels/common/fragment.h"
@@ -128,9 +126,9 @@ struct Sm90WsBwdMainloop {
             dq_accum};
   }
 
-  // Producer, tiles: run by one thread (lane 0 of the producer's warp 0), for a CTA with at least one step.
-  // K and V once, then per step Q and dO; producer_acquire waits for the stage's release and arrives with the
-  // TMA bytes (the first of the full barrier's two arrivals).
+  // Producer: run by one thread (lane 0 of the producer's warp 0), for a CTA with at least one step. K and V
+  // once, then per step Q and dO; producer_acquire waits for the stage's release and arrives with the TMA
+  // bytes.
   __device__ static void load_tiles(const Params& mp, const AttnBwdParams& p, Storage& st, Pipeline& pipe_q,
                                     Pipeline& pipe_do, const Work& w) {
     using namespace cute;
@@ -182,40 +180,6 @@ struct Sm90WsBwdMainloop {
     }
   }
 
-  // Producer, rows: run by the 32 lanes of the producer's warp 1, for a CTA with at least one step. Per step,
-  // once the stage is released (the lanes wait on its empty barrier themselves), the lse rows into the Q stage
-  // and the delta rows into the dO stage, then lane 0's plain arrive on the stage's full barrier (the second
-  // of its two arrivals; __syncwarp orders the other lanes' stores before it, the arrive releases them).
-  // A separate warp from the TMA thread: the global loads of the rows do not hold up the next tile's issue.
-  __device__ static void load_rows(const Params& mp, const AttnBwdParams& p, Storage& st, const Work& w,
-                                   int lane) {
-#pragma unroll 1
-    for (int step = 0; step < w.steps; ++step) {
-      const PipelineState write = pipeline_state(step, /*producer=*/true);
-      int bidh, m_block;
-      w.query_tile(step, p.kv_group, bidh, m_block);
-      const int row0 = m_block * kBlockM;
-      const int rows_left = w.seq.seqlen_q - row0;
-      const float* lse = p.lse + w.seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, w.bidb, bidh) + row0;
-      const float* delta = mp.delta + w.seq.scratch_row(p, w.bidb, bidh) + row0;
-      float* lse_rows = st.lse_log2.data() + write.index() * kBlockM;
-      float* delta_rows = st.delta.data() + write.index() * kBlockM;
-
-      st.pipeline_q.empty_barrier_[write.index()].wait(write.phase());
-      for (int i = lane; i < kBlockM; i += 32) {
-        const float l = i < rows_left ? lse[i] : -INFINITY;
-        lse_rows[i] = l == -INFINITY ? INFINITY : l * kLog2e;  // exp2(x - inf) = 0: no key, or past the sequence
-      }
-      __syncwarp();
-      if (lane == 0) st.pipeline_q.full_barrier_[write.index()].arrive();
-
-      st.pipeline_do.empty_barrier_[write.index()].wait(write.phase());
-      for (int i = lane; i < kBlockM; i += 32) delta_rows[i] = i < rows_left ? delta[i] : 0.f;
-      __syncwarp();
-      if (lane == 0) st.pipeline_do.full_barrier_[write.index()].arrive();
-    }
-  }
-
   // Consumers: thread tidx (0 .. kMmaThreads - 1) adds every step's dK (without `scale`) and dV to its zeroed
   // accumulator partitions, and with kDq every step's dQ (without `scale`) to the fp32 accumulator rows in
   // global memory. Needs >= 1 step.
@@ -261,17 +225,20 @@ struct Sm90WsBwdMainloop {
     Tensor tScS = transposed_rowcol_view(thr_s.partition_C(swapped_identity<kBlockN, kBlockM>()));
 
     const ScoreScale score_scale = ScoreScale::make(p.scale, p.softcap);
-    // Every consumer thread releases a stage once its own reads of it are done: its wgmma reads (complete when
-    // its wait returns) and its plain loads of the lse / delta rows, which the rows warp overwrites next. (A
-    // release by one thread per warpgroup after the named barrier orders them too, but compute-sanitizer's
-    // racecheck reported the rows as hazards there; cuda/tools/racecheck_mbarrier_probe.cu asks whether it sees
-    // that protocol at all.)
+    // Every consumer thread releases a stage once its wgmma reads of it are complete (its wait returned).
     auto wait = [](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
       pipe.consumer_wait(read, pipe.consumer_try_wait(read));
     };
     auto release = [](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
       pipe.consumer_release(read);
     };
+
+    // This warpgroup's lse / delta rows: step 0's now, each next one a step ahead (query_rows.h).
+    using QueryRows = Sm90WsQueryRows<kBlockM, kBlockN>;
+    const int warpgroup = tidx / QueryRows::kWarpgroupThreads;
+    const int wg_tidx = tidx % QueryRows::kWarpgroupThreads;
+    typename QueryRows::Storage& rows = st.rows[warpgroup];
+    QueryRows::fetch(p, mp.delta, w, 0, rows, wg_tidx);
 
     st.barrier_kv.wait(0);
     const int keys_left = w.seq.seqlen_k - w.n0;
@@ -291,6 +258,8 @@ struct Sm90WsBwdMainloop {
       const int stage = read.index();
       const int ds_stage = step % Cfg::kDsStages;
 
+      QueryRows::publish(warpgroup);
+      if (step + 1 < w.steps) QueryRows::fetch(p, mp.delta, w, step + 1, rows, wg_tidx);
       wait(pipe_q, read);
       wait(pipe_do, read);
       if (w.seq.packed && rows_left < kBlockM) {
@@ -309,9 +278,8 @@ struct Sm90WsBwdMainloop {
       Tensor scores = transposed_rowcol_view(acc_s);
       Tensor dscores = transposed_rowcol_view(acc_dp);
       const bool needs_mask = !w.mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, w.n_block);
-      probs_and_dscores_transposed<kSoftcap>(scores, dscores, tScS, st.lse_log2.data() + stage * kBlockM,
-                                             st.delta.data() + stage * kBlockM, score_scale, w.mask, needs_mask,
-                                             row0, w.n0);
+      probs_and_dscores_transposed<kSoftcap>(scores, dscores, tScS, rows.lse[step % 2], rows.delta[step % 2],
+                                             score_scale, w.mask, needs_mask, row0, w.n0);
       // dV += P^T dO, on the tensor cores while dS^T goes to shared memory. (P is converted and issued
       // before dS is converted: S^T's registers free up first, which keeps the peak under the budget.)
       auto rP = convert_fragment<Element>(acc_s);
@@ -343,14 +311,14 @@ struct Sm90WsBwdMainloop {
       warpgroup_wait<1>();  // all but dK are in: dV (and dQ); batches complete in order
       warpgroup_fence_operand(acc_dv);
       if constexpr (kDq) warpgroup_fence_operand(acc_dq);
-      release(pipe_do, read);  // its readers: dP^T, dV (and the delta rows)
+      release(pipe_do, read);  // its readers: dP^T, dV
       if constexpr (kDq) {
         float* dq_rows = mp.dq_accum + (w.seq.scratch_row(p, w.bidb, bidh) + row0) * p.head_dim;
         atomic_add_acc(acc_dq, tdQcdQ, dq_rows, p.head_dim, rows_left, p.head_dim);
       }
       warpgroup_wait<0>();  // dK is in
       warpgroup_fence_operand(acc_dk);
-      release(pipe_q, read);  // its readers: S^T, dK (and the lse rows)
+      release(pipe_q, read);  // its readers: S^T, dK
     }
   }
 };

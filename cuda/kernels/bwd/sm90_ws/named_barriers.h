@@ -1,6 +1,7 @@
-// Named (hardware) barriers of the warp-specialized Hopper dK/dV kernel. Each is a meeting of the two consumer
-// warpgroups (256 threads); both take every one of them the same number of times, since whether a barrier is
-// taken depends only on the CTA's tile and step, which both warpgroups share. The producer never joins.
+// Named (hardware) barriers of the warp-specialized Hopper dK/dV kernel. The first three are meetings of the two
+// consumer warpgroups (256 threads); both take every one of them the same number of times, since whether a
+// barrier is taken depends only on the CTA's tile and step, which both warpgroups share. kRowsPublished + w is
+// consumer warpgroup w's own (128 threads). The producer never joins.
 //
 // Ids are CUTLASS user ids (cutlass::arch::NamedBarrier adds its reserved count); __syncthreads keeps id 0.
 #pragma once
@@ -11,6 +12,8 @@ enum class Sm90WsBwdBarrier : int {
   kKvTailZeroed = 0,   // packed: the rows of K and V past the sequence are zeroed (once per CTA)
   kQdoTailZeroed = 1,  // packed: the rows of this step's Q and dO past the sequence are zeroed
   kDsStored = 2,       // every consumer warpgroup's dS^T of this step is in shared memory (each step)
+  kRowsPublished = 3,  // + w: warpgroup w's lse / delta rows of this step are in shared memory (each step;
+                       // query_rows.h); ids 3 and 4
 };
 
 }  // namespace jax_flash

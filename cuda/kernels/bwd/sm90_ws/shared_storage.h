@@ -1,12 +1,14 @@
-// Shared memory of the warp-specialized Hopper dK/dV kernel: the CTA's K and V tiles, the Q and dO stages with
-// their rows of lse and delta, the double-buffered dS^T tile, and the barriers that hand them between the
-// producer warp and the consumer warpgroups.
+// Shared memory of the warp-specialized Hopper dK/dV kernel: the CTA's K and V tiles, the Q and dO stages, the
+// double-buffered dS^T tile, each consumer warpgroup's lse / delta rows, and the barriers that hand the tiles
+// from the producer warp to the consumer warpgroups.
 #pragma once
 
 #include <cute/container/array_aligned.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "kernels/bwd/sm90_ws/query_rows.h"
 
 namespace jax_flash {
 
@@ -21,12 +23,10 @@ struct Sm90WsBwdSharedStorage {
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutK>, 1024> k;
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutV>, 1024> v;
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutDsT>, 1024> ds;
-  // Per Q stage: lse * log2(e) of the tile's rows (+inf for rows with no visible key or past the sequence);
-  // per dO stage: delta (0 past the sequence). Written by the producer's warp 1 with ordinary stores.
-  cute::array_aligned<float, Cfg::kBlockM * Cfg::kStages, 16> lse_log2;
-  cute::array_aligned<float, Cfg::kBlockM * Cfg::kStages, 16> delta;
-  typename Pipeline::SharedStorage pipeline_q;   // Q + lse rows: full / empty barrier per stage
-  typename Pipeline::SharedStorage pipeline_do;  // dO + delta rows
+  // Each consumer warpgroup's lse / delta rows of the step (query_rows.h).
+  typename Sm90WsQueryRows<Cfg::kBlockM, Cfg::kBlockN>::Storage rows[Cfg::kMmaWarpgroups];
+  typename Pipeline::SharedStorage pipeline_q;   // Q: full / empty barrier per stage
+  typename Pipeline::SharedStorage pipeline_do;  // dO
   cutlass::arch::ClusterTransactionBarrier barrier_kv;  // K and V landed (one phase: loaded once)
 };
 

@@ -34,12 +34,14 @@ __device__ __forceinline__ auto swapped_identity() {
 }
 
 // scores / dp: (query, key) views of this tile's S^T and dP^T accumulators; coords: the same view of the
-// (query, key) coordinates (tile-local). lse_log2 / delta: the tile's rows in shared memory, indexed by the
+// (query, key) coordinates (tile-local). lse / delta: the tile's rows in shared memory, indexed by the
 // tile-local query. On return scores holds P and dp holds dS (without `scale`); masked entries are exactly 0.
-// Rows past the sequence have lse_log2 = +inf (P = 0) and zeroed Q / dO rows (finite scores).
+// Rows with no visible key, and rows past the sequence, have lse = -inf (query_rows.h), taken as +inf here so
+// that P = exp2(x - inf) = 0 (not exp2(-inf + inf) = NaN); rows past the sequence have zeroed Q / dO rows
+// (finite scores).
 template <bool kSoftcap, class Scores, class Dp, class Coords>
 __device__ __forceinline__ void probs_and_dscores_transposed(Scores& scores, Dp& dp, Coords const& coords,
-                                                             const float* lse_log2, const float* delta,
+                                                             const float* lse, const float* delta,
                                                              ScoreScale const& sc, AttnMask const& mask,
                                                              bool needs_mask, int row0, int col0) {
   using namespace cute;
@@ -66,7 +68,8 @@ __device__ __forceinline__ void probs_and_dscores_transposed(Scores& scores, Dp&
   if (needs_mask) mask.apply(scores, coords, row0, col0);
   CUTE_UNROLL
   for (int r = 0; r < size<0>(scores); ++r) {
-    const float l = lse_log2[get<0>(coords(r, 0))];
+    const float lse_r = lse[get<0>(coords(r, 0))];
+    const float l = lse_r == -INFINITY ? INFINITY : lse_r * kLog2e;
     CUTE_UNROLL
     for (int c = 0; c < size<1>(scores); ++c) {
       const float p = fast_exp2(scores(r, c) * sc.log2_scale - l);
