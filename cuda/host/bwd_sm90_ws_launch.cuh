@@ -6,7 +6,7 @@
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws_*.cu, built for sm_90a alone) and the
 // GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls it when the kernel choice is kSm90Ws
-// (kernel_table.h: the automatic choice on sm_90 for D64, D96, D128 with head_dim == head_dim_v).
+// (kernel_table.h: pinned only for now).
 #pragma once
 
 #include <cuda_runtime.h>
