@@ -1,7 +1,7 @@
 // The warp-specialized Hopper dK/dV kernel (sm_90a), FlashAttention-3's design: scheduler x mainloop x epilogue.
 //
 //   warpgroup 0 (producer, 24 registers): warp 0's lane 0 issues the TMA loads of K, V (once) and Q, dO (per
-//                                         step) (mainloop_tma_ws.h, load_tiles); warps 1-3 idle;
+//                                         step; mainloop_tma_ws.h, load_tiles); warps 1-3 idle;
 //   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, each warpgroup fetching its own lse / delta rows
 //                                         a step ahead (query_rows.h), the five products per step, dQ added
 //                                         to the workspace accumulator with fp32 atomics (mainloop_tma_ws.h,
