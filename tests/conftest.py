@@ -36,8 +36,7 @@ PINNED_VARIANT_CANNOT_RUN = "(_variant or JAX_FLASH_KERNEL_VARIANT) cannot run h
 def pytest_runtest_call(item):
     """With JAX_FLASH_KERNEL_VARIANT pinned, the whole GPU suite runs under that kernel family: a GPU case whose
     call the family cannot serve (no such kernel for its head dims or direction, e.g. sm90_ws under a gradient
-    at head dim 192) is skipped with the reason, instead of failing. Every other
-    error still fails."""
+    at head dim 192) is skipped with the reason, instead of failing. Every other error still fails."""
     try:
         return (yield)
     except ValueError as err:

@@ -13,19 +13,17 @@
 namespace jax_flash {
 
 // Parameters of one PipelineTmaAsync: the producer warpgroup's threads produce (`is_leader`: thread 0, which
-// initializes the barriers), the others consume; a stage is free again after `consumer_releases` releases (one
-// per consumer warpgroup, or one per consumer thread), and full after `producers` arrivals (the TMA bytes' one,
-// plus any plain producer arrivals).
+// initializes the barriers and whose TMA bytes fill a stage), the others consume; a stage is free again after
+// `consumer_releases` releases (one per consumer warpgroup, or one per consumer thread).
 template <class Pipeline>
 __device__ __forceinline__ typename Pipeline::Params ws_pipeline_params(int transaction_bytes, bool producer,
-                                                                        int consumer_releases,
-                                                                        int producers = 1) {
+                                                                        int consumer_releases) {
   typename Pipeline::Params params;
   params.transaction_bytes = transaction_bytes;
   params.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
   params.is_leader = threadIdx.x == 0;
   params.num_consumers = consumer_releases;
-  params.num_producers = producers;
+  params.num_producers = 1;
   return params;
 }
 

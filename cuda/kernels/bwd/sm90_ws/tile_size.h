@@ -18,10 +18,8 @@
 //   S^T, dP^T accumulators    2 x 64 kBlockM / 128 = kBlockM   (64), then P, dS in the element type (32 registers)
 //   dQ accumulator            kBlockM D / 256                  (32 at D128), while P / dS are still read
 // The per-query statistics (lse, delta) are read from shared memory where they are used (transposed_math.h).
-// setmaxnreg gives the consumers 240 (24 x 128 + 240 x 256 = 64,512 of the SM's 65,536). ptxas (nvcc 13.0):
-// the consumers reach R237 at D128 (no spill; 5 spilled values per step with softcap), R236 at D96 (no spill),
-// R215 at D64.
-// README.md has the table per head dim.
+// setmaxnreg gives the consumers 240 (24 x 128 + 240 x 256 = 64,512 of the SM's 65,536). README.md has the
+// table per head dim and what ptxas reports.
 #pragma once
 
 #include <cute/arch/mma_sm90_gmma_ext.hpp>
