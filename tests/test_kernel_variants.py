@@ -243,9 +243,10 @@ def test_hopper_default_forward_is_warp_specialized(head_dims):
         short = module.kernel_choice("fwd", dtype, *head_dims, "auto", 1024)["variant"]
         assert short == ("sm80" if head_dims == (64, 64) else "sm90_ws")
         assert module.kernel_choice("fwd", dtype, *head_dims, "auto", 1025)["variant"] == "sm90_ws"
-        # The warp-specialized backward runs only when pinned (kernel_table.h kPinnedOnly).
+        # The warp-specialized backward: its tiles are D64, D96 and D128 with head_dim == head_dim_v.
+        ws_backward = head_dims[0] == head_dims[1] <= 128
         for feature in ("bwd", "bwd_deterministic"):
-            assert module.kernel_choice(feature, dtype, *head_dims)["variant"] != "sm90_ws"
+            assert (module.kernel_choice(feature, dtype, *head_dims)["variant"] == "sm90_ws") == ws_backward
 
 
 # Head dims where the warp-specialized forward and the sm80 one step through the keys in tiles of different

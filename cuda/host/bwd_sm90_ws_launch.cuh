@@ -6,7 +6,7 @@
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws_*.cu, built for sm_90a alone) and the
 // GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls it when the kernel choice is kSm90Ws
-// (kernel_table.h: pinned only for now).
+// (kernel_table.h: the default on a Hopper for its tiles).
 #pragma once
 
 #include <cuda_runtime.h>

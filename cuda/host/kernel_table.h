@@ -83,11 +83,10 @@ inline constexpr KernelTile kKernelTable[] = {
     // dK/dV with atomic dQ, wgmma (kernels/bwd/tile_config_sm90.h Sm90BwdDefaultConfig::DkDv).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90, 128, 128, 64, 128},
     // dK/dV with atomic dQ or without dQ, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
-    // Sm90WsBwdDefaultConfig): head_dim == head_dim_v only (kernel_choice.cc). Pinned only until the full GPU
-    // suite has run with its current row fetch (kernels/bwd/sm90_ws/README.md).
-    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 64, 128, kPinnedOnly},
-    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128, kPinnedOnly},
-    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128, kPinnedOnly},
+    // Sm90WsBwdDefaultConfig): head_dim == head_dim_v only (kernel_choice.cc).
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 64, 128},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128},
     // Paged, cp.async (kernels/fwd/paged_tile_config.h PagedDefaultConfig).
     {KernelKind::kPaged, KernelVariant::kSm80, 64, 64, kPagedTileRows, kPagedTileKeys},
     {KernelKind::kPaged, KernelVariant::kSm80, 96, 96, kPagedTileRows, kPagedTileKeys},
