@@ -2,10 +2,12 @@
 
     python -m jax_flash.benchmark                      # the standard grid (DESIGN.md "Benchmarks")
     python -m jax_flash.benchmark --d 128 --seqlens 4096 --causal yes --mode fwd
+    python -m jax_flash.benchmark --d 64 128 --mode all --deterministic   # fwd, bwd alone, fwd+bwd
 
 Standard grid: 16k tokens per batch and hidden 2048, so heads = 2048 // D and batch = 16384 // S, for
 D in 64/128/256, S in 1k/4k/16k, causal and not. FLOPs: 4 * B * H * Sq * Sk * D forward (half for causal),
-backward 2.5x forward, forward + backward 3.5x.
+backward 2.5x forward, forward + backward 3.5x. The backward alone (`--mode bwd`) is timed from the forward's
+residuals, computed once outside the timing.
 
 jax and jax_flash's kernels are imported only once the arguments are parsed, so --help works anywhere.
 """
@@ -27,7 +29,10 @@ def parse_args(argv=None):
     p.add_argument("--d", type=int, nargs="+", default=[64, 128, 256], help="head dims (default 64 128 256)")
     p.add_argument("--seqlens", type=int, nargs="+", default=[1024, 4096, 16384], help="sequence lengths")
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
-    p.add_argument("--mode", choices=["fwd", "fwdbwd", "both"], default="both")
+    p.add_argument("--mode", choices=["fwd", "bwd", "fwdbwd", "both", "all"], default="both",
+                   help="both: fwd and fwdbwd; all: fwd, bwd (the backward alone) and fwdbwd")
+    p.add_argument("--deterministic", action="store_true",
+                   help="jax_flash's bitwise-repeatable backward (deterministic=True); cuDNN's is unchanged")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--tokens", type=int, default=16384, help="tokens per batch: batch = tokens // seqlen")
     p.add_argument("--hidden", type=int, default=2048, help="heads = hidden // d")
@@ -74,13 +79,14 @@ def attention_flops(batch, seqlen, heads, d, causal, mode):
 # ---------------------------------------------------------------------------------------------------------
 # The functions under test: each maps (q, k, v) -> out, layout (B, S, H, D)
 
-def attention_fn(backend, causal, implementation):
+def attention_fn(backend, causal, implementation, deterministic=False):
     import jax
 
     if backend == "ours":
         import jax_flash
 
-        return lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=causal, implementation=implementation)
+        return lambda q, k, v: jax_flash.flash_attention(q, k, v, causal=causal, implementation=implementation,
+                                                         deterministic=deterministic)
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=backend)
 
 
@@ -97,6 +103,17 @@ def timed_fn(attend, mode):
         return vjp(do)
 
     return jax.jit(fwd_bwd)
+
+
+def timed_step(attend, mode, input_sets):
+    """(jitted step, its input sets) for one mode of attend; input_sets hold (q, k, v, cotangent). The backward
+    alone takes (vjp, cotangent): the forward's residuals, made once here, are arguments of the timed step."""
+    import jax
+
+    if mode != "bwd":
+        return timed_fn(attend, mode), input_sets
+    forward = jax.jit(lambda q, k, v: jax.vjp(attend, q, k, v)[1])
+    return jax.jit(lambda vjp, do: vjp(do)), [(forward(q, k, v), do) for q, k, v, do in input_sets]
 
 
 def make_inputs(key, n_sets, batch, seqlen, heads, d, dtype):
@@ -171,8 +188,9 @@ def run(args):
     import jax.numpy as jnp
 
     dtype = jnp.dtype(DTYPES[args.dtype])
-    modes = ("fwd", "fwdbwd") if args.mode == "both" else (args.mode,)
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, dtype {args.dtype}", flush=True)
+    modes = {"both": ("fwd", "fwdbwd"), "all": ("fwd", "bwd", "fwdbwd")}.get(args.mode, (args.mode,))
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, dtype {args.dtype}"
+          + (", deterministic backward" if args.deterministic else ""), flush=True)
     print_header()
     records = []
     key = jax.random.PRNGKey(0)
@@ -185,8 +203,10 @@ def run(args):
                            dtype=args.dtype, backend=backend, ms=None, tflops=None, error=skip)
                 if skip is None:
                     try:
-                        step = timed_fn(attention_fn(backend, causal, args.implementation), mode)
-                        rec["ms"] = time_ms(step, inputs, args.repeats, args.iters)
+                        attend = attention_fn(backend, causal, args.implementation, args.deterministic)
+                        step, step_inputs = timed_step(attend, mode, inputs)
+                        rec["ms"] = time_ms(step, step_inputs, args.repeats, args.iters)
+                        del step_inputs
                         rec["tflops"] = attention_flops(batch, seqlen, heads, d, causal, mode) / rec["ms"] / 1e9
                     except Exception as err:  # one failing backend must not end the table
                         rec["error"] = short_error(err)

@@ -1,12 +1,15 @@
 """The benchmarks' timing helpers and the paged benchmark's smoke run, on any backend: time_ms_alternating
-reports each step's own time in the order given, and benchmark_paged times every cell of its table."""
+reports each step's own time in the order given, the backward alone is the forward+backward's gradient, and
+benchmark_paged times every cell of its table."""
 
 import json
 import time
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jax_flash import benchmark_paged
+from jax_flash import benchmark, benchmark_paged
 from jax_flash.benchmark import time_ms, time_ms_alternating
 
 
@@ -24,6 +27,19 @@ def test_alternating_steps_keep_their_own_times_and_order():
     assert 1 <= fast < slow  # sleep never returns early
     assert slow >= 12
     assert time_ms(_sleeping(3), x, repeats=2, iters=2) >= 3
+
+
+def test_backward_alone_returns_the_forward_backward_gradients():
+    inputs = benchmark.make_inputs(jax.random.PRNGKey(0), 2, 1, 128, 2, 64, jnp.bfloat16)
+    for deterministic in (False, True):
+        attend = benchmark.attention_fn("ours", True, "xla", deterministic)
+        bwd, bwd_inputs = benchmark.timed_step(attend, "bwd", inputs)
+        fwd_bwd, same_inputs = benchmark.timed_step(attend, "fwdbwd", inputs)
+        assert same_inputs is inputs and len(bwd_inputs) == len(inputs)
+        for alone, whole in zip(bwd_inputs, inputs):
+            for a, b in zip(bwd(*alone), fwd_bwd(*whole)):
+                np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+        assert time_ms(bwd, bwd_inputs, repeats=1, iters=1) > 0
 
 
 def test_paged_smoke_times_every_cell(tmp_path):
