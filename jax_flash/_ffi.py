@@ -161,7 +161,8 @@ def attn_bwd(q, k, v, out, lse, dout, dlse, config, deterministic: bool):
     sk, hk, dv = v.shape[-3:]
     _check_variant(module, _bwd_feature(deterministic), q.dtype, d, dv, config.variant)
     batch = math.prod(lead)
-    workspace = module.bwd_workspace_bytes(batch, sq, sk, hq, hk, d, dv, bool(deterministic))
+    workspace = module.bwd_workspace_bytes(jnp.dtype(q.dtype).name, batch, False, sq, sk, hq, hk, d, dv,
+                                           bool(deterministic))
     out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype),
                  jax.ShapeDtypeStruct((max(workspace, 1),), jnp.uint8))
@@ -207,7 +208,8 @@ def attn_varlen_bwd(q, k, v, out, lse, dout, dlse, cu_seqlens_q, cu_seqlens_k, s
     tq, hq, d = q.shape
     tk, hk, dv = v.shape
     _check_variant(module, _bwd_feature(deterministic), q.dtype, d, dv, config.variant)
-    workspace = module.bwd_workspace_bytes(1, tq, tk, hq, hk, d, dv, bool(deterministic))
+    workspace = module.bwd_workspace_bytes(jnp.dtype(q.dtype).name, cu_seqlens_q.shape[0] - 1, True, tq, tk, hq,
+                                           hk, d, dv, bool(deterministic))
     out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype),
                  jax.ShapeDtypeStruct((max(workspace, 1),), jnp.uint8))

@@ -193,6 +193,36 @@ def _random(shape, seed):
     return jax.random.normal(jax.random.key(seed), shape, jnp.float32).astype(BF16)
 
 
+def _workspace_bytes(delta_floats, accum_floats):
+    align = lambda n: -(-n // 256) * 256
+    return align(4 * delta_floats) + align(4 * accum_floats)
+
+
+def test_backward_workspace_holds_either_dq_accumulator_layout():
+    """The backward's scratch (kernels/bwd/workspace_layout.h): delta, then an fp32 dq accumulator large enough
+    for rows (B, Hq, Sq, D) and, where the build has the warp-specialized dK/dV kernel (sm_90a code), for its
+    blocks of 64 queries x the head-dim tile per sequence and head (packed: ceil(Tq / 64) + B blocks per head).
+    The deterministic backward has no accumulator."""
+    module = _extension()
+    if not module.supported("bfloat16", 128, 128):
+        pytest.skip("this build has no head-dim tile 128 (head dim 120 below runs on it)")
+    tile = 128
+    # Dense B 2, Sq 1000, Hq 8, D 120 (tile 128): 16 blocks per sequence and head.
+    dense = module.bwd_workspace_bytes("bfloat16", 2, False, 1000, 900, 8, 4, 120, 120, False)
+    rows, blocks = 2 * 8 * 1000 * 120, 2 * 8 * 16 * 64 * tile
+    assert dense in (_workspace_bytes(16000, rows), _workspace_bytes(16000, max(rows, blocks)))
+    # Packed: 3 sequences in 1000 tokens: ceil(1000 / 64) + 3 = 19 blocks per head.
+    packed = module.bwd_workspace_bytes("bfloat16", 3, True, 1000, 900, 8, 4, 120, 120, False)
+    rows, blocks = 8 * 1000 * 120, 8 * 19 * 64 * tile
+    assert packed in (_workspace_bytes(8000, rows), _workspace_bytes(8000, max(rows, blocks)))
+    # The two agree on whether this build has the blocks layout.
+    assert (dense > _workspace_bytes(16000, 2 * 8 * 1000 * 120)) == (packed > _workspace_bytes(8000, rows))
+    assert module.bwd_workspace_bytes("bfloat16", 3, True, 1000, 900, 8, 4, 120, 120, True) == \
+        _workspace_bytes(8000, 0)
+    if _hopper():  # a Hopper build has the warp-specialized kernel at tile 128
+        assert packed == _workspace_bytes(8000, blocks)
+
+
 def _hopper_variants_or_skip(feature, head_dim):
     if "sm90" not in _ffi.runnable_variants(feature, BF16, head_dim, head_dim):
         pytest.skip(f"no sm90 {feature} kernel here (needs a Hopper and a build with sm_90a code and D{head_dim})")

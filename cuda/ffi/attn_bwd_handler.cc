@@ -32,8 +32,8 @@ ffi::Error run_bwd(cudaStream_t stream, AttnBwdParams& params, DType dtype, bool
     return ffi::Error::InvalidArgument(packed ? "jax_flash: lse and dlse must have shape (heads_q, total_q)"
                                               : "jax_flash: lse and dlse must have shape (batch, heads_q, seqlen_q)");
   }
-  const size_t needed = attn_bwd_workspace_bytes(layout_batch, params.seqlen_q, params.seqlen_k, params.heads_q,
-                                                 params.heads_k, params.head_dim, params.head_dim_v,
+  const size_t needed = attn_bwd_workspace_bytes(dtype, params.batch, packed, params.seqlen_q, params.seqlen_k,
+                                                 params.heads_q, params.heads_k, params.head_dim, params.head_dim_v,
                                                  deterministic);
   if (b.workspace.size_bytes() < needed) {
     return ffi::Error::InvalidArgument("jax_flash: backward workspace has " +

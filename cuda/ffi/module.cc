@@ -65,11 +65,17 @@ NB_MODULE(_jax_flash_cuda, m) {
       },
       nb::arg("dtype"), nb::arg("head_dim"), nb::arg("head_dim_v"),
       "True when this build has a kernel for the dtype name and head dims.");
-  m.def("bwd_workspace_bytes", &jax_flash::attn_bwd_workspace_bytes, nb::arg("batch"),
-        nb::arg("seqlen_q"), nb::arg("seqlen_k"), nb::arg("heads_q"), nb::arg("heads_k"),
-        nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("deterministic"),
-        "Bytes of scratch the backward kernels need for these shapes (packed layouts: batch 1, seqlen_q = "
-        "total query tokens).");
+  m.def(
+      "bwd_workspace_bytes",
+      [](const std::string& dtype, int batch, bool packed, int seqlen_q, int seqlen_k, int heads_q, int heads_k,
+         int head_dim, int head_dim_v, bool deterministic) {
+        return jax_flash::attn_bwd_workspace_bytes(parse_dtype(dtype), batch, packed, seqlen_q, seqlen_k, heads_q,
+                                                   heads_k, head_dim, head_dim_v, deterministic);
+      },
+      nb::arg("dtype"), nb::arg("batch"), nb::arg("packed"), nb::arg("seqlen_q"), nb::arg("seqlen_k"),
+      nb::arg("heads_q"), nb::arg("heads_k"), nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("deterministic"),
+      "Bytes of scratch the backward kernels need for the dtype name and these shapes (packed layouts: batch = "
+      "the number of sequences, seqlen_q / seqlen_k = the token totals).");
 
   std::vector<std::string> variant_names;
   for (int id = 0; id < jax_flash::kNumKernelVariants; ++id) {

@@ -29,10 +29,11 @@ bool attn_supported(DType dtype, int head_dim, int head_dim_v);
 // Forward: writes out and lse for every row (fully masked rows and packed padding rows: 0 and -inf).
 Status attn_fwd(const AttnFwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream);
 
-// Bytes of scratch the backward needs for these shapes (a pure function of static shapes). Packed layouts
-// pass batch 1 and the token totals as seqlen_q / seqlen_k.
-size_t attn_bwd_workspace_bytes(int batch, int seqlen_q, int seqlen_k, int heads_q, int heads_k,
-                                int head_dim, int head_dim_v, bool deterministic);
+// Bytes of scratch the backward needs (a pure function of the dtype, static shapes and this build: enough for
+// whichever of its dK/dV kernels the call gets, kernels/bwd/workspace_layout.h). batch: sequences (packed:
+// the number of sequences, with the token totals as seqlen_q / seqlen_k).
+size_t attn_bwd_workspace_bytes(DType dtype, int batch, bool packed, int seqlen_q, int seqlen_k, int heads_q,
+                                int heads_k, int head_dim, int head_dim_v, bool deterministic);
 
 // Backward: writes dq, dk, dv in full (dk/dv summed over the query heads of each kv head).
 Status attn_bwd(const AttnBwdParams& params, DType dtype, KernelVariant variant, cudaStream_t stream);

@@ -4,9 +4,10 @@
 //   2. dk, dv (and, on the atomic path, dq partial sums -> workspace accumulator, zeroed first)
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
 // The atomic path runs where the kernel choice picks it (deterministic == false, head-dim tile up to 128; see
-// kernel_choice.h): the mma.sync, wgmma or warp-specialized dK/dV kernel adds dQ into the accumulator. It saves
-// the dq kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq. Otherwise
-// the mma.sync or warp-specialized dK/dV kernel runs without dQ, then the dq kernel.
+// kernel_choice.h): the mma.sync or wgmma dK/dV kernel adds dQ into the accumulator's rows with atomics, the
+// warp-specialized one into its blocks with bulk reduce-adds (kernels/bwd/workspace_layout.h). It saves the dq
+// kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq. Otherwise the
+// mma.sync or warp-specialized dK/dV kernel runs without dQ, then the dq kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,9 +33,9 @@ namespace jax_flash {
 
 // The warp-specialized Hopper dK/dV kernel (bwd_sm90_ws_launch.cuh). Its instantiations are generated files of
 // their own (attn_bwd_sm90_ws_*.cu), compiled for sm_90a only, for the head-dim tiles kernel_table.h lists.
+// Steps 2 and 3 with it: dK/dV and, with dq_accum, dQ summed into the accumulator's blocks and converted.
 template <typename Element, int kHeadDim, int kHeadDimV>
-Status run_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
-                                 cudaStream_t stream);
+Status run_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream);
 
 namespace bwd_launch_detail {
 
@@ -98,22 +99,23 @@ Status launch_dkdv_sm90_atomic_dq(const AttnBwdParams& params, const float* delt
   }
 }
 
-// dK and dV, and with choice.atomic_dq the dQ sums, by the kernel `choice` names.
+// The warp-specialized kernel's steps 2 and 3 (run_attn_bwd_sm90_ws), where this build has its tile.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
+  if constexpr (kBuildHasSm90a &&
+                find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kHeadDim, kHeadDimV) != nullptr) {
+    return run_attn_bwd_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream);
+  } else {
+    return error("this build has no warp-specialized dK/dV kernel for these head dims");
+  }
+}
+
+// dK and dV, and with choice.atomic_dq the dQ sums into the accumulator's rows, by the mma.sync or wgmma kernel
+// `choice` names.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status launch_chosen_dkdv(const AttnBwdParams& params, const KernelChoice& choice, const float* delta,
                           float* dq_accum, cudaStream_t stream) {
   using DkDv = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv;
-  if (choice.variant == KernelVariant::kSm90Ws) {
-    constexpr bool kHasWs =
-        find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kHeadDim, kHeadDimV) != nullptr;
-    if constexpr (kBuildHasSm90a && kHasWs) {
-      // No accumulator: the kernel's mode without dQ (the dq kernel follows).
-      return run_attn_bwd_dkdv_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta,
-                                                                     choice.atomic_dq ? dq_accum : nullptr, stream);
-    } else {
-      return error("this build has no warp-specialized dK/dV kernel for these head dims");
-    }
-  }
   if (choice.variant == KernelVariant::kSm90) {
     if (!choice.atomic_dq) return error("the sm90 dK/dV kernel sums dQ with atomics only");
     return launch_dkdv_sm90_atomic_dq<Sm90BwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, delta, dq_accum,
@@ -160,8 +162,9 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
                  "strides that are multiples of 8 elements");
   }
 
-  const BwdWorkspaceLayout ws = bwd_workspace_layout(params.layout_batch(), params.seqlen_q, params.heads_q,
-                                                     params.head_dim, params.deterministic);
+  // (Where delta and the accumulator start does not depend on the accumulator's layout.)
+  const BwdWorkspaceLayout ws = bwd_workspace_layout(params.batch, params.packed(), params.seqlen_q,
+                                                     params.heads_q, params.head_dim, params.deterministic, {});
   char* workspace = static_cast<char*>(params.workspace);
   float* delta = reinterpret_cast<float*>(workspace + ws.delta_offset);
   // The workspace has the accumulator wherever the choice can pick atomic dQ sums (bwd_uses_dq_accum).
@@ -177,28 +180,30 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
     bwd_delta_kernel<Element><<<elementwise_blocks(rows, kWarpsPerBlock), kBwdElementwiseThreads, 0, stream>>>(
         params, delta);
     if (Status s = check_launch("bwd_delta_kernel"); !s.ok()) return s;
-    if (atomic_dq) {
+  }
+  if (choice.variant == KernelVariant::kSm90Ws) {
+    // The warp-specialized kernel zeroes, fills and converts its own accumulator (blocks, not rows).
+    if (Status s = run_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream); !s.ok()) return s;
+  } else {
+    if (atomic_dq && rows > 0) {
       const cudaError_t err =
           cudaMemsetAsync(dq_accum, 0, size_t(rows) * size_t(params.head_dim) * sizeof(float), stream);
       if (err != cudaSuccess) return error(std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err));
     }
-  }
-
-  if (params.seqlen_k > 0) {
-    const Status s = launch_chosen_dkdv<Element, kHeadDim, kHeadDimV>(params, choice, delta, dq_accum, stream);
-    if (!s.ok()) return s;
-  }
-
-  if (rows > 0) {
-    if (atomic_dq) {
+    if (params.seqlen_k > 0) {
+      const Status s = launch_chosen_dkdv<Element, kHeadDim, kHeadDimV>(params, choice, delta, dq_accum, stream);
+      if (!s.ok()) return s;
+    }
+    if (atomic_dq && rows > 0) {
       const int64_t chunks = rows * (params.head_dim / 8);
       bwd_dq_convert_kernel<Element>
           <<<elementwise_blocks(chunks, kBwdElementwiseThreads), kBwdElementwiseThreads, 0, stream>>>(params,
                                                                                                     dq_accum);
       if (Status s = check_launch("bwd_dq_convert_kernel"); !s.ok()) return s;
-    } else if (Status s = launch_dq<Dq>(params, delta, stream); !s.ok()) {
-      return s;
     }
+  }
+  if (!atomic_dq && rows > 0) {
+    if (Status s = launch_dq<Dq>(params, delta, stream); !s.ok()) return s;
   }
   return {};
 }

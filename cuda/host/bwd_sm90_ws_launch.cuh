@@ -1,12 +1,12 @@
-// Launcher of the warp-specialized Hopper dK/dV kernel (kernels/bwd/sm90_ws/) for one (Element, kHeadDim,
-// kHeadDimV) instantiation: checks, tensor maps, launch. It runs step 2 of the backward (bwd_launch.cuh):
-// the caller has written delta and, on the atomic path, zeroed the dq accumulator (workspace_layout.h), and
-// computes dq afterwards: the accumulator converted (kernels/bwd/preprocess.cuh), or, without an accumulator
-// (the deterministic backward), the dq kernel (kernels/bwd/dq_kernel.cuh).
+// Launchers of the warp-specialized Hopper dK/dV kernel (kernels/bwd/sm90_ws/) for one (Element, kHeadDim,
+// kHeadDimV) instantiation: steps 2 and 3 of the backward (bwd_launch.cuh) after the caller has written delta.
+// With dQ the kernel sums it into the workspace's blocks layout (workspace_layout.h), which only this file
+// zeroes and converts (run_attn_bwd_sm90_ws); without (the deterministic backward) the caller's dq kernel
+// follows (kernels/bwd/dq_kernel.cuh).
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws_*.cu, built for sm_90a alone) and the
-// GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls it when the kernel choice is kSm90Ws
-// (kernel_table.h: the default on a Hopper for its tiles).
+// GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls run_attn_bwd_sm90_ws when the kernel
+// choice is kSm90Ws (kernel_table.h: the default on a Hopper for its tiles).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,15 +18,16 @@
 #include "host/bwd_operands.h"
 #include "host/kernel_table.h"
 #include "host/smem_opt_in.h"
+#include "kernels/bwd/sm90_ws/dq_accum_blocks.h"
 #include "kernels/bwd/sm90_ws/kernel_bwd_sm90_ws.cuh"
 #include "kernels/bwd/sm90_ws/shared_storage.h"
 #include "kernels/bwd/sm90_ws/tile_size.h"
 
 namespace jax_flash {
 
-// delta: (layout_batch, Hq, Sq) f32; dq_accum: (layout_batch, Hq, Sq, head_dim) f32, zeroed (workspace_layout.h),
-// to which the kernel adds dQ with atomics; nullptr: the kernel's mode without dQ (dK and dV only, bitwise
-// repeatable, for the deterministic backward).
+// delta: (layout_batch, Hq, Sq) f32; dq_accum: the accumulator's blocks of Cfg (workspace_layout.h), zeroed,
+// to which the kernel adds dQ; nullptr: the kernel's mode without dQ (dK and dV only, bitwise repeatable, for
+// the deterministic backward).
 template <class Cfg>
 Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
                                     cudaStream_t stream) {
@@ -75,14 +76,42 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
 #endif
 }
 
-// The default tile of the head-dim pair (tile_size.h). The caller has checked that the device is a Hopper.
+// dq = scale x the blocks the kernel summed, for every query row of every sequence (packed padding rows are the
+// padding fill's).
+template <class Cfg>
+Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const float* dq_accum, cudaStream_t stream) {
+#ifndef JAX_FLASH_HAS_SM90A
+  return Status{"attn_bwd_dq_blocks_convert: this build has no sm_90a code"};
+#else
+  const dim3 grid = SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, false>::grid(params, params.heads_q);
+  attn_bwd_dq_blocks_convert_kernel<Cfg><<<grid, Cfg::kMmaThreads, 0, stream>>>(params, dq_accum);
+  const cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) return Status{};
+  return Status{std::string("attn_bwd_dq_blocks_convert: launch: ") + cudaGetErrorString(err)};
+#endif
+}
+
+// Steps 2 and 3 of the backward with the default tile of the head-dim pair (tile_size.h); run_attn_bwd has
+// written delta and checked that the device is a Hopper. With dq_accum (the workspace's accumulator) the
+// kernel owns its blocks layout: zeroed, summed into by the dK/dV kernel, converted into dq. Without (the
+// deterministic backward), dK and dV alone; the dq kernel follows.
 template <typename Element, int kHeadDim, int kHeadDimV>
-Status run_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
-                                 cudaStream_t stream) {
+Status run_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
   using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
-  return launch_attn_bwd_dkdv_sm90_ws<Cfg>(params, delta, dq_accum, stream);
+  const bool has_queries = params.batch > 0 && params.heads_q > 0 && params.seqlen_q > 0;
+  if (dq_accum != nullptr && has_queries) {
+    const size_t floats = dq_accum_floats(params.batch, params.packed(), params.seqlen_q, params.heads_q,
+                                          params.head_dim, Sm90WsDqAccumBlocks<Cfg>::block_shape());
+    const cudaError_t err = cudaMemsetAsync(dq_accum, 0, floats * sizeof(float), stream);
+    if (err != cudaSuccess) return Status{std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err)};
+  }
+  if (params.seqlen_k > 0) {
+    if (Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg>(params, delta, dq_accum, stream); !s.ok()) return s;
+  }
+  if (dq_accum != nullptr && has_queries) return launch_attn_bwd_dq_blocks_convert<Cfg>(params, dq_accum, stream);
+  return Status{};
 }
 
 }  // namespace jax_flash

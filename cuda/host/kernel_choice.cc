@@ -135,6 +135,15 @@ Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_
   return {};
 }
 
+DqAccumBlock sm90_ws_dq_accum_block(DType dtype, int head_dim, int head_dim_v) {
+  int tile_d = 0, tile_dv = 0;
+  if (!kBuildHasSm90a || head_dim != head_dim_v || !compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv)) {
+    return {};
+  }
+  const KernelTile* row = find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, tile_d, tile_dv);
+  return row != nullptr ? DqAccumBlock{row->block_m, row->tile_d} : DqAccumBlock{};
+}
+
 std::vector<KernelVariant> runnable_variants(KernelFeature feature, DType dtype, int head_dim, int head_dim_v) {
   std::vector<KernelVariant> variants;
   for (KernelVariant variant : {KernelVariant::kSm80, KernelVariant::kSm90, KernelVariant::kSm90Ws}) {

@@ -8,6 +8,7 @@
 
 #include "host/attention.h"
 #include "host/kernel_table.h"
+#include "kernels/bwd/workspace_layout.h"
 
 namespace jax_flash {
 
@@ -41,6 +42,11 @@ Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_
 
 // The variants (never kAuto) that can serve `feature` for these dtype and head dims on the current device.
 std::vector<KernelVariant> runnable_variants(KernelFeature feature, DType dtype, int head_dim, int head_dim_v);
+
+// The dq accumulator's blocks layout of the warp-specialized dK/dV kernel for these dtype and head dims, by this
+// build alone (not the device: the workspace is sized at trace time); block_m 0 where the build has no such
+// kernel for them.
+DqAccumBlock sm90_ws_dq_accum_block(DType dtype, int head_dim, int head_dim_v);
 
 inline KernelFeature bwd_feature(bool deterministic) {
   return deterministic ? KernelFeature::kBwdDeterministic : KernelFeature::kBwd;

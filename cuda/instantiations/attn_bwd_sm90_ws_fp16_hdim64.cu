@@ -2,5 +2,5 @@
 #include "host/bwd_sm90_ws_launch.cuh"
 
 namespace jax_flash {
-template Status run_attn_bwd_dkdv_sm90_ws<cutlass::half_t, 64, 64>(const AttnBwdParams&, const float*, float*, cudaStream_t);
+template Status run_attn_bwd_sm90_ws<cutlass::half_t, 64, 64>(const AttnBwdParams&, const float*, float*, cudaStream_t);
 }  // namespace jax_flash

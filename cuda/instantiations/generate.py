@@ -19,7 +19,7 @@ DIRECTIONS = {
 # the head-dim tiles each has (host/kernel_table.h lists the same).
 SM90A_DIRECTIONS = {
     "fwd_sm90_ws": ("host/fwd_sm90_ws_launch.cuh", "run_attn_fwd_sm90_ws", "const AttnFwdParams&, ", HEAD_DIMS),
-    "bwd_sm90_ws": ("host/bwd_sm90_ws_launch.cuh", "run_attn_bwd_dkdv_sm90_ws",
+    "bwd_sm90_ws": ("host/bwd_sm90_ws_launch.cuh", "run_attn_bwd_sm90_ws",
                     "const AttnBwdParams&, const float*, float*, ", [(64, 64), (96, 96), (128, 128)]),
 }
 

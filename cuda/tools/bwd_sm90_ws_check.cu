@@ -46,34 +46,14 @@ constexpr int kD = CHECK_HEAD_DIM;
 constexpr int kDv = CHECK_HEAD_DIM;  // the new kernel has Dv = D only (tile_size.h)
 
 
-// ---- The backward chain around a dK/dV kernel -------------------------------------------------------------------
-// delta, zeroed accumulator, dk/dv (+ dq sums), dq. dkdv(params, delta, dq_accum, stream) launches the kernel.
-template <class Element, class DkDv>
-Status run_chain(const AttnBwdParams& p, DkDv&& dkdv, cudaStream_t stream) {
-  const BwdWorkspaceLayout ws = bwd_workspace_layout(p.layout_batch(), p.seqlen_q, p.heads_q, p.head_dim, false);
-  char* workspace = static_cast<char*>(p.workspace);
-  float* delta = reinterpret_cast<float*>(workspace + ws.delta_offset);
-  float* dq_accum = reinterpret_cast<float*>(workspace + ws.dq_accum_offset);
-  const int64_t rows = int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q;
-  if (rows > 0) {
-    bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
-                                kBwdElementwiseThreads, 0, stream>>>(p, delta);
-    if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
-    if (cudaMemsetAsync(dq_accum, 0, size_t(rows) * size_t(p.head_dim) * sizeof(float), stream) != cudaSuccess) {
-      return Status{"zeroing the dq accumulator"};
-    }
-  }
-  if (p.seqlen_k > 0) {
-    if (Status s = dkdv(p, delta, dq_accum, stream); !s.ok()) return s;
-  }
-  if (rows > 0) {
-    const int64_t chunks = rows * (p.head_dim / 8);
-    bwd_dq_convert_kernel<Element>
-        <<<bwd_launch_detail::elementwise_blocks(chunks, kBwdElementwiseThreads), kBwdElementwiseThreads, 0,
-           stream>>>(p, dq_accum);
-    if (cudaGetLastError() != cudaSuccess) return Status{"bwd_dq_convert_kernel launch"};
-  }
-  return {};
+// ---- The backward chains -----------------------------------------------------------------------------------------
+
+using WsCfg = Sm90WsBwdDefaultConfig<cutlass::bfloat16_t, kD, kDv>;  // the tile (the same for fp16)
+
+// The workspace for either chain: the accumulator sized for rows and for the new kernel's blocks.
+inline BwdWorkspaceLayout workspace_layout(const AttnBwdParams& p) {
+  return bwd_workspace_layout(p.batch, p.packed(), p.seqlen_q, p.heads_q, p.head_dim, false,
+                              Sm90WsDqAccumBlocks<WsCfg>::block_shape());
 }
 
 // The current dK/dV kernel with atomic dQ sums: sm90 (wgmma) where it has the tile, else sm80.
@@ -93,38 +73,39 @@ Status current_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum,
                                                                   stream);
 }
 
+// The new dK/dV kernel alone, summing dQ into the accumulator's blocks.
 template <class Element>
 Status new_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum, cudaStream_t stream) {
-  return run_attn_bwd_dkdv_sm90_ws<Element, kD, kDv>(p, delta, dq_accum, stream);
+  return launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>>(p, delta, dq_accum, stream);
 }
 
-// The deterministic backward with the new kernel, as run_attn_bwd runs it for the pinned sm90_ws variant: the
-// kernel without dQ, then the dq kernel. (The workspace, sized for the atomic path, starts with delta either way.)
+// The new kernel's choice, as the kernel table gives it for the pinned sm90_ws variant.
+inline KernelChoice new_choice(bool deterministic) {
+  KernelChoice choice{};
+  choice.feature = deterministic ? KernelFeature::kBwdDeterministic : KernelFeature::kBwd;
+  choice.variant = KernelVariant::kSm90Ws;
+  choice.pinned = true;
+  choice.tile = *find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kD, kDv);
+  choice.atomic_dq = !deterministic;
+  return choice;
+}
+
+// The whole backward as run_attn_bwd runs it (delta, dK/dV, dq) with each kernel. The deterministic one: the
+// new kernel without dQ, then the dq kernel. (The workspace, sized for the atomic path, starts with delta
+// either way.)
+template <class Element>
+Status launch_current(const AttnBwdParams& p, cudaStream_t stream) {
+  return run_attn_bwd<Element, kD, kDv>(p, current_choice<Element>(), stream);
+}
+template <class Element>
+Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
+  return run_attn_bwd<Element, kD, kDv>(p, new_choice(false), stream);
+}
 template <class Element>
 Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
   AttnBwdParams det = p;
   det.deterministic = true;
-  KernelChoice choice{};
-  choice.feature = KernelFeature::kBwdDeterministic;
-  choice.variant = KernelVariant::kSm90Ws;
-  choice.pinned = true;
-  choice.atomic_dq = false;
-  return run_attn_bwd<Element, kD, kDv>(det, choice, stream);
-}
-
-template <class Element>
-Status launch_current(const AttnBwdParams& p, cudaStream_t stream) {
-  auto dkdv = [](const AttnBwdParams& q, const float* delta, float* dq_accum, cudaStream_t s) {
-    return current_dkdv<Element>(q, delta, dq_accum, s);
-  };
-  return run_chain<Element>(p, dkdv, stream);
-}
-template <class Element>
-Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
-  auto dkdv = [](const AttnBwdParams& q, const float* delta, float* dq_accum, cudaStream_t s) {
-    return new_dkdv<Element>(q, delta, dq_accum, s);
-  };
-  return run_chain<Element>(p, dkdv, stream);
+  return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------
@@ -472,8 +453,7 @@ struct Problem {
     p.seqused_q = d_used_q;
     p.seqused_k = d_used_k;
     p.deterministic = false;
-    const BwdWorkspaceLayout ws = bwd_workspace_layout(p.layout_batch(), p.seqlen_q, p.heads_q, p.head_dim, false);
-    workspace = device_alloc<char>(int64_t(ws.total_bytes));
+    workspace = device_alloc<char>(int64_t(workspace_layout(p).total_bytes));
     p.workspace = workspace;
   }
 
@@ -707,8 +687,7 @@ void benchmark(const char* dtype) {
                                     max_abs_diff(got.dv, cur.dv)});
       const int reps = s >= 16384 ? 5 : 10;
       // The dK/dV kernels alone (the accumulator just keeps adding), then the whole chain.
-      const BwdWorkspaceLayout ws = bwd_workspace_layout(pr.p.layout_batch(), pr.p.seqlen_q, pr.p.heads_q,
-                                                         pr.p.head_dim, false);
+      const BwdWorkspaceLayout ws = workspace_layout(pr.p);
       const float* delta = reinterpret_cast<const float*>(static_cast<char*>(pr.workspace) + ws.delta_offset);
       float* dq_accum = reinterpret_cast<float*>(static_cast<char*>(pr.workspace) + ws.dq_accum_offset);
       const float ms_cur_k = time_ms([&] { current_dkdv<Element>(pr.p, delta, dq_accum, nullptr); }, reps);

@@ -1,9 +1,15 @@
-// Where the backward pass keeps its scratch inside the XLA workspace. Plain C++ (no CUDA), shared by
-// attn_bwd_workspace_bytes() and the launcher, so both always agree on the sizes.
+// Where the backward pass keeps its scratch inside the XLA workspace. Plain C++ (no CUDA; the constexpr
+// functions are also called from device code), shared by attn_bwd_workspace_bytes() and the launchers, so
+// all always agree on the sizes.
 //
-//   delta     (B, Hq, Sq) f32: rowsum(dout * out) - dlse, read by the dk/dv and dq kernels.
-//   dq_accum  (B, Hq, Sq, head_dim) f32, only when dq is accumulated with atomics (non-deterministic path):
-//             the dk/dv kernel adds every key block's dS K into it; a last kernel scales and converts it.
+//   delta     (layout_batch, Hq, Sq) f32: rowsum(dout * out) - dlse, read by the dk/dv and dq kernels.
+//   dq_accum  only when dq is summed by the dK/dV kernel (non-deterministic path, head-dim tile <= 128): the
+//             dK/dV kernel adds every key block's dS K into it; a last kernel scales and converts it. Two
+//             layouts; the workspace holds the larger of those the call's kernel choice can take:
+//     rows    (layout_batch, Hq, Sq, head_dim): the mma.sync and wgmma dK/dV kernels' fp32 atomics;
+//     blocks  (layout_batch, Hq, query blocks, block_m * tile_d): the warp-specialized dK/dV kernel's bulk
+//             reduce-adds, one block per query block of a sequence (dq_accum_block), each block in the order
+//             the kernel's consumer threads hold dQ (kernels/bwd/sm90_ws/dq_accum_blocks.h).
 #pragma once
 
 #include <cstddef>
@@ -16,19 +22,56 @@ inline constexpr bool bwd_uses_dq_accum(int head_dim, bool deterministic) {
   return !deterministic && head_dim <= 128;
 }
 
+// The blocks layout's block: block_m queries x tile_d head-dim columns (the dK/dV kernel's query step and
+// head-dim tile). block_m == 0: no blocks layout.
+struct DqAccumBlock {
+  int block_m = 0, tile_d = 0;
+};
+
+// Blocks per (layout batch, query head). Dense: the ceil(Sq / block_m) blocks of each sequence. Packed (Sq is
+// the token count): sequence b's blocks start at block floor(q_start / block_m) + b (dq_accum_block), so two
+// sequences never share a block, and every sequence ends by block ceil(Sq / block_m) + b: the packed query
+// grid's bound (sched/single_tile_scheduler.h tile_grid_x).
+inline constexpr int64_t dq_accum_blocks_per_head(bool packed, int batch, int seqlen_q, int block_m) {
+  return (int64_t(seqlen_q) + block_m - 1) / block_m + (packed ? batch : 0);
+}
+
+// Index of the block of query block m_block of sequence bidb (first token q_start when packed), head bidh.
+inline constexpr int64_t dq_accum_block(bool packed, int bidb, int bidh, int heads_q, int64_t q_start,
+                                        int m_block, int block_m, int64_t blocks_per_head) {
+  const int64_t first = packed ? q_start / block_m + bidb : 0;
+  return (int64_t(packed ? 0 : bidb) * heads_q + bidh) * blocks_per_head + first + m_block;
+}
+
+// Floats of the dq accumulator in one layout: blocks when blocks.block_m > 0, else rows. batch: sequences
+// (packed: the number of sequences, and Sq the token count).
+inline constexpr size_t dq_accum_floats(int batch, bool packed, int seqlen_q, int heads_q, int head_dim,
+                                        DqAccumBlock blocks) {
+  const size_t heads = size_t(packed ? 1 : batch) * size_t(heads_q);
+  if (blocks.block_m == 0) return heads * size_t(seqlen_q) * size_t(head_dim);
+  return heads * size_t(dq_accum_blocks_per_head(packed, batch, seqlen_q, blocks.block_m)) *
+         size_t(blocks.block_m) * size_t(blocks.tile_d);
+}
+
 struct BwdWorkspaceLayout {
   size_t delta_offset, dq_accum_offset, total_bytes;
 };
 
 inline constexpr size_t bwd_align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, int seqlen_q, int heads_q, int head_dim,
-                                                         bool deterministic) {
-  const size_t rows = size_t(batch) * size_t(heads_q) * size_t(seqlen_q);
-  const size_t delta_bytes = bwd_align256(rows * sizeof(float));
-  const size_t accum_bytes =
-      bwd_uses_dq_accum(head_dim, deterministic) ? bwd_align256(rows * size_t(head_dim) * sizeof(float)) : 0;
-  return BwdWorkspaceLayout{0, delta_bytes, delta_bytes + accum_bytes};
+// blocks: the blocks layout a dK/dV kernel of the call may take (block_m 0: none); the accumulator is sized
+// for it and for rows.
+inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, bool packed, int seqlen_q, int heads_q,
+                                                         int head_dim, bool deterministic, DqAccumBlock blocks) {
+  const size_t delta_bytes = bwd_align256(size_t(packed ? 1 : batch) * size_t(heads_q) * size_t(seqlen_q) *
+                                          sizeof(float));
+  size_t accum_floats = 0;
+  if (bwd_uses_dq_accum(head_dim, deterministic)) {
+    const size_t in_rows = dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, DqAccumBlock{});
+    const size_t in_blocks = dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, blocks);
+    accum_floats = in_rows > in_blocks ? in_rows : in_blocks;
+  }
+  return BwdWorkspaceLayout{0, delta_bytes, delta_bytes + bwd_align256(accum_floats * sizeof(float))};
 }
 
 }  // namespace jax_flash

@@ -1,19 +1,21 @@
 // The warp-specialized Hopper dK/dV kernel (sm_90a), FlashAttention-3's design: scheduler x mainloop x epilogue.
 //
 //   warpgroup 0 (producer, 24 registers): warp 0's lane 0 issues the TMA loads of K, V (once) and Q, dO (per
-//                                         step; mainloop_tma_ws.h, load_tiles); warps 1-3 idle;
+//                                         step; mainloop_tma_ws.h, load_tiles); with kDq, warp 1 adds each
+//                                         step's dQ block to the workspace (dq_accum_blocks.h); the rest idle;
 //   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, each warpgroup fetching its own lse / delta rows
-//                                         a step ahead (query_rows.h), the five products per step, dQ added
-//                                         to the workspace accumulator with fp32 atomics (mainloop_tma_ws.h,
-//                                         mma; kDq false: three products, no dQ), then the backward's epilogue
-//                                         writes dK (times scale) and dV (bwd/epilogue.h, store_dk_dv).
+//                                         a step ahead (query_rows.h), the five products per step, dQ handed
+//                                         to warp 1 through shared memory (mainloop_tma_ws.h, mma; kDq false:
+//                                         three products, no dQ), then the backward's epilogue writes dK
+//                                         (times scale) and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
-// the CTA in a fixed order (dK / dV deterministic; dQ, where this kernel sums it, is not: atomics).
+// the CTA in a fixed order (dK / dV deterministic; dQ, where this kernel sums it, is not: the key blocks' CTAs
+// add into the same workspace blocks in whatever order they run).
 // Semantics are the other backward kernels': bottom-right aligned causal / window mask, softcap, packed
 // layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and, with kDq, a zeroed dq
-// accumulator, whose sums bwd_dq_convert_kernel turns into dq (kernels/bwd/preprocess.cuh). Without dQ (the
-// deterministic backward) the dq kernel computes dq afterwards (kernels/bwd/dq_kernel.cuh).
+// accumulator in blocks, whose sums attn_bwd_dq_blocks_convert_kernel turns into dq (dq_accum_blocks.h).
+// Without dQ (the deterministic backward) the dq kernel computes dq afterwards (kernels/bwd/dq_kernel.cuh).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -23,6 +25,7 @@
 
 #include "kernels/bwd/dkdv_work.h"
 #include "kernels/bwd/epilogue.h"
+#include "kernels/bwd/sm90_ws/dq_accum_blocks.h"
 #include "kernels/bwd/sm90_ws/mainloop_tma_ws.h"
 #include "kernels/bwd/sm90_ws/shared_storage.h"
 #include "kernels/common/warp_specialized.h"
@@ -69,7 +72,12 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
 
   if (producer) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
-    if (w.steps > 0 && threadIdx.x == 0) Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
+    const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
+    if (w.steps > 0 && threadIdx.x == 0) {
+      Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
+    } else if (kDq && w.steps > 0 && warp == 1) {
+      Sm90WsDqAccumBlocks<Cfg>::write(p, kp.mainloop.dq_accum, w, st.dq.data());
+    }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMmaRegs>();
     const int tidx = int(threadIdx.x) - 128;
@@ -88,7 +96,7 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
 }
 
 // kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop. kDq: dQ summed into
-// the workspace accumulator (the atomic-dQ backward), or not at all (the deterministic one).
+// the workspace accumulator (the non-deterministic backward), or not at all (the deterministic one).
 template <class Cfg, bool kSoftcap, bool kDq>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     attn_bwd_dkdv_sm90_ws_kernel(const __grid_constant__ Sm90WsBwdKernelParams<Cfg> kp) {

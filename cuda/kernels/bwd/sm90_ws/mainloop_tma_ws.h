@@ -9,7 +9,9 @@
 //   lse / delta rows published (query_rows.h: this warpgroup's named barrier), next step's rows started
 //   wait Q, dO | S^T = K Q^T, dP^T = V dO^T (one batch) | P, dS (transposed_math.h)
 //   dV += P^T dO (P from registers)  | dS^T -> shared memory, fence.proxy.async, named barrier (kDsStored)
-//   dQ = dS K, dK += dS^T Q          | wait dV, dQ: release dO, dQ -> fp32 atomics | wait dK: release Q
+//   dQ = dS K, dK += dS^T Q          | wait dV, dQ: release dO, dQ -> the shared dQ block | wait dK: release Q
+// The producer's warp 1 (the dq writer) adds each step's dQ block to the workspace with one bulk reduce-add
+// (dq_accum_blocks.h).
 // dS^T is double-buffered (by step parity), so one barrier per step suffices: a warpgroup writes buffer b at
 // step t + 1 only after passing step t's barrier, which the other warpgroup reached after its dQ of step
 // t - 1 (the last reader of b) had completed.
@@ -35,7 +37,7 @@
 #include <type_traits>
 
 #include "kernels/bwd/dkdv_work.h"
-#include "kernels/bwd/epilogue.h"
+#include "kernels/bwd/sm90_ws/dq_accum_blocks.h"
 #include "kernels/bwd/sm90_ws/named_barriers.h"
 #include "kernels/bwd/sm90_ws/query_rows.h"
 #include "kernels/bwd/sm90_ws/shared_storage.h"
@@ -72,7 +74,7 @@ struct Sm90WsBwdMainloop {
   using TmaV = typename Rows::template Load<typename Cfg::SmemLayoutV, TileV>;
 
   // The tensor maps (they hold the tensors' addresses, so they are encoded on the host at each launch) and
-  // the backward's workspace: delta (read) and the dq accumulator (added to; nullptr without dQ),
+  // the backward's workspace: delta (read) and the dq accumulator in blocks (added to; nullptr without dQ),
   // workspace_layout.h.
   struct Params {
     TmaQ tma_q;
@@ -181,8 +183,8 @@ struct Sm90WsBwdMainloop {
   }
 
   // Consumers: thread tidx (0 .. kMmaThreads - 1) adds every step's dK (without `scale`) and dV to its zeroed
-  // accumulator partitions, and with kDq every step's dQ (without `scale`) to the fp32 accumulator rows in
-  // global memory. Needs >= 1 step.
+  // accumulator partitions, and with kDq hands every step's dQ (without `scale`) to the dq writer warp
+  // through the shared dQ block. Needs >= 1 step.
   template <bool kSoftcap, bool kDq, class AccDk, class AccDv>
   __device__ static void mma(const Params& mp, const AttnBwdParams& p, Storage& st, Pipeline& pipe_q,
                              Pipeline& pipe_do, const Work& w, int tidx, AccDk& acc_dk, AccDv& acc_dv) {
@@ -216,7 +218,6 @@ struct Sm90WsBwdMainloop {
     // dQ's operands and dS^T's store (unused without dQ).
     Tensor tdQrDs = thr_dq.partition_fragment_A(sDs);       // (MMA, M, N, dS stage)
     Tensor tdQrKt = thr_dq.partition_fragment_B(sKt(_, _, 0));  // the warpgroup's half of D
-    Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
     auto store_ds = make_tiled_copy_C(typename Cfg::SmemStoreAtomDs{}, mma_s);
     auto thr_store_ds = store_ds.get_thread_slice(tidx);
     // stmatrix addresses 16-byte rows: the swizzle is applied to the address bits (position independent).
@@ -312,10 +313,7 @@ struct Sm90WsBwdMainloop {
       warpgroup_fence_operand(acc_dv);
       if constexpr (kDq) warpgroup_fence_operand(acc_dq);
       release(pipe_do, read);  // its readers: dP^T, dV
-      if constexpr (kDq) {
-        float* dq_rows = mp.dq_accum + (w.seq.scratch_row(p, w.bidb, bidh) + row0) * p.head_dim;
-        atomic_add_acc(acc_dq, tdQcdQ, dq_rows, p.head_dim, rows_left, p.head_dim);
-      }
+      if constexpr (kDq) Sm90WsDqAccumBlocks<Cfg>::consumer_hand_over(acc_dq, st.dq.data(), tidx);
       warpgroup_wait<0>();  // dK is in
       warpgroup_fence_operand(acc_dk);
       release(pipe_q, read);  // its readers: S^T, dK

@@ -1,7 +1,8 @@
 // Named (hardware) barriers of the warp-specialized Hopper dK/dV kernel. The first three are meetings of the two
 // consumer warpgroups (256 threads); both take every one of them the same number of times, since whether a
 // barrier is taken depends only on the CTA's tile and step, which both warpgroups share. kRowsPublished + w is
-// consumer warpgroup w's own (128 threads). The producer never joins.
+// consumer warpgroup w's own (128 threads). The last two hand each step's dQ block between the consumers and
+// the producer's dq writer warp (288 threads, dq_accum_blocks.h); the TMA warp never joins.
 //
 // Ids are CUTLASS user ids (cutlass::arch::NamedBarrier adds its reserved count); __syncthreads keeps id 0.
 #pragma once
@@ -14,6 +15,8 @@ enum class Sm90WsBwdBarrier : int {
   kDsStored = 2,       // every consumer warpgroup's dS^T of this step is in shared memory (each step)
   kRowsPublished = 3,  // + w: warpgroup w's lse / delta rows of this step are in shared memory (each step;
                        // query_rows.h); ids 3 and 4
+  kDqBlockFree = 5,    // the writer's bulk add has read the shared dQ block: the consumers may store the next
+  kDqBlockFull = 6,    // the consumers' dQ of this step is in the shared block, fenced for the bulk copy
 };
 
 }  // namespace jax_flash

@@ -1,6 +1,6 @@
 // Shared memory of the warp-specialized Hopper dK/dV kernel: the CTA's K and V tiles, the Q and dO stages, the
-// double-buffered dS^T tile, each consumer warpgroup's lse / delta rows, and the barriers that hand the tiles
-// from the producer warp to the consumer warpgroups.
+// double-buffered dS^T tile, the step's dQ block, each consumer warpgroup's lse / delta rows, and the barriers
+// that hand the tiles from the producer warp to the consumer warpgroups.
 #pragma once
 
 #include <cute/container/array_aligned.hpp>
@@ -23,6 +23,8 @@ struct Sm90WsBwdSharedStorage {
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutK>, 1024> k;
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutV>, 1024> v;
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutDsT>, 1024> ds;
+  // The step's dQ (fp32) on its way to the workspace (dq_accum_blocks.h); unused without dQ.
+  cute::array_aligned<float, Cfg::kBlockM * Cfg::kHeadDim, 128> dq;
   // Each consumer warpgroup's lse / delta rows of the step (query_rows.h).
   typename Sm90WsQueryRows<Cfg::kBlockM, Cfg::kBlockN>::Storage rows[Cfg::kMmaWarpgroups];
   typename Pipeline::SharedStorage pipeline_q;   // Q: full / empty barrier per stage

@@ -1,0 +1,145 @@
+// dQ of the warp-specialized Hopper dK/dV kernel, summed in the workspace's blocks layout
+// (kernels/bwd/workspace_layout.h): each step's dQ goes from the consumers' registers into one shared-memory
+// block, and from there, by one bulk reduce-add of the dq writer warp (cp.reduce.async.bulk .add.f32), into the
+// step's block in global memory: one asynchronous transfer per step in the place of kBlockM x D / 2 float2
+// atomics from the consumers (FlashAttention-3 sums dQ the same way). A last kernel scales and converts the
+// blocks into dq.
+//
+// A block holds dQ in the order the consumer threads hold it: value v of thread t at float
+// (v / 4) * 4 kThreads + 4 t + v % 4. Each thread stores and loads 16-byte vectors and a warp's vector covers
+// 512 contiguous bytes, so the shared-memory stores have no bank conflicts; the convert kernel partitions the
+// block with the same MMA to find each value's (query, column). Rows past a sequence and columns past head_dim
+// are summed like the others (every block belongs to one sequence) and never converted.
+//
+// Hand-off per step, with two named barriers of the consumers and the writer warp (named_barriers.h):
+//   consumers: sync kDqBlockFree | store dQ, fence.proxy.async | arrive kDqBlockFull
+//   writer:    sync kDqBlockFull | bulk reduce-add, wait until it has read the block | arrive kDqBlockFree
+// The writer arrives on kDqBlockFree once before the first step, so the n-th sync of each barrier meets the
+// n-th arrival of the other side.
+#pragma once
+
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include <cstdint>
+
+#include "kernels/bwd/dkdv_work.h"
+#include "kernels/bwd/epilogue.h"
+#include "kernels/bwd/sm90_ws/named_barriers.h"
+#include "kernels/bwd/workspace_layout.h"
+#include "kernels/common/seqlen.h"
+#include "kernels/params.h"
+#include "kernels/sched/single_tile_scheduler.h"
+
+namespace jax_flash {
+
+template <class Cfg>
+struct Sm90WsDqAccumBlocks {
+  static constexpr int kThreads = Cfg::kMmaThreads;    // the consumers, who hold dQ
+  static constexpr int kBarrierThreads = kThreads + 32;  // and the writer warp
+  static constexpr int kBlockFloats = Cfg::kBlockM * Cfg::kHeadDim;
+  static constexpr int kBlockBytes = kBlockFloats * int(sizeof(float));
+  static_assert(kBlockFloats % (4 * kThreads) == 0, "each thread holds whole 16-byte vectors of dQ");
+  static_assert(kBlockBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
+
+  static constexpr DqAccumBlock block_shape() { return DqAccumBlock{Cfg::kBlockM, Cfg::kHeadDim}; }
+
+  // The global block of a step (workspace_layout.h dq_accum_block).
+  __device__ static float* global_block(const AttnBwdParams& p, float* accum, const SeqlenInfo& seq, int bidb,
+                                        int bidh, int m_block) {
+    const int64_t per_head = dq_accum_blocks_per_head(seq.packed, p.batch, p.seqlen_q, Cfg::kBlockM);
+    return accum + dq_accum_block(seq.packed, bidb, bidh, p.heads_q, seq.q_start, m_block, Cfg::kBlockM,
+                                  per_head) * kBlockFloats;
+  }
+
+  // Thread tidx's dQ fragment (values in MMA order) to a block, and back.
+  template <class Frag>
+  __device__ static void store(const Frag& acc, float* block, int tidx) {
+    static_assert(cute::size(Frag{}) * kThreads == kBlockFloats);
+    CUTE_UNROLL
+    for (int v = 0; v < cute::size(acc); v += 4) {
+      *reinterpret_cast<float4*>(block + v * kThreads + 4 * tidx) = make_float4(acc(v), acc(v + 1), acc(v + 2),
+                                                                                acc(v + 3));
+    }
+  }
+  template <class Frag>
+  __device__ static void load(Frag& acc, const float* block, int tidx) {
+    CUTE_UNROLL
+    for (int v = 0; v < cute::size(acc); v += 4) {
+      const float4 x = *reinterpret_cast<const float4*>(block + v * kThreads + 4 * tidx);
+      acc(v) = x.x, acc(v + 1) = x.y, acc(v + 2) = x.z, acc(v + 3) = x.w;
+    }
+  }
+
+  // Consumers, per step: wait for the shared block to be free, store this thread's dQ, hand the block over.
+  template <class Frag>
+  __device__ static void consumer_hand_over(const Frag& acc, float* smem_block, int tidx) {
+    cutlass::arch::NamedBarrier::sync(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFree));
+    store(acc, smem_block, tidx);
+    cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, seen by the bulk copy
+    cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
+  }
+
+  // The writer warp (all 32 lanes: the named barriers count warps), for a CTA with at least one step.
+  template <class Work>
+  __device__ static void write(const AttnBwdParams& p, float* accum, const Work& w, const float* smem_block) {
+    const bool leader = threadIdx.x % 32 == 0;
+    cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFree));
+#pragma unroll 1
+    for (int step = 0; step < w.steps; ++step) {
+      int bidh, m_block;
+      w.query_tile(step, p.kv_group, bidh, m_block);
+      cutlass::arch::NamedBarrier::sync(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
+      if (leader) {
+        reduce_add(global_block(p, accum, w.seq, w.bidb, bidh, m_block), smem_block);
+        cute::tma_store_arrive();  // commit the bulk group
+        cute::tma_store_wait<0>();  // the block has been read
+      }
+      __syncwarp();
+      if (step + 1 < w.steps) {
+        cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFree));
+      }
+    }
+    // The last adds complete before the CTA exits (the convert kernel runs after the grid).
+    if (leader) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  }
+
+  // gmem += smem, kBlockBytes, as one bulk asynchronous reduction (16-byte aligned both).
+  __device__ static void reduce_add(float* gmem, const float* smem) {
+    const uint32_t smem_addr = cute::cast_smem_ptr_to_uint(smem);
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem),
+                 "r"(smem_addr), "n"(kBlockBytes)
+                 : "memory");
+  }
+};
+
+// dq = scale x the summed blocks, for each query block of each sequence and query head: one CTA of kThreads per
+// block (the query-block grid of single_tile_scheduler.h), each thread converting the values it held in the
+// dK/dV kernel. Rows of packed layouts outside every sequence are left to the padding fill (host/launch.h).
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kMmaThreads)
+    attn_bwd_dq_blocks_convert_kernel(const AttnBwdParams p, const float* __restrict__ accum) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace cute;
+  using Blocks = Sm90WsDqAccumBlocks<Cfg>;
+  using Element = typename Cfg::Element;
+  const WorkTile tile = SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, false>::get_tile(p);
+  if (!tile.valid()) return;
+  const SeqlenInfo seq = SeqlenInfo::make(p, tile.bidb);
+  const int row0 = tile.block * Cfg::kBlockM;
+  if (row0 >= seq.seqlen_q) return;
+  const int tidx = int(threadIdx.x);
+  typename Cfg::TiledMmaDq mma_dq;
+  auto thr_dq = mma_dq.get_thread_slice(tidx);
+  Tensor acc = partition_fragment_C(mma_dq, Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDim>>{});
+  Blocks::load(acc, Blocks::global_block(p, const_cast<float*>(accum), seq, tile.bidb, tile.head, tile.block),
+               tidx);
+  Tensor coords = thr_dq.partition_C(make_identity_tensor(Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDim>>{}));
+  Element* dq = static_cast<Element*>(p.dq) + seq.q_offset(p.dq_batch_stride, p.dq_row_stride, tile.bidb) +
+                int64_t(tile.head) * p.dq_head_stride + int64_t(row0) * p.dq_row_stride;
+  store_acc_rows(acc, coords, dq, p.dq_row_stride, seq.seqlen_q - row0, p.head_dim, p.scale);
+#endif
+}
+
+}  // namespace jax_flash
