@@ -229,11 +229,15 @@ def paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, conf
     num_splits >= 1: the key range of each query tile is split this many ways and combined in fp32, in
     equal parts or, with split_halving (num_splits <= 16), in parts that halve: 1/2, 1/4, ..., the last two
     equal (see PagedFwdParams::split_halving).
-    Returns out like q with Dv, lse (B, Hq, Sq) or (Hq, Tq) float32. A pinned config.variant is checked when the
-    call runs (sm90 is the Hopper decode, for decode shapes only).
+    Returns out like q with Dv, lse (B, Hq, Sq) or (Hq, Tq) float32. A pinned config.variant that cannot serve
+    the call is an error here (sm90 is the Hopper decode, for decode shapes only).
     """
-    _registered()
+    module = _registered()
     hq, dv = q.shape[-2], v_cache.shape[-1]
+    # Decode shapes, as the extension tells them apart (kernel_choice.h paged_feature): dense queries whose
+    # (query, query head) rows of one kv head fit 16.
+    decode = cu_seqlens_q is None and q.shape[1] * (hq // k_cache.shape[-2]) <= 16
+    _check_variant(module, "paged_decode" if decode else "paged", q.dtype, q.shape[-1], dv, config.variant)
     if cu_seqlens_q is None:
         batch, sq = q.shape[:2]
         rows = batch * sq

@@ -102,6 +102,36 @@ def test_forward_only_variant_pins_forward_calls_and_refuses_gradients(extension
         _lowered(_dense(_variant="sm90_ws"), head_dim=192)
 
 
+def test_paged_pin_is_checked_while_tracing_for_the_kernel_the_shapes_get(extension, monkeypatch):
+    """paged_attention asks the extension about the kernel its shapes get (kernel_choice.h paged_feature: the
+    decode kernel when a dense call's (query, query head) rows of one kv head fit 16, else the prefill one), so
+    a pin that cannot serve them is an error at trace time, as for the dense and packed ops."""
+    asked = []
+
+    def kernel_choice(feature, dtype, head_dim, head_dim_v, variant):
+        asked.append(feature)
+        if variant == "sm90" and feature != "paged_decode":
+            raise ValueError(f"jax_flash: kernel variant sm90 cannot serve {feature}")
+        return {"variant": variant}
+
+    monkeypatch.setattr(extension, "kernel_choice", kernel_choice)
+    monkeypatch.setenv(VARIANT_ENV, "sm90")
+    cache = jax.ShapeDtypeStruct((16, 64, 2, 128), BF16)
+    page_table = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+    cache_seqlens = jax.ShapeDtypeStruct((2,), jnp.int32)
+
+    def lower(queries):
+        q = jax.ShapeDtypeStruct((2, queries, 8, 128), BF16)
+        return jax.jit(lambda *args: jax_flash.paged_attention(*args)).lower(q, cache, cache, page_table,
+                                                                            cache_seqlens)
+
+    lower(4)  # 4 queries x 4 query heads per kv head: decode
+    assert asked == ["paged_decode"]
+    with pytest.raises(ValueError, match="kernel variant 'sm90' .* cannot serve paged"):
+        lower(5)  # 20 rows per kv head: the prefill kernel
+    assert asked[-1] == "paged"
+
+
 def test_environment_variable_pins_and_the_argument_wins(extension, monkeypatch):
     monkeypatch.setenv(VARIANT_ENV, "sm90")
     assert _variant_attributes(_lowered(_dense(), grads=False)) == {"jax_flash_attn_fwd": [2]}
