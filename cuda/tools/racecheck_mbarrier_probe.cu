@@ -1,8 +1,10 @@
 // Does compute-sanitizer's racecheck see mbarrier synchronization between plain shared-memory stores and loads?
-// The warp-specialized backward's row writer (kernels/bwd/sm90_ws/mainloop_tma_ws.h load_rows) stores the lse /
-// delta rows of a stage after waiting on the stage's empty barrier; the consumers read them, meet at a named
-// barrier, and one thread per warpgroup arrives on the empty barrier. This probe runs that protocol alone, so a
-// racecheck report on it says what the tool can see, not what the kernel does.
+// The warp-specialized backward's first row writer (a producer warp, since replaced by the consumers' own
+// cp.async fetch, kernels/bwd/sm90_ws/query_rows.h) stored the lse / delta rows of a stage after waiting on the
+// stage's empty barrier; the consumers read them, met at a named barrier, and one thread per warpgroup arrived
+// on the empty barrier. This probe runs that protocol alone, so a racecheck report on it says what the tool can
+// see, not what a kernel does. Answer (H100, 2026-12-07, BENCHMARKS.md session 17): every mode is reported (2
+// hazards each, "each" included): racecheck does not model such a hand-off, so the kernels avoid it.
 //
 // Modes (argv[1]):
 //   named    the kernel's protocol: readers load, bar.sync among the readers, one arrival per warpgroup
