@@ -1,11 +1,12 @@
 """tests/conftest.py under a pinned kernel variant: a GPU case the pinned family cannot serve is skipped with
-the reason; the same error without a pin, in a CPU case, or any other error still fails."""
+the reason; the same error without a pin, in a CPU case, or any other error still fails. A GPU case on head dims
+a subset build left out is skipped with or without a pin, a CPU case with that error still fails."""
 
 import os
 
 import pytest
 
-from conftest import PINNED_VARIANT_CANNOT_RUN
+from conftest import NOT_IN_THIS_BUILD, PINNED_VARIANT_CANNOT_RUN
 
 pytest_plugins = ["pytester"]
 
@@ -22,6 +23,17 @@ def test_cpu_unservable():
 @pytest.mark.gpu
 def test_gpu_other_error():
     raise ValueError("something else")
+'''
+
+NOT_BUILT = f'''
+import pytest
+
+@pytest.mark.gpu
+def test_gpu_not_built():
+    raise ValueError("implementation='cuda' cannot run: {NOT_IN_THIS_BUILD} bfloat16, head dims D=192, Dv=128")
+
+def test_cpu_not_built():
+    raise ValueError("implementation='cuda' cannot run: {NOT_IN_THIS_BUILD} bfloat16, head dims D=192, Dv=128")
 '''
 
 # The hook under test, taken from the suite's conftest (loaded under another name), without its GPU skip.
@@ -45,3 +57,15 @@ def test_unservable_gpu_cases_skip_only_under_a_pin(pytester, monkeypatch, pin, 
     result.assert_outcomes(skipped=skipped, failed=3 - skipped)
     if skipped:
         result.stdout.fnmatch_lines(["*pinned variant cannot serve this case*"])
+
+
+@pytest.mark.parametrize("pin", ["sm80", ""])
+def test_gpu_cases_on_head_dims_not_built_skip(pytester, monkeypatch, pin):
+    monkeypatch.setenv("JAX_FLASH_KERNEL_VARIANT", pin)
+    pytester.makeconftest(CONFTEST.format(path=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                            "conftest.py")))
+    pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
+    pytester.makepyfile(NOT_BUILT)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*not in this build*"])
