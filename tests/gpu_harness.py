@@ -74,16 +74,22 @@ def variant_or_skip(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
 COMMAND_BUFFER_FLAGS = "--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1"
 
 
-def assert_same_bits_under_command_buffers(script, out_path, without):
-    """Runs tests/<script> <out_path> in a child process with XLA command buffers (CUDA graphs) on, and checks
-    that the arrays it saves are bitwise the `without` ({name: array}) computed here without them."""
+def run_under_command_buffers(script, out_path, args=()):
+    """Runs tests/<script> <out_path> <args> in a child process with XLA command buffers (CUDA graphs) on, and
+    returns the arrays it saved ({name: array})."""
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, XLA_FLAGS=COMMAND_BUFFER_FLAGS, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    child = subprocess.run([sys.executable, os.path.join(here, script), str(out_path)], env=env, cwd=here,
+    child = subprocess.run([sys.executable, os.path.join(here, script), str(out_path), *args], env=env, cwd=here,
                            capture_output=True, text=True)
     assert child.returncode == 0, f"child failed:\n{child.stdout[-4000:]}\n{child.stderr[-4000:]}"
-    with_graphs = np.load(out_path)
-    assert set(with_graphs.files) == set(without)
+    return dict(np.load(out_path))
+
+
+def assert_same_bits_under_command_buffers(script, out_path, without):
+    """The arrays tests/<script> saves under command buffers are bitwise the `without` ({name: array})
+    computed here without them."""
+    with_graphs = run_under_command_buffers(script, out_path)
+    assert set(with_graphs) == set(without)
     for name, want in without.items():
         assert np.array_equal(with_graphs[name].view(np.uint8), want.view(np.uint8)), name
 
