@@ -31,7 +31,9 @@ struct DqAccumBlock {
 // Blocks per (layout batch, query head). Dense: the ceil(Sq / block_m) blocks of each sequence. Packed (Sq is
 // the token count): sequence b's blocks start at block floor(q_start / block_m) + b (dq_accum_block), so two
 // sequences never share a block, and every sequence ends by block ceil(Sq / block_m) + b: the packed query
-// grid's bound (sched/single_tile_scheduler.h tile_grid_x).
+// grid's bound (sched/single_tile_scheduler.h tile_grid_x). The cost: packed calls with many short sequences
+// hold up to one block (block_m x tile_d floats) per sequence and head more than rows would (FlashAttention-3's
+// accumulator is padded the same way), and zero it all before the dK/dV kernel.
 inline constexpr int64_t dq_accum_blocks_per_head(bool packed, int batch, int seqlen_q, int block_m) {
   return (int64_t(seqlen_q) + block_m - 1) / block_m + (packed ? batch : 0);
 }
