@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One build+test+bench cycle on a lent GPU machine (see DEVICE.md): no network there, CUTLASS comes from a
-# carried wheel in .whl/. Logs go to $OUT. Usage:
+# carried wheel in .whl/. Logs go to $LOG; at the end they are packed into one file, $OUT/logs.tar.gz (the
+# device tool returns at most 8 files from $OUT). Usage:
 #   scripts/gpu_cycle.sh [build|test|memcheck|tools|pinned|bench]...   (default: build test)
 # Environment: JAX_FLASH_HEAD_DIMS / JAX_FLASH_DTYPES / JAX_FLASH_ARCHS (default 90a here), PYTEST_ARGS,
-# BENCH_ARGS.
+# BENCH_ARGS, TOOL_DIMS, TOOL_FLAGS, LOG.
 set -uo pipefail
 OUT=${OUT:-/tmp/jax_flash_out}
-mkdir -p "$OUT"
+LOG=${LOG:-/tmp/jax_flash_logs}
+mkdir -p "$OUT" "$LOG"
+trap 'tar -czf "$OUT/logs.tar.gz" -C "$LOG" .' EXIT
 export JAX_FLASH_ARCHS=${JAX_FLASH_ARCHS:-90a} JAX_FLASH_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 steps=${*:-build test}
@@ -23,18 +26,18 @@ for step in $steps; do
         prebuilt=(-C "cmake.define.JAX_FLASH_PREBUILT_KERNELS=$PWD/build/kernels/libjax_flash_kernels.a")
       fi
       python3 -m pip install --no-build-isolation --no-deps -v -C build-dir=/tmp/jax_flash_build \
-        "${prebuilt[@]}" . > "$OUT/build.log" 2>&1
+        "${prebuilt[@]}" . > "$LOG/build.log" 2>&1
       rc=$?
-      grep -E "error|warning: .*spill" "$OUT/build.log" | head -40
+      grep -E "error|warning: .*spill" "$LOG/build.log" | head -40
       ;;
     test)
       # Most tests in parallel processes (compiles dominate); the memory-hungry ones one at a time.
       (cd /tmp && timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q -p no:cacheprovider -p no:benchmark \
          -n ${PYTEST_WORKERS:-12} -m "not large" ${PYTEST_ARGS:-} "$OLDPWD/tests" &&
        timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q -p no:cacheprovider -p no:benchmark \
-         -m large ${PYTEST_ARGS:-} "$OLDPWD/tests") > "$OUT/pytest.log" 2>&1
+         -m large ${PYTEST_ARGS:-} "$OLDPWD/tests") > "$LOG/pytest.log" 2>&1
       rc=$?
-      grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest.log" | tail -40
+      grep -E "FAILED|ERROR|passed|failed" "$LOG/pytest.log" | tail -40
       ;;
     memcheck)
       # Dense forward+backward cases, then packed inputs with out-of-range offsets and lengths, then paged
@@ -49,9 +52,9 @@ for step in $steps; do
        for case in dense packed packed-tail; do
          compute-sanitizer --tool memcheck --error-exitcode 9 python3 -c \
            "import test_gpu_paged as t; t.run_out_of_range_case('$case'); print('paged out-of-range case $case: ok')" || exit
-       done) > "$OUT/memcheck.log" 2>&1
+       done) > "$LOG/memcheck.log" 2>&1
       rc=$?
-      tail -5 "$OUT/memcheck.log"
+      tail -5 "$LOG/memcheck.log"
       ;;
     tools)
       # The standalone checks of the warp-specialized kernels (cuda/tools/): build for TOOL_DIMS (default
@@ -61,28 +64,35 @@ for step in $steps; do
       # what the tool can see (on an H100, 2026-12-07, it reported them too: it does not model the hand-off).
       cutlass=$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")
       rc=0
+      # Each compile is one single-threaded nvcc of minutes: all of them at once, then the runs.
+      for tool in fwd bwd; do
+        for d in ${TOOL_DIMS:-64 96 128}; do
+          nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -lineinfo \
+            -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=$d ${TOOL_FLAGS:-} -Icuda -I"$cutlass" \
+            cuda/tools/${tool}_sm90_ws_check.cu -o /tmp/${tool}_sm90_ws_check_$d > "$LOG/${tool}_tool_$d.log" 2>&1 &
+        done
+      done
+      wait
       for tool in fwd bwd; do
         for d in ${TOOL_DIMS:-64 96 128}; do
           bin=/tmp/${tool}_sm90_ws_check_$d
-          nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -lineinfo \
-            -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=$d ${TOOL_FLAGS:-} -Icuda -I"$cutlass" \
-            cuda/tools/${tool}_sm90_ws_check.cu -o $bin > "$OUT/${tool}_tool_$d.log" 2>&1 || { rc=1; continue; }
-          $bin >> "$OUT/${tool}_tool_$d.log" 2>&1 || rc=1
+          [ -x $bin ] || { rc=1; echo "$tool D$d: compile failed"; continue; }
+          $bin >> "$LOG/${tool}_tool_$d.log" 2>&1 || rc=1
           for check in memcheck racecheck synccheck; do
             compute-sanitizer --tool $check --kernel-name kns=sm90_ws_kernel --error-exitcode 9 $bin --small \
-              > "$OUT/${tool}_${check}_$d.log" 2>&1 || rc=1
-            tail -n 1 "$OUT/${tool}_${check}_$d.log"
+              > "$LOG/${tool}_${check}_$d.log" 2>&1 || rc=1
+            tail -n 1 "$LOG/${tool}_${check}_$d.log"
           done
-          grep -E "FAIL|ALL PASS" "$OUT/${tool}_tool_$d.log" | tail -3
+          grep -E "FAIL|ALL PASS" "$LOG/${tool}_tool_$d.log" | tail -3
         done
       done
       probe=/tmp/racecheck_mbarrier_probe
       nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 -Icuda -I"$cutlass" \
-        cuda/tools/racecheck_mbarrier_probe.cu -o $probe > "$OUT/probe.log" 2>&1 || rc=1
+        cuda/tools/racecheck_mbarrier_probe.cu -o $probe > "$LOG/probe.log" 2>&1 || rc=1
       for mode in none each named; do
-        compute-sanitizer --tool racecheck --error-exitcode 9 $probe $mode > "$OUT/probe_$mode.log" 2>&1
+        compute-sanitizer --tool racecheck --error-exitcode 9 $probe $mode > "$LOG/probe_$mode.log" 2>&1
         probe_rc=$?
-        echo "probe $mode: exit $probe_rc, $(grep -E 'RACECHECK SUMMARY' "$OUT/probe_$mode.log")"
+        echo "probe $mode: exit $probe_rc, $(grep -E 'RACECHECK SUMMARY' "$LOG/probe_$mode.log")"
         case $mode in none) [ $probe_rc -eq 9 ] || rc=1 ;; esac
       done
       ;;
@@ -92,12 +102,12 @@ for step in $steps; do
       for variant in ${VARIANTS:-sm80 sm90 sm90_ws}; do
         (cd /tmp && JAX_FLASH_KERNEL_VARIANT=$variant timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q \
            -p no:cacheprovider -p no:benchmark -n ${PYTEST_WORKERS:-12} -m "gpu and not large" "$OLDPWD/tests") \
-          > "$OUT/pytest_$variant.log" 2>&1 || rc=1
-        echo "$variant: $(tail -n 1 "$OUT/pytest_$variant.log")"
+          > "$LOG/pytest_$variant.log" 2>&1 || rc=1
+        echo "$variant: $(tail -n 1 "$LOG/pytest_$variant.log")"
       done
       ;;
     bench)
-      (cd /tmp && python3 -m jax_flash.benchmark ${BENCH_ARGS:-}) 2>&1 | tee "$OUT/bench.log"
+      (cd /tmp && python3 -m jax_flash.benchmark ${BENCH_ARGS:-}) 2>&1 | tee "$LOG/bench.log"
       rc=${PIPESTATUS[0]}
       ;;
     *) echo "unknown step $step"; rc=2 ;;
