@@ -27,10 +27,11 @@ namespace jax_flash {
 
 // delta: (layout_batch, Hq, Sq) f32; dq_accum: the accumulator's blocks of Cfg (workspace_layout.h), zeroed,
 // to which the kernel adds dQ; nullptr: the kernel's mode without dQ (dK and dV only, bitwise repeatable, for
-// the deterministic backward).
-template <class Cfg>
+// the deterministic backward). kDqOrdered: the adds in key-block order behind dq_semaphores (one zeroed int per
+// block), bitwise repeatable (dq_accum_blocks.h); only the check tool launches it so far (not yet run).
+template <class Cfg, bool kDqOrdered = false>
 Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
-                                    cudaStream_t stream) {
+                                    cudaStream_t stream, int* dq_semaphores = nullptr) {
 #ifndef JAX_FLASH_HAS_SM90A
   return Status{"attn_bwd_dkdv_sm90_ws: this build has no sm_90a code"};
 #else
@@ -50,18 +51,27 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
                   "row/head/batch strides that are multiples of 8 elements"};
   }
   if (delta == nullptr) return Status{name + ": delta is required"};
+  if (kDqOrdered && (dq_accum == nullptr || dq_semaphores == nullptr)) {
+    return Status{name + ": ordered dQ sums need the accumulator and its semaphores"};
+  }
   if (params.batch <= 0 || params.seqlen_k <= 0) return Status{};  // no key: no dK / dV row to write
   if (params.heads_k > 65535 || params.layout_batch() > 65535) {
     return Status{name + ": batch and heads must each be <= 65535"};
   }
   const dim3 grid = Sm90WsBwdScheduler<Cfg>::grid(params, params.heads_k);
-  const Sm90WsBwdKernelParams<Cfg> kernel_params{params,
-                                                 Sm90WsBwdMainloop<Cfg>::make_params(params, delta, dq_accum)};
+  const Sm90WsBwdKernelParams<Cfg> kernel_params{
+      params, Sm90WsBwdMainloop<Cfg>::make_params(params, delta, dq_accum, dq_semaphores)};
   const bool softcap = params.softcap > 0.f;
-  auto kernel = dq_accum != nullptr ? (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, true>
-                                               : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, true>)
-                                    : (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, false>
-                                               : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, false>);
+  auto kernel = &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, false>;
+  if constexpr (kDqOrdered) {
+    kernel = softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, true, true>
+                     : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, true, true>;
+  } else {
+    kernel = dq_accum != nullptr ? (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, true>
+                                            : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, true>)
+                                 : (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, false>
+                                            : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, false>);
+  }
   constexpr int kSmem = int(sizeof(Sm90WsBwdSharedStorage<Cfg>));
   static_assert(kSmem <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, name); !s.ok()) return s;

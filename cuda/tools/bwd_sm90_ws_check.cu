@@ -1,11 +1,13 @@
 // GPU check of the warp-specialized Hopper dK/dV kernel (kernels/bwd/sm90_ws/): dQ, dK and dV against an fp32
 // reference on the GPU, with the current backward's error on the same inputs as the yardstick (DESIGN.md's
 // oracle rule with the current kernel in the place of the naive one), then speed beside the current backward.
-// Both run the same chain around their dK/dV kernel: delta (bwd_delta_kernel), the dq accumulator zeroed,
-// dK/dV with atomic dQ sums, the accumulator converted (bwd_dq_convert_kernel). The current dK/dV kernel is
-// the sm90 wgmma one where its tile exists (D128), else the sm80 one. A few cases also run the deterministic
-// backward with the new kernel (its mode without dQ, then the dq kernel): dK and dV must equal the atomic-dQ
-// mode's bit for bit, dq meets the same tolerance.
+// Both run as run_attn_bwd runs them: delta (bwd_delta_kernel), the dq accumulator zeroed, dK/dV with the dQ
+// sums (the current kernel's atomics into rows, the new one's bulk reduce-adds into blocks), the accumulator
+// converted. The current dK/dV kernel is the sm90 wgmma one where its tile exists (D128), else the sm80 one. A
+// few cases also run the deterministic backward with the new kernel (its mode without dQ, then the dq kernel)
+// and the new kernel's ordered dQ adds (kOrdered, which no library path runs yet): dK and dV must equal the
+// dQ mode's bit for bit, dq meets the same tolerance, the ordered dq is bitwise repeatable. The timing also
+// compares the two deterministic ways.
 //
 // Build from the repository root (CHECK_HEAD_DIM picks the tile: 64, 96 or 128):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
@@ -106,6 +108,30 @@ Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
   AttnBwdParams det = p;
   det.deterministic = true;
   return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
+}
+
+// The new kernel with ordered dQ adds (dq_accum_blocks.h, kOrdered; no library path runs it yet): delta, the
+// accumulator's blocks and their semaphores zeroed, dK/dV with the ordered adds, the blocks converted. For
+// calls with queries and keys.
+template <class Element>
+Status launch_new_ordered(const AttnBwdParams& p, int* semaphores, cudaStream_t stream) {
+  using Cfg = Sm90WsBwdDefaultConfig<Element, kD, kDv>;
+  using Blocks = Sm90WsDqAccumBlocks<Cfg>;
+  const BwdWorkspaceLayout ws = workspace_layout(p);
+  float* delta = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + ws.delta_offset);
+  float* accum = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + ws.dq_accum_offset);
+  const int64_t rows = int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q;
+  bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
+                              kBwdElementwiseThreads, 0, stream>>>(p, delta);
+  if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
+  const size_t floats = dq_accum_floats(p.batch, p.packed(), p.seqlen_q, p.heads_q, p.head_dim,
+                                        Blocks::block_shape());
+  if (cudaMemsetAsync(accum, 0, floats * sizeof(float), stream) != cudaSuccess ||
+      cudaMemsetAsync(semaphores, 0, floats / Blocks::kBlockFloats * sizeof(int), stream) != cudaSuccess) {
+    return Status{"zeroing the accumulator and its semaphores"};
+  }
+  if (Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg, true>(p, delta, accum, stream, semaphores); !s.ok()) return s;
+  return launch_attn_bwd_dq_blocks_convert<Cfg>(p, accum, stream);
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------
@@ -582,6 +608,16 @@ bool same_dk_dv(const Problem<Element>& pr, const Grads& a, const Grads& b) {
   return true;
 }
 
+// dq bitwise equal on every query row of every sequence.
+template <class Element>
+bool same_dq(const Problem<Element>& pr, const Grads& a, const Grads& b) {
+  for (auto [start, count] : pr.valid_rows(false)) {
+    const size_t q0 = size_t(start) * pr.c.hq * pr.c.d, qn = size_t(count) * pr.c.hq * pr.c.d;
+    if (qn > 0 && std::memcmp(&a.dq[q0], &b.dq[q0], qn * sizeof(float)) != 0) return false;
+  }
+  return true;
+}
+
 // ---- Correctness ------------------------------------------------------------------------------------------------
 std::vector<Case> correctness_cases(bool small) {
   const int d = kD, dv = kDv;
@@ -648,18 +684,41 @@ bool check_correctness(bool small, const char* dtype) {
                 "bad %ld/%ld %s %s\n",
                 dtype, c.d, c.name.c_str(), e.dq, cur.dq, e.dk, cur.dk, e.dv, cur.dv, e.ref_dq, e.ref_dk, e.ref_dv,
                 e.bad, cur.bad, same ? "dkdv-repeatable" : "DKDV NOT REPEATABLE", ok ? "PASS" : "FAIL");
-    if (small || !c.deterministic_too) continue;
-    pr.poison();
-    check_status(launch_new_deterministic<Element>(pr.p, nullptr), "sm90_ws deterministic backward");
-    CHECK_CUDA(cudaDeviceSynchronize());
-    const Grads det = pr.grads();
-    const Errors e_det = compare(pr, det, ref);
-    const bool det_same = same_dk_dv(pr, got, det);
-    const bool det_ok = e_det.bad == 0 && e_det.dq <= tol(cur.dq, e_det.ref_dq) && det_same;
-    all_ok = all_ok && det_ok;
-    std::printf("%-5s D%d %-36s deterministic (no dQ + dq kernel): dq %.2e bad %ld, dk/dv %s %s\n", dtype, c.d,
-                c.name.c_str(), e_det.dq, e_det.bad, det_same ? "bitwise equal to the dQ mode's" : "DIFFER FROM THE DQ MODE'S",
-                det_ok ? "PASS" : "FAIL");
+    if (!small && c.deterministic_too) {
+      pr.poison();
+      check_status(launch_new_deterministic<Element>(pr.p, nullptr), "sm90_ws deterministic backward");
+      CHECK_CUDA(cudaDeviceSynchronize());
+      const Grads det = pr.grads();
+      const Errors e_det = compare(pr, det, ref);
+      const bool det_same = same_dk_dv(pr, got, det);
+      const bool det_ok = e_det.bad == 0 && e_det.dq <= tol(cur.dq, e_det.ref_dq) && det_same;
+      all_ok = all_ok && det_ok;
+      std::printf("%-5s D%d %-36s deterministic (no dQ + dq kernel): dq %.2e bad %ld, dk/dv %s %s\n", dtype, c.d,
+                  c.name.c_str(), e_det.dq, e_det.bad,
+                  det_same ? "bitwise equal to the dQ mode's" : "DIFFER FROM THE DQ MODE'S", det_ok ? "PASS" : "FAIL");
+    }
+    if (!small && !c.deterministic_too) continue;
+    // Ordered dQ adds, twice: dq within the tolerance and bitwise equal across the runs, dK / dV the dQ mode's.
+    using Blocks = Sm90WsDqAccumBlocks<Sm90WsBwdDefaultConfig<Element, kD, kDv>>;
+    const size_t blocks = dq_accum_floats(pr.p.batch, pr.p.packed(), pr.p.seqlen_q, pr.p.heads_q, pr.p.head_dim,
+                                          Blocks::block_shape()) / Blocks::kBlockFloats;
+    int* semaphores = device_alloc<int>(int64_t(std::max<size_t>(blocks, 1)));
+    Grads ordered[2];
+    for (Grads& g : ordered) {
+      pr.poison();
+      check_status(launch_new_ordered<Element>(pr.p, semaphores, nullptr), "sm90_ws ordered dQ backward");
+      CHECK_CUDA(cudaDeviceSynchronize());
+      g = pr.grads();
+    }
+    CHECK_CUDA(cudaFree(semaphores));
+    const Errors e_ord = compare(pr, ordered[0], ref);
+    const bool ord_repeatable = same_dq(pr, ordered[0], ordered[1]) && same_dk_dv(pr, ordered[0], ordered[1]);
+    const bool ord_ok = e_ord.bad == 0 && e_ord.dq <= tol(cur.dq, e_ord.ref_dq) && ord_repeatable &&
+                        same_dk_dv(pr, got, ordered[0]);
+    all_ok = all_ok && ord_ok;
+    std::printf("%-5s D%d %-36s ordered dQ adds (not in the library yet): dq %.2e bad %ld, %s %s\n", dtype, c.d,
+                c.name.c_str(), e_ord.dq, e_ord.bad, ord_repeatable ? "bitwise repeatable" : "NOT REPEATABLE",
+                ord_ok ? "PASS" : "FAIL");
   }
   return all_ok;
 }
@@ -702,6 +761,18 @@ void benchmark(const char* dtype) {
                   "max |new - current| %.2e\n",
                   dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_cur_k, ms_new_k, ms_cur_k / ms_new_k,
                   ms_cur, flops / ms_cur * 1e-9, ms_new, flops / ms_new * 1e-9, ms_cur / ms_new, diff);
+      // The deterministic backward now (the kernel without dQ, then the dq kernel) and with ordered dQ adds.
+      using Blocks = Sm90WsDqAccumBlocks<Sm90WsBwdDefaultConfig<Element, kD, kDv>>;
+      int* semaphores = device_alloc<int>(int64_t(dq_accum_floats(pr.p.batch, false, s, heads, kD,
+                                                                  Blocks::block_shape()) / Blocks::kBlockFloats));
+      const float ms_det = time_ms([&] { launch_new_deterministic<Element>(pr.p, nullptr); }, reps);
+      const float ms_ord = time_ms([&] { launch_new_ordered<Element>(pr.p, semaphores, nullptr); }, reps);
+      CHECK_CUDA(cudaGetLastError());
+      CHECK_CUDA(cudaFree(semaphores));
+      std::printf("%-5s D%d %-6s B%-2d S%-5d H%-2d | deterministic: dq kernel %7.3f ms (%.2f of sm90_ws), "
+                  "ordered dQ adds %7.3f ms (%.2f of sm90_ws)\n",
+                  dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_det, ms_new / ms_det, ms_ord,
+                  ms_new / ms_ord);
     }
   }
 }

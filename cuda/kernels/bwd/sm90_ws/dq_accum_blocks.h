@@ -16,11 +16,21 @@
 //   writer:    sync kDqBlockFull | bulk reduce-add, wait until it has read the block | arrive kDqBlockFree
 // The writer arrives on kDqBlockFree once before the first step, so the n-th sync of each barrier meets the
 // n-th arrival of the other side.
+//
+// Ordered adds (kOrdered, for a bitwise-repeatable dQ; FlashAttention-3's deterministic mode does the same):
+// the key blocks that see a query block add to it one after the other, in increasing key-block order. Each
+// block has a semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the
+// writer of key block n waits until it reads n - n_min (n_min: the query block's first key block,
+// AttnMask::n_block_range, the inverse of the dK/dV CTA's own query-block range), adds, waits until its add
+// is complete, and increments it. No wait can block forever as long as the CTAs of lower key blocks of the
+// same (kv head, sequence) start no later (the grid's x is the key block: they are launched first).
+// **Not yet run on a GPU**: only cuda/tools/bwd_sm90_ws_check.cu launches it.
 #pragma once
 
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
+#include <cutlass/barrier.h>
 
 #include <cstdint>
 
@@ -45,12 +55,15 @@ struct Sm90WsDqAccumBlocks {
 
   static constexpr DqAccumBlock block_shape() { return DqAccumBlock{Cfg::kBlockM, Cfg::kHeadDim}; }
 
-  // The global block of a step (workspace_layout.h dq_accum_block).
+  // The index of a step's block (workspace_layout.h dq_accum_block), and the block.
+  __device__ static int64_t block_index(const AttnBwdParams& p, const SeqlenInfo& seq, int bidb, int bidh,
+                                        int m_block) {
+    const int64_t per_head = dq_accum_blocks_per_head(seq.packed, p.batch, p.seqlen_q, Cfg::kBlockM);
+    return dq_accum_block(seq.packed, bidb, bidh, p.heads_q, seq.q_start, m_block, Cfg::kBlockM, per_head);
+  }
   __device__ static float* global_block(const AttnBwdParams& p, float* accum, const SeqlenInfo& seq, int bidb,
                                         int bidh, int m_block) {
-    const int64_t per_head = dq_accum_blocks_per_head(seq.packed, p.batch, p.seqlen_q, Cfg::kBlockM);
-    return accum + dq_accum_block(seq.packed, bidb, bidh, p.heads_q, seq.q_start, m_block, Cfg::kBlockM,
-                                  per_head) * kBlockFloats;
+    return accum + block_index(p, seq, bidb, bidh, m_block) * kBlockFloats;
   }
 
   // Thread tidx's dQ fragment (values in MMA order) to a block, and back.
@@ -82,27 +95,44 @@ struct Sm90WsDqAccumBlocks {
   }
 
   // The writer warp (all 32 lanes: the named barriers count warps), for a CTA with at least one step.
-  template <class Work>
-  __device__ static void write(const AttnBwdParams& p, float* accum, const Work& w, const float* smem_block) {
-    const bool leader = threadIdx.x % 32 == 0;
+  // kOrdered: semaphores holds one int per block (zeroed), and the adds to a block go in key-block order.
+  template <bool kOrdered, class Work>
+  __device__ static void write(const AttnBwdParams& p, float* accum, int* semaphores, const Work& w,
+                               const float* smem_block) {
+    using Semaphore = cutlass::GenericBarrier<cutlass::detail::SyncwarpSync>;
+    const int lane = int(threadIdx.x % 32);
     cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFree));
 #pragma unroll 1
     for (int step = 0; step < w.steps; ++step) {
       int bidh, m_block;
       w.query_tile(step, p.kv_group, bidh, m_block);
-      cutlass::arch::NamedBarrier::sync(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
-      if (leader) {
-        reduce_add(global_block(p, accum, w.seq, w.bidb, bidh, m_block), smem_block);
-        cute::tma_store_arrive();  // commit the bulk group
-        cute::tma_store_wait<0>();  // the block has been read
+      const int64_t block = block_index(p, w.seq, w.bidb, bidh, m_block);
+      if constexpr (kOrdered) {
+        int n_min, n_max;
+        w.mask.template n_block_range<Cfg::kBlockM, Cfg::kBlockN>(m_block, n_min, n_max);
+        Semaphore::wait_eq(semaphores + block, lane, 0, w.n_block - n_min);
       }
-      __syncwarp();
+      cutlass::arch::NamedBarrier::sync(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
+      if (lane == 0) {
+        reduce_add(accum + block * kBlockFloats, smem_block);
+        cute::tma_store_arrive();  // commit the bulk group
+        if constexpr (kOrdered) {
+          asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // the add is done, not only its reads
+        } else {
+          cute::tma_store_wait<0>();  // the block has been read
+        }
+      }
+      if constexpr (kOrdered) {
+        Semaphore::arrive_inc(semaphores + block, lane, 0);  // __syncwarp, then lane 0's release
+      } else {
+        __syncwarp();
+      }
       if (step + 1 < w.steps) {
         cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFree));
       }
     }
     // The last adds complete before the CTA exits (the convert kernel runs after the grid).
-    if (leader) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+    if (lane == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
   }
 
   // gmem += smem, kBlockBytes, as one bulk asynchronous reduction (16-byte aligned both).

@@ -43,7 +43,7 @@ struct Sm90WsBwdKernelParams {
 template <class Cfg>
 using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/false>;
 
-template <class Cfg, bool kSoftcap, bool kDq>
+template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered>
 __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelParams<Cfg>& kp) {
   using namespace cute;
   using Mainloop = Sm90WsBwdMainloop<Cfg>;
@@ -76,7 +76,8 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
     if (w.steps > 0 && threadIdx.x == 0) {
       Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
     } else if (kDq && w.steps > 0 && warp == 1) {
-      Sm90WsDqAccumBlocks<Cfg>::write(p, kp.mainloop.dq_accum, w, st.dq.data());
+      Sm90WsDqAccumBlocks<Cfg>::template write<kDqOrdered>(p, kp.mainloop.dq_accum, kp.mainloop.dq_semaphores, w,
+                                                           st.dq.data());
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMmaRegs>();
@@ -97,11 +98,12 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
 
 // kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop. kDq: dQ summed into
 // the workspace accumulator (the non-deterministic backward), or not at all (the deterministic one).
-template <class Cfg, bool kSoftcap, bool kDq>
+// kDqOrdered (with kDq): the sums in key-block order, bitwise repeatable (dq_accum_blocks.h; not yet run).
+template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     attn_bwd_dkdv_sm90_ws_kernel(const __grid_constant__ Sm90WsBwdKernelParams<Cfg> kp) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  attn_bwd_dkdv_sm90_ws_cta<Cfg, kSoftcap, kDq>(kp);
+  attn_bwd_dkdv_sm90_ws_cta<Cfg, kSoftcap, kDq, kDqOrdered>(kp);
 #endif
 }
 

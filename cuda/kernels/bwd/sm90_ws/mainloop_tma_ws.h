@@ -83,6 +83,7 @@ struct Sm90WsBwdMainloop {
     TmaV tma_v;
     const float* delta;
     float* dq_accum;
+    int* dq_semaphores;  // the ordered adds' (dq_accum_blocks.h), one per block; else nullptr
   };
 
   // The pipelines' state at step `step`: both pipelines (same stages) move once per step, so the state is a
@@ -108,7 +109,8 @@ struct Sm90WsBwdMainloop {
 
   // Host: encode the maps. The caller checked what a map needs (16-byte aligned bases and strides) and that
   // there are keys (seqlen_k > 0).
-  static Params make_params(const AttnBwdParams& p, const float* delta, float* dq_accum) {
+  static Params make_params(const AttnBwdParams& p, const float* delta, float* dq_accum,
+                            int* dq_semaphores = nullptr) {
     const bool packed = p.packed();
     auto k = Rows::tensor(p.k, shape_k(p), p.k_row_stride, p.k_head_stride, p.k_batch_stride, packed);
     auto v = Rows::tensor(p.v, shape_v(p), p.v_row_stride, p.v_head_stride, p.v_batch_stride, packed);
@@ -125,7 +127,8 @@ struct Sm90WsBwdMainloop {
             Rows::template load<typename Cfg::SmemLayoutK, TileK>(k),
             Rows::template load<typename Cfg::SmemLayoutV, TileV>(v),
             delta,
-            dq_accum};
+            dq_accum,
+            dq_semaphores};
   }
 
   // Producer: run by one thread (lane 0 of the producer's warp 0), for a CTA with at least one step. K and V
