@@ -25,16 +25,11 @@ def test_gpu_other_error():
     raise ValueError("something else")
 '''
 
-NOT_BUILT = f'''
-import pytest
-
-@pytest.mark.gpu
-def test_gpu_not_built():
-    raise ValueError("implementation='cuda' cannot run: {NOT_IN_THIS_BUILD} bfloat16, head dims D=192, Dv=128")
-
-def test_cpu_not_built():
-    raise ValueError("implementation='cuda' cannot run: {NOT_IN_THIS_BUILD} bfloat16, head dims D=192, Dv=128")
-'''
+# One GPU and one CPU case raising the error of head dims a subset build left out.
+NOT_BUILT = "import pytest\n" + "".join(
+    f"{marker}\ndef test_{name}_not_built():\n"
+    f"    raise ValueError(\"implementation='cuda' cannot run: {NOT_IN_THIS_BUILD} bfloat16, head dims D=192\")\n"
+    for name, marker in (("gpu", "@pytest.mark.gpu"), ("cpu", "")))
 
 # The hook under test, taken from the suite's conftest (loaded under another name), without its GPU skip.
 CONFTEST = '''
@@ -46,14 +41,19 @@ pytest_runtest_call = suite_conftest.pytest_runtest_call
 '''
 
 
-@pytest.mark.parametrize("pin, skipped", [("sm90_ws", 1), ("auto", 0), ("", 0)])
-def test_unservable_gpu_cases_skip_only_under_a_pin(pytester, monkeypatch, pin, skipped):
+def _run_cases(pytester, monkeypatch, pin, cases):
+    """The test file `cases` run under the suite's hook with JAX_FLASH_KERNEL_VARIANT=pin."""
     monkeypatch.setenv("JAX_FLASH_KERNEL_VARIANT", pin)
     pytester.makeconftest(CONFTEST.format(path=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                             "conftest.py")))
     pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
-    pytester.makepyfile(CASES)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+    pytester.makepyfile(cases)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+
+
+@pytest.mark.parametrize("pin, skipped", [("sm90_ws", 1), ("auto", 0), ("", 0)])
+def test_unservable_gpu_cases_skip_only_under_a_pin(pytester, monkeypatch, pin, skipped):
+    result = _run_cases(pytester, monkeypatch, pin, CASES)
     result.assert_outcomes(skipped=skipped, failed=3 - skipped)
     if skipped:
         result.stdout.fnmatch_lines(["*pinned variant cannot serve this case*"])
@@ -61,11 +61,6 @@ def test_unservable_gpu_cases_skip_only_under_a_pin(pytester, monkeypatch, pin, 
 
 @pytest.mark.parametrize("pin", ["sm80", ""])
 def test_gpu_cases_on_head_dims_not_built_skip(pytester, monkeypatch, pin):
-    monkeypatch.setenv("JAX_FLASH_KERNEL_VARIANT", pin)
-    pytester.makeconftest(CONFTEST.format(path=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                            "conftest.py")))
-    pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
-    pytester.makepyfile(NOT_BUILT)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+    result = _run_cases(pytester, monkeypatch, pin, NOT_BUILT)
     result.assert_outcomes(skipped=1, failed=1)
     result.stdout.fnmatch_lines(["*not in this build*"])
