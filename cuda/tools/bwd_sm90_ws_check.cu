@@ -646,6 +646,10 @@ std::vector<Case> correctness_cases(bool small) {
       {"packed full gqa2", 0, 0, 0, 4, 2, d, dv, -1, -1, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0}, {}, {}, 16},
       {"packed causal seqused", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0},
        {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16, true},
+      // More dK/dV CTAs (2 kv heads x 71 key blocks) than an H100 has SMs: the ordered dQ adds' CTAs wait only on
+      // CTAs launched before them (packed grids launch each sequence's last key block first).
+      {"packed long causal gqa2 (grid > SMs)", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {40, 9000}, {40, 9000}, {}, {},
+       8, true},
   };
 }
 

@@ -28,6 +28,11 @@ struct SingleTileScheduler {
     return dim3(tile_grid_x(p, rows, kBlock), heads, p.layout_batch());
   }
 
+  // The order in which the CTAs of one (head, sequence) are launched with their blocks: descending under
+  // kReverse and in packed grids (find_packed_tile hands out each sequence's last block first), else ascending.
+  // A CTA that waits on others of its (head, sequence) must wait only on earlier ones.
+  __device__ static bool launches_descending(const AttnFwdParams& p) { return kReverse || p.packed(); }
+
   // Every thread of the CTA must call this (packed grids synchronize the CTA) and gets the same tile.
   __device__ static WorkTile get_tile(const AttnFwdParams& p) {
     if (!p.packed()) {

@@ -18,12 +18,13 @@
 // n-th arrival of the other side.
 //
 // Ordered adds (kOrdered, for a bitwise-repeatable dQ; FlashAttention-3's deterministic mode does the same):
-// the key blocks that see a query block add to it one after the other, in increasing key-block order. Each
-// block has a semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the
-// writer of key block n waits until it reads n - n_min (n_min: the query block's first key block,
-// AttnMask::n_block_range, the inverse of the dK/dV CTA's own query-block range), adds, waits until its add
-// is complete, and increments it. No wait can block forever as long as the CTAs of lower key blocks of the
-// same (kv head, sequence) start no later (the grid's x is the key block: they are launched first).
+// the key blocks that see a query block, [n_min, n_max) (AttnMask::n_block_range, the inverse of the dK/dV
+// CTA's own query-block range), add to it one after the other, in the order the scheduler launches their CTAs
+// (ascending in dense grids, descending in packed ones: the launcher says which), so a CTA only ever waits on
+// CTAs launched before it, which hold an SM or are done, and no wait blocks forever. Each block has a
+// semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the writer of key
+// block n waits until it reads its turn (n - n_min, or n_max - 1 - n descending), adds, waits until its add is
+// complete, and increments it.
 // **Not yet run on a GPU**: only cuda/tools/bwd_sm90_ws_check.cu launches it.
 #pragma once
 
@@ -95,10 +96,11 @@ struct Sm90WsDqAccumBlocks {
   }
 
   // The writer warp (all 32 lanes: the named barriers count warps), for a CTA with at least one step.
-  // kOrdered: semaphores holds one int per block (zeroed), and the adds to a block go in key-block order.
+  // kOrdered: semaphores holds one int per block (zeroed), and the adds to a block go in key-block order,
+  // descending or not as the CTAs of a (kv head, sequence) are launched.
   template <bool kOrdered, class Work>
   __device__ static void write(const AttnBwdParams& p, float* accum, int* semaphores, const Work& w,
-                               const float* smem_block) {
+                               bool launches_descending, const float* smem_block) {
     using Semaphore = cutlass::GenericBarrier<cutlass::detail::SyncwarpSync>;
     const int lane = int(threadIdx.x % 32);
     cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFree));
@@ -110,7 +112,8 @@ struct Sm90WsDqAccumBlocks {
       if constexpr (kOrdered) {
         int n_min, n_max;
         w.mask.template n_block_range<Cfg::kBlockM, Cfg::kBlockN>(m_block, n_min, n_max);
-        Semaphore::wait_eq(semaphores + block, lane, 0, w.n_block - n_min);
+        const int turn = launches_descending ? n_max - 1 - w.n_block : w.n_block - n_min;
+        Semaphore::wait_eq(semaphores + block, lane, 0, turn);
       }
       cutlass::arch::NamedBarrier::sync(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
       if (lane == 0) {

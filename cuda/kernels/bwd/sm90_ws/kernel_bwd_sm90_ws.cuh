@@ -77,6 +77,7 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
       Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
     } else if (kDq && w.steps > 0 && warp == 1) {
       Sm90WsDqAccumBlocks<Cfg>::template write<kDqOrdered>(p, kp.mainloop.dq_accum, kp.mainloop.dq_semaphores, w,
+                                                           Sm90WsBwdScheduler<Cfg>::launches_descending(p),
                                                            st.dq.data());
     }
   } else {
