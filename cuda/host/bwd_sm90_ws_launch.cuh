@@ -93,7 +93,7 @@ Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const floa
 #ifndef JAX_FLASH_HAS_SM90A
   return Status{"attn_bwd_dq_blocks_convert: this build has no sm_90a code"};
 #else
-  const dim3 grid = SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, false>::grid(params, params.heads_q);
+  const dim3 grid = Sm90WsDqConvertScheduler<Cfg>::grid(params, params.heads_q);
   attn_bwd_dq_blocks_convert_kernel<Cfg><<<grid, Cfg::kMmaThreads, 0, stream>>>(params, dq_accum);
   const cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess) return Status{};
@@ -101,27 +101,39 @@ Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const floa
 #endif
 }
 
-// Steps 2 and 3 of the backward with the default tile of the head-dim pair (tile_size.h); run_attn_bwd has
-// written delta and checked that the device is a Hopper. With dq_accum (the workspace's accumulator) the
-// kernel owns its blocks layout: zeroed, summed into by the dK/dV kernel, converted into dq. Without (the
-// deterministic backward), dK and dV alone; the dq kernel follows.
+// Steps 2 and 3 of the backward with tile config Cfg, after delta. With dq_accum (the workspace's accumulator)
+// the kernel owns its blocks layout: zeroed (kDqOrdered: with their semaphores), summed into by the dK/dV
+// kernel, converted into dq. Without (the deterministic backward), dK and dV alone; the dq kernel follows.
+template <class Cfg, bool kDqOrdered = false>
+Status launch_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                               cudaStream_t stream, int* dq_semaphores = nullptr) {
+  using Blocks = Sm90WsDqAccumBlocks<Cfg>;
+  const bool has_queries = params.batch > 0 && params.heads_q > 0 && params.seqlen_q > 0;
+  if (dq_accum != nullptr && has_queries) {
+    const size_t floats = dq_accum_floats(params.batch, params.packed(), params.seqlen_q, params.heads_q,
+                                          params.head_dim, Blocks::block_shape());
+    cudaError_t err = cudaMemsetAsync(dq_accum, 0, floats * sizeof(float), stream);
+    if (err == cudaSuccess && kDqOrdered) {
+      err = cudaMemsetAsync(dq_semaphores, 0, floats / Blocks::kBlockFloats * sizeof(int), stream);
+    }
+    if (err != cudaSuccess) return Status{std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err)};
+  }
+  if (params.seqlen_k > 0) {
+    const Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg, kDqOrdered>(params, delta, dq_accum, stream, dq_semaphores);
+    if (!s.ok()) return s;
+  }
+  if (dq_accum != nullptr && has_queries) return launch_attn_bwd_dq_blocks_convert<Cfg>(params, dq_accum, stream);
+  return Status{};
+}
+
+// The default tile of the head-dim pair (tile_size.h); run_attn_bwd has written delta and checked that the
+// device is a Hopper.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
   using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
-  const bool has_queries = params.batch > 0 && params.heads_q > 0 && params.seqlen_q > 0;
-  if (dq_accum != nullptr && has_queries) {
-    const size_t floats = dq_accum_floats(params.batch, params.packed(), params.seqlen_q, params.heads_q,
-                                          params.head_dim, Sm90WsDqAccumBlocks<Cfg>::block_shape());
-    const cudaError_t err = cudaMemsetAsync(dq_accum, 0, floats * sizeof(float), stream);
-    if (err != cudaSuccess) return Status{std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err)};
-  }
-  if (params.seqlen_k > 0) {
-    if (Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg>(params, delta, dq_accum, stream); !s.ok()) return s;
-  }
-  if (dq_accum != nullptr && has_queries) return launch_attn_bwd_dq_blocks_convert<Cfg>(params, dq_accum, stream);
-  return Status{};
+  return launch_attn_bwd_sm90_ws<Cfg>(params, delta, dq_accum, stream);
 }
 
 }  // namespace jax_flash

@@ -110,13 +110,11 @@ Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
   return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
 }
 
-// The new kernel with ordered dQ adds (dq_accum_blocks.h, kOrdered; no library path runs it yet): delta, the
-// accumulator's blocks and their semaphores zeroed, dK/dV with the ordered adds, the blocks converted. For
-// calls with queries and keys.
+// The new kernel with ordered dQ adds (dq_accum_blocks.h, kOrdered; no library path runs it yet): delta, then
+// the launcher's steps 2 and 3 with the ordered adds (semaphores: an int per accumulator block). For calls
+// with queries.
 template <class Element>
 Status launch_new_ordered(const AttnBwdParams& p, int* semaphores, cudaStream_t stream) {
-  using Cfg = Sm90WsBwdDefaultConfig<Element, kD, kDv>;
-  using Blocks = Sm90WsDqAccumBlocks<Cfg>;
   const BwdWorkspaceLayout ws = workspace_layout(p);
   float* delta = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + ws.delta_offset);
   float* accum = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + ws.dq_accum_offset);
@@ -124,14 +122,8 @@ Status launch_new_ordered(const AttnBwdParams& p, int* semaphores, cudaStream_t 
   bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
                               kBwdElementwiseThreads, 0, stream>>>(p, delta);
   if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
-  const size_t floats = dq_accum_floats(p.batch, p.packed(), p.seqlen_q, p.heads_q, p.head_dim,
-                                        Blocks::block_shape());
-  if (cudaMemsetAsync(accum, 0, floats * sizeof(float), stream) != cudaSuccess ||
-      cudaMemsetAsync(semaphores, 0, floats / Blocks::kBlockFloats * sizeof(int), stream) != cudaSuccess) {
-    return Status{"zeroing the accumulator and its semaphores"};
-  }
-  if (Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg, true>(p, delta, accum, stream, semaphores); !s.ok()) return s;
-  return launch_attn_bwd_dq_blocks_convert<Cfg>(p, accum, stream);
+  return launch_attn_bwd_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, true>(p, delta, accum, stream,
+                                                                                  semaphores);
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------

@@ -56,15 +56,12 @@ struct Sm90WsDqAccumBlocks {
 
   static constexpr DqAccumBlock block_shape() { return DqAccumBlock{Cfg::kBlockM, Cfg::kHeadDim}; }
 
-  // The index of a step's block (workspace_layout.h dq_accum_block), and the block.
+  // The index of a step's block (workspace_layout.h dq_accum_block); the block starts at float index *
+  // kBlockFloats.
   __device__ static int64_t block_index(const AttnBwdParams& p, const SeqlenInfo& seq, int bidb, int bidh,
                                         int m_block) {
     const int64_t per_head = dq_accum_blocks_per_head(seq.packed, p.batch, p.seqlen_q, Cfg::kBlockM);
     return dq_accum_block(seq.packed, bidb, bidh, p.heads_q, seq.q_start, m_block, Cfg::kBlockM, per_head);
-  }
-  __device__ static float* global_block(const AttnBwdParams& p, float* accum, const SeqlenInfo& seq, int bidb,
-                                        int bidh, int m_block) {
-    return accum + block_index(p, seq, bidb, bidh, m_block) * kBlockFloats;
   }
 
   // Thread tidx's dQ fragment (values in MMA order) to a block, and back.
@@ -147,9 +144,12 @@ struct Sm90WsDqAccumBlocks {
   }
 };
 
-// dq = scale x the summed blocks, for each query block of each sequence and query head: one CTA of kThreads per
-// block (the query-block grid of single_tile_scheduler.h), each thread converting the values it held in the
-// dK/dV kernel. Rows of packed layouts outside every sequence are left to the padding fill (host/launch.h).
+// The convert kernel's grid: one CTA per query block of each sequence and query head.
+template <class Cfg>
+using Sm90WsDqConvertScheduler = SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/false>;
+
+// dq = scale x the summed blocks: one CTA of kThreads per block, each thread converting the values it held in
+// the dK/dV kernel. Rows of packed layouts outside every sequence are left to the padding fill (host/launch.h).
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kMmaThreads)
     attn_bwd_dq_blocks_convert_kernel(const AttnBwdParams p, const float* __restrict__ accum) {
@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(Cfg::kMmaThreads)
   using namespace cute;
   using Blocks = Sm90WsDqAccumBlocks<Cfg>;
   using Element = typename Cfg::Element;
-  const WorkTile tile = SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, false>::get_tile(p);
+  const WorkTile tile = Sm90WsDqConvertScheduler<Cfg>::get_tile(p);
   if (!tile.valid()) return;
   const SeqlenInfo seq = SeqlenInfo::make(p, tile.bidb);
   const int row0 = tile.block * Cfg::kBlockM;
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(Cfg::kMmaThreads)
   typename Cfg::TiledMmaDq mma_dq;
   auto thr_dq = mma_dq.get_thread_slice(tidx);
   Tensor acc = partition_fragment_C(mma_dq, Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDim>>{});
-  Blocks::load(acc, Blocks::global_block(p, const_cast<float*>(accum), seq, tile.bidb, tile.head, tile.block),
+  Blocks::load(acc, accum + Blocks::block_index(p, seq, tile.bidb, tile.head, tile.block) * Blocks::kBlockFloats,
                tidx);
   Tensor coords = thr_dq.partition_C(make_identity_tensor(Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDim>>{}));
   Element* dq = static_cast<Element*>(p.dq) + seq.q_offset(p.dq_batch_stride, p.dq_row_stride, tile.bidb) +
