@@ -32,6 +32,8 @@ KERNEL_VARIANTS = ("auto", "sm80", "sm90", "sm90_ws")
 # extension exports its kernel table's values (paged_block_m / paged_block_n); these serve only where it is
 # absent, where no kernel runs and the split plan is computed for tests alone.
 _PAGED_TILE_WITHOUT_EXTENSION = (64, 64)
+# The split-key decode kernel's bound on (query, query head) rows per kv head (exported as paged_decode_max_rows).
+_PAGED_DECODE_MAX_ROWS_WITHOUT_EXTENSION = 16
 
 
 @functools.cache
@@ -73,6 +75,14 @@ def _registered():
     for name, capsule in module.registrations().items():
         jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     return module
+
+
+def paged_is_decode(packed: bool, seqlen_q: int, group: int) -> bool:
+    """True for the shapes the extension serves with the split-key decode kernel (kernel_choice.h
+    paged_feature): dense queries whose (query, query head) rows of one kv head fit its bound."""
+    module, _ = _load_module()
+    bound = _PAGED_DECODE_MAX_ROWS_WITHOUT_EXTENSION if module is None else module.paged_decode_max_rows
+    return not packed and seqlen_q * group <= bound
 
 
 def paged_tile() -> tuple[int, int]:
@@ -234,9 +244,7 @@ def paged_fwd(q, k_cache, v_cache, page_table, cache_seqlens, cu_seqlens_q, conf
     """
     module = _registered()
     hq, dv = q.shape[-2], v_cache.shape[-1]
-    # Decode shapes, as the extension tells them apart (kernel_choice.h paged_feature): dense queries whose
-    # (query, query head) rows of one kv head fit 16.
-    decode = cu_seqlens_q is None and q.shape[1] * (hq // k_cache.shape[-2]) <= 16
+    decode = paged_is_decode(cu_seqlens_q is not None, q.shape[1], hq // k_cache.shape[-2])
     _check_variant(module, "paged_decode" if decode else "paged", q.dtype, q.shape[-1], dv, config.variant)
     if cu_seqlens_q is None:
         batch, sq = q.shape[:2]

@@ -207,6 +207,7 @@ def test_extension_exports_match_python():
     module = _extension()
     assert tuple(module.kernel_variants) == _ffi.KERNEL_VARIANTS
     assert _ffi.paged_tile() == (module.paged_block_m, module.paged_block_n)
+    assert module.paged_decode_max_rows == _ffi._PAGED_DECODE_MAX_ROWS_WITHOUT_EXTENSION
     for dtype in ("bfloat16", "float16"):
         for d in (64, 96, 128, 192, 256):
             if not module.supported(dtype, d, d):

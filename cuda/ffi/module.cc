@@ -84,6 +84,7 @@ NB_MODULE(_jax_flash_cuda, m) {
   m.attr("kernel_variants") = nb::tuple(nb::cast(variant_names));
   m.attr("paged_block_m") = jax_flash::kPagedTileRows;
   m.attr("paged_block_n") = jax_flash::kPagedTileKeys;
+  m.attr("paged_decode_max_rows") = jax_flash::kPagedDecodeMaxRows;
   m.def(
       "variants",
       [](const std::string& feature, const std::string& dtype, int head_dim, int head_dim_v) {

@@ -54,9 +54,11 @@ inline KernelFeature bwd_feature(bool deterministic) {
 
 // Decode-like shapes (every sequence's (query, head) pairs of a kv head fit one warp's 16 rows) split the keys of
 // a tile across the warps instead of the rows: a static choice from the shapes (the packed layout, whose rows per
-// sequence are bounded by the data only, keeps the row split). The grid is the same.
+// sequence are bounded by the data only, keeps the row split). The grid is the same. The module exports the
+// bound (paged_decode_max_rows), so that Python checks a pin against the same kernel.
+inline constexpr int kPagedDecodeMaxRows = 16;
 inline KernelFeature paged_feature(const PagedFwdParams& params) {
-  const bool decode = !params.packed() && int64_t(params.seqlen_q) * params.kv_group <= 16;
+  const bool decode = !params.packed() && int64_t(params.seqlen_q) * params.kv_group <= kPagedDecodeMaxRows;
   return decode ? KernelFeature::kPagedDecode : KernelFeature::kPaged;
 }
 

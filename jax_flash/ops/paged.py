@@ -177,7 +177,7 @@ def choose_split_plan(*, batch: int, seqlen_q: int, num_heads_q: int, num_heads_
     # Whole waves only: rounding up overshoots into a nearly empty second wave (H100, B=8 decode, 32k cache:
     # 64 CTAs x 5 splits = 320 for 264 slots took 0.600 ms, x 4 splits 0.379 ms).
     one_wave = min(_TARGET_CTAS // ctas, max(n_blocks // 4, 1), _MAX_AUTO_SPLITS)
-    decode = not packed and seqlen_q * group <= 16  # the split-key decode kernel (cuda/host/kernel_choice.h)
+    decode = _ffi.paged_is_decode(packed, seqlen_q, group)  # the split-key decode kernel
     if not decode:
         return SplitPlan(max(1, one_wave))
     capacity = max_pages * page_size
