@@ -105,8 +105,9 @@ def runnable_variants(feature: str, dtype, head_dim: int, head_dim_v: int) -> li
 def kernel_choice(feature: str, dtype, head_dim: int, head_dim_v: int, variant: str = "auto",
                   seqlen_k: int | None = None) -> dict:
     """The kernel the extension runs for such a call on the current device: {variant, tile, block_m, block_n,
-    atomic_dq}. ValueError saying why when none can serve it. seqlen_k: the call's keys (packed: max_seqlen_k);
-    None: a long call (the automatic choice of some tiles depends on it, kernel_table.h auto_min_keys)."""
+    dq} (dq, how a backward gets dq: "dq_kernel", "atomic_sums" or "ordered_sums"). ValueError saying why when
+    none can serve it. seqlen_k: the call's keys (packed: max_seqlen_k); None: a long call (the automatic choice
+    of some tiles depends on it, kernel_table.h auto_min_keys)."""
     return _module().kernel_choice(feature, jnp.dtype(dtype).name, head_dim, head_dim_v, variant,
                                    -1 if seqlen_k is None else seqlen_k)
 

@@ -4,12 +4,12 @@
 # device tool returns at most 8 files from $OUT). Usage:
 #   scripts/gpu_cycle.sh [build|test|memcheck|tools|pinned|bench]...   (default: build test)
 # Environment: JAX_FLASH_HEAD_DIMS / JAX_FLASH_DTYPES / JAX_FLASH_ARCHS (default 90a here), PYTEST_ARGS,
-# BENCH_ARGS, TOOL_DIMS, TOOL_FLAGS, LOG.
+# BENCH_ARGS, TOOLS, TOOL_DIMS, TOOL_FLAGS, TOOL_BIN, LOG, LOGS_NAME (two cycles at once: one name each).
 set -uo pipefail
 OUT=${OUT:-/tmp/jax_flash_out}
 LOG=${LOG:-/tmp/jax_flash_logs}
 mkdir -p "$OUT" "$LOG"
-trap 'tar -czf "$OUT/logs.tar.gz" -C "$LOG" .' EXIT
+trap 'tar -czf "$OUT/${LOGS_NAME:-logs}.tar.gz" -C "$LOG" .' EXIT
 export JAX_FLASH_ARCHS=${JAX_FLASH_ARCHS:-90a} JAX_FLASH_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 steps=${*:-build test}
@@ -57,29 +57,33 @@ for step in $steps; do
       tail -5 "$LOG/memcheck.log"
       ;;
     tools)
-      # The standalone checks of the warp-specialized kernels (cuda/tools/): build for TOOL_DIMS (default
-      # 64 96 128), run correctness, then compute-sanitizer on --small restricted to the new kernels (the tools'
-      # own fp32 reference kernels are not what is checked). TOOL_FLAGS adds e.g. -DCHECK_ALT_BLOCK_N=128.
+      # The standalone checks of the warp-specialized kernels (cuda/tools/; TOOLS, default "fwd bwd"): build for
+      # TOOL_DIMS (default 64 96 128), or take TOOL_BIN/<tool>_sm90_ws_check_<d> built elsewhere, run
+      # correctness (a run past TOOL_TIMEOUT seconds, default 300, fails: a hang), then compute-sanitizer on
+      # --small restricted to the new kernels (the tools' own fp32 reference kernels are not what is checked).
+      # TOOL_FLAGS adds e.g. -DCHECK_ALT_BLOCK_N=128.
       # Then racecheck on the mbarrier probe: "none" (a real race) must be reported; "each" and "named" say
       # what the tool can see (on an H100, 2026-12-07, it reported them too: it does not model the hand-off).
       cutlass=$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")
       rc=0
       # Each compile is one single-threaded nvcc of minutes: all of them at once, then the runs.
-      for tool in fwd bwd; do
+      for tool in ${TOOLS:-fwd bwd}; do
         for d in ${TOOL_DIMS:-64 96 128}; do
+          [ -n "${TOOL_BIN:-}" ] && { cp "$TOOL_BIN/${tool}_sm90_ws_check_$d" /tmp/; continue; }
           nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -lineinfo \
             -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=$d ${TOOL_FLAGS:-} -Icuda -I"$cutlass" \
             cuda/tools/${tool}_sm90_ws_check.cu -o /tmp/${tool}_sm90_ws_check_$d > "$LOG/${tool}_tool_$d.log" 2>&1 &
         done
       done
       wait
-      for tool in fwd bwd; do
+      for tool in ${TOOLS:-fwd bwd}; do
         for d in ${TOOL_DIMS:-64 96 128}; do
           bin=/tmp/${tool}_sm90_ws_check_$d
           [ -x $bin ] || { rc=1; echo "$tool D$d: compile failed"; continue; }
-          $bin >> "$LOG/${tool}_tool_$d.log" 2>&1 || rc=1
+          timeout ${TOOL_TIMEOUT:-300} $bin >> "$LOG/${tool}_tool_$d.log" 2>&1 || { rc=1; echo "$tool D$d: exit $?"; }
           for check in memcheck racecheck synccheck; do
-            compute-sanitizer --tool $check --kernel-name kns=sm90_ws_kernel --error-exitcode 9 $bin --small \
+            timeout ${TOOL_TIMEOUT:-300} compute-sanitizer --tool $check --kernel-name kns=sm90_ws_kernel \
+              --error-exitcode 9 $bin --small \
               > "$LOG/${tool}_${check}_$d.log" 2>&1 || rc=1
             tail -n 1 "$LOG/${tool}_${check}_$d.log"
           done

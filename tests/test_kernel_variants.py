@@ -224,16 +224,17 @@ def _random(shape, seed):
     return jax.random.normal(jax.random.key(seed), shape, jnp.float32).astype(BF16)
 
 
-def _workspace_bytes(delta_floats, accum_floats):
+def _workspace_bytes(delta_floats, accum_floats, semaphores=0):
     align = lambda n: -(-n // 256) * 256
-    return align(4 * delta_floats) + align(4 * accum_floats)
+    return align(4 * delta_floats) + align(4 * accum_floats) + align(4 * semaphores)
 
 
 def test_backward_workspace_holds_either_dq_accumulator_layout():
     """The backward's scratch (kernels/bwd/workspace_layout.h): delta, then an fp32 dq accumulator large enough
     for rows (B, Hq, Sq, D) and, where the build has the warp-specialized dK/dV kernel (sm_90a code), for its
     blocks of 64 queries x the head-dim tile per sequence and head (packed: ceil(Tq / 64) + B blocks per head).
-    The deterministic backward has no accumulator."""
+    The deterministic backward has the blocks and one int semaphore per block for its ordered sums where the build
+    has them, else nothing (the dq kernel)."""
     module = _extension()
     if not module.supported("bfloat16", 128, 128):
         pytest.skip("this build has no head-dim tile 128 (head dim 120 below runs on it)")
@@ -247,9 +248,10 @@ def test_backward_workspace_holds_either_dq_accumulator_layout():
     rows, blocks = 8 * 1000 * 120, 8 * 19 * 64 * tile
     assert packed in (_workspace_bytes(8000, rows), _workspace_bytes(8000, max(rows, blocks)))
     # The two agree on whether this build has the blocks layout.
-    assert (dense > _workspace_bytes(16000, 2 * 8 * 1000 * 120)) == (packed > _workspace_bytes(8000, rows))
-    assert module.bwd_workspace_bytes("bfloat16", 3, True, 1000, 900, 8, 4, 120, 120, True) == \
-        _workspace_bytes(8000, 0)
+    has_blocks = packed > _workspace_bytes(8000, rows)
+    assert (dense > _workspace_bytes(16000, 2 * 8 * 1000 * 120)) == has_blocks
+    deterministic = module.bwd_workspace_bytes("bfloat16", 3, True, 1000, 900, 8, 4, 120, 120, True)
+    assert deterministic == (_workspace_bytes(8000, blocks, 8 * 19) if has_blocks else _workspace_bytes(8000, 0))
     if _hopper():  # a Hopper build has the warp-specialized kernel at tile 128
         assert packed == _workspace_bytes(8000, blocks)
 
@@ -304,10 +306,16 @@ def test_hopper_default_forward_is_warp_specialized(head_dims):
         short = module.kernel_choice("fwd", dtype, *head_dims, "auto", 1024)["variant"]
         assert short == ("sm80" if head_dims == (64, 64) else "sm90_ws")
         assert module.kernel_choice("fwd", dtype, *head_dims, "auto", 1025)["variant"] == "sm90_ws"
-        # The warp-specialized backward: its tiles are D64, D96 and D128 with head_dim == head_dim_v.
+        # The warp-specialized backward: its tiles are D64, D96 and D128 with head_dim == head_dim_v; it sums dQ
+        # as the adds come, or in key-block order when deterministic.
         ws_backward = head_dims[0] == head_dims[1] <= 128
-        for feature in ("bwd", "bwd_deterministic"):
-            assert (module.kernel_choice(feature, dtype, *head_dims)["variant"] == "sm90_ws") == ws_backward
+        expected_dq = {"bwd": "atomic_sums" if head_dims[0] <= 128 else "dq_kernel",
+                       "bwd_deterministic": "ordered_sums" if ws_backward else "dq_kernel"}
+        for feature, dq in expected_dq.items():
+            choice = module.kernel_choice(feature, dtype, *head_dims)
+            assert (choice["variant"] == "sm90_ws") == ws_backward
+            assert choice["dq"] == dq, choice
+        assert module.kernel_choice("bwd_deterministic", dtype, *head_dims, "sm80")["dq"] == "dq_kernel"
 
 
 # Head dims where the warp-specialized forward and the sm80 one step through the keys in tiles of different

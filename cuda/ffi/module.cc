@@ -112,12 +112,12 @@ NB_MODULE(_jax_flash_cuda, m) {
         out["tile"] = nb::make_tuple(choice.tile.tile_d, choice.tile.tile_dv);
         out["block_m"] = choice.tile.block_m;
         out["block_n"] = choice.tile.block_n;
-        out["atomic_dq"] = choice.atomic_dq;
+        out["dq"] = jax_flash::dq_path_name(choice.dq);
         return out;
       },
       nb::arg("feature"), nb::arg("dtype"), nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("variant") = "auto",
       nb::arg("seqlen_k") = -1,
-      "The kernel the launchers run for this call on the current device: {variant, tile, block_m, block_n, "
-      "atomic_dq}; ValueError saying why when none can serve it. seqlen_k: the call's keys (packed: its "
+      "The kernel the launchers run for this call on the current device: {variant, tile, block_m, block_n, dq} "
+      "(dq: how a backward gets dq: dq_kernel, atomic_sums or ordered_sums); ValueError saying why when none can serve it. seqlen_k: the call's keys (packed: its "
       "max_seqlen_k); -1 for a long call.");
 }

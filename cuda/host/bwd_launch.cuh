@@ -1,13 +1,14 @@
 // run_attn_bwd: the backward pass of one (Element, kHeadDim, kHeadDimV) instantiation, as up to four
 // launches on one stream (no host synchronization, no allocation):
 //   1. delta = rowsum(dout * out) - dlse        -> workspace
-//   2. dk, dv (and, on the atomic path, dq partial sums -> workspace accumulator, zeroed first)
+//   2. dk, dv (and, where the dK/dV kernel sums dq, its partial sums -> workspace accumulator, zeroed first)
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
-// The atomic path runs where the kernel choice picks it (deterministic == false, head-dim tile up to 128; see
-// kernel_choice.h): the mma.sync or wgmma dK/dV kernel adds dQ into the accumulator's rows with atomics, the
-// warp-specialized one into its blocks with bulk reduce-adds (kernels/bwd/workspace_layout.h). It saves the dq
-// kernel's recomputation of S and dP at the price of run-to-run rounding differences in dq. Otherwise the
-// mma.sync or warp-specialized dK/dV kernel runs without dQ, then the dq kernel.
+// How dq is had is the kernel choice's (KernelChoice::dq, kernel_choice.h): with deterministic == false and a
+// head-dim tile up to 128 the dK/dV kernel adds dQ into the accumulator as it goes (the mma.sync and wgmma
+// kernels into rows with atomics, the warp-specialized one into blocks with bulk reduce-adds;
+// kernels/bwd/workspace_layout.h), saving the dq kernel's recomputation of S and dP at the price of run-to-run
+// rounding differences in dq. The deterministic backward on the warp-specialized kernel sums into blocks in
+// key-block order (bitwise repeatable); elsewhere the mma.sync dK/dV kernel runs without dQ, then the dq kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,10 +33,14 @@
 namespace jax_flash {
 
 // The warp-specialized Hopper dK/dV kernel (bwd_sm90_ws_launch.cuh). Its instantiations are generated files of
-// their own (attn_bwd_sm90_ws_*.cu), compiled for sm_90a only, for the head-dim tiles kernel_table.h lists.
-// Steps 2 and 3 with it: dK/dV and, with dq_accum, dQ summed into the accumulator's blocks and converted.
+// their own (attn_bwd_sm90_ws_*.cu and attn_bwd_sm90_ws_ordered_*.cu), compiled for sm_90a only, for the
+// head-dim tiles kernel_table.h lists. Steps 2 and 3 with it: dK/dV, dQ summed into the accumulator's blocks
+// (as the adds come, or in key-block order behind the semaphores) and converted.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream);
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_bwd_sm90_ws_ordered(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                                    int* dq_semaphores, cudaStream_t stream);
 
 namespace bwd_launch_detail {
 
@@ -99,29 +104,36 @@ Status launch_dkdv_sm90_atomic_dq(const AttnBwdParams& params, const float* delt
   }
 }
 
-// The warp-specialized kernel's steps 2 and 3 (run_attn_bwd_sm90_ws), where this build has its tile.
+// The warp-specialized kernel's steps 2 and 3 (run_attn_bwd_sm90_ws*), where this build has its tile; ordered
+// sums with dq_semaphores.
 template <typename Element, int kHeadDim, int kHeadDimV>
-Status run_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
+Status run_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, int* dq_semaphores,
+                   cudaStream_t stream) {
   if constexpr (kBuildHasSm90a &&
                 find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kHeadDim, kHeadDimV) != nullptr) {
+    if (dq_semaphores != nullptr) {
+      return run_attn_bwd_sm90_ws_ordered<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, dq_semaphores,
+                                                                         stream);
+    }
     return run_attn_bwd_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream);
   } else {
     return error("this build has no warp-specialized dK/dV kernel for these head dims");
   }
 }
 
-// dK and dV, and with choice.atomic_dq the dQ sums into the accumulator's rows, by the mma.sync or wgmma kernel
-// `choice` names.
+// dK and dV, and with atomic dQ sums (choice.dq) the dQ sums into the accumulator's rows, by the mma.sync or
+// wgmma kernel `choice` names.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status launch_chosen_dkdv(const AttnBwdParams& params, const KernelChoice& choice, const float* delta,
                           float* dq_accum, cudaStream_t stream) {
   using DkDv = typename BwdDefaultConfig<Element, kHeadDim, kHeadDimV>::DkDv;
   if (choice.variant == KernelVariant::kSm90) {
-    if (!choice.atomic_dq) return error("the sm90 dK/dV kernel sums dQ with atomics only");
+    if (choice.dq != DqPath::kAtomicSums) return error("the sm90 dK/dV kernel sums dQ with atomics only");
     return launch_dkdv_sm90_atomic_dq<Sm90BwdDefaultConfig<Element, kHeadDim, kHeadDimV>>(params, delta, dq_accum,
                                                                                           stream);
   }
-  if (!choice.atomic_dq) return launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
+  if (choice.dq == DqPath::kOrderedSums) return error("ordered dQ sums are the warp-specialized kernel's");
+  if (choice.dq == DqPath::kDqKernel) return launch_dkdv<DkDv, false>(params, delta, nullptr, stream);
   if constexpr (kHeadDim <= 128) {
     return launch_dkdv<DkDv, true>(params, delta, dq_accum, stream);
   } else {
@@ -162,17 +174,24 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
                  "strides that are multiples of 8 elements");
   }
 
-  // (Where delta and the accumulator start does not depend on the accumulator's layout.)
-  const BwdWorkspaceLayout ws = bwd_workspace_layout(params.batch, params.packed(), params.seqlen_q,
-                                                     params.heads_q, params.head_dim, params.deterministic, {});
+  // The workspace as attn_bwd_workspace_bytes sized it: the warp-specialized kernel's blocks are those of the
+  // chosen row (sm90_ws_dq_accum_block). Delta and the accumulator start at the same place either way.
+  const bool ws = choice.variant == KernelVariant::kSm90Ws;
+  const DqAccumBlock blocks = ws ? DqAccumBlock{choice.tile.block_m, choice.tile.tile_d} : DqAccumBlock{};
+  const BwdWorkspaceLayout layout = bwd_workspace_layout(params.batch, params.packed(), params.seqlen_q,
+                                                         params.heads_q, params.head_dim, params.deterministic,
+                                                         blocks);
   char* workspace = static_cast<char*>(params.workspace);
-  float* delta = reinterpret_cast<float*>(workspace + ws.delta_offset);
-  // The workspace has the accumulator wherever the choice can pick atomic dQ sums (bwd_uses_dq_accum).
-  const bool atomic_dq = choice.atomic_dq;
-  if (atomic_dq && !bwd_uses_dq_accum(params.head_dim, params.deterministic)) {
-    return error("atomic dQ sums chosen for a workspace without the accumulator");
+  float* delta = reinterpret_cast<float*>(workspace + layout.delta_offset);
+  const bool atomic_dq = choice.dq == DqPath::kAtomicSums, ordered_dq = choice.dq == DqPath::kOrderedSums;
+  if (atomic_dq && !bwd_atomic_dq_sums(params.head_dim, params.deterministic)) {
+    return error("atomic dQ sums chosen for a workspace without their accumulator");
   }
-  float* dq_accum = atomic_dq ? reinterpret_cast<float*>(workspace + ws.dq_accum_offset) : nullptr;
+  if (ordered_dq && !(ws && params.deterministic)) {
+    return error("ordered dQ sums are the deterministic warp-specialized backward's");
+  }
+  float* dq_accum = atomic_dq || ordered_dq ? reinterpret_cast<float*>(workspace + layout.dq_accum_offset) : nullptr;
+  int* dq_semaphores = ordered_dq ? reinterpret_cast<int*>(workspace + layout.dq_semaphores_offset) : nullptr;
   const int64_t rows = int64_t(params.layout_batch()) * params.heads_q * params.seqlen_q;
   constexpr int kWarpsPerBlock = kBwdElementwiseThreads / 32;
 
@@ -181,9 +200,11 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
         params, delta);
     if (Status s = check_launch("bwd_delta_kernel"); !s.ok()) return s;
   }
-  if (choice.variant == KernelVariant::kSm90Ws) {
+  if (ws) {
     // The warp-specialized kernel zeroes, fills and converts its own accumulator (blocks, not rows).
-    if (Status s = run_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, stream); !s.ok()) return s;
+    if (dq_accum == nullptr) return error("the warp-specialized dK/dV kernel sums dQ (atomic or ordered sums)");
+    const Status s = run_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, dq_semaphores, stream);
+    if (!s.ok()) return s;
   } else {
     if (atomic_dq && rows > 0) {
       const cudaError_t err =
@@ -202,7 +223,7 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
       if (Status s = check_launch("bwd_dq_convert_kernel"); !s.ok()) return s;
     }
   }
-  if (!atomic_dq && rows > 0) {
+  if (choice.dq == DqPath::kDqKernel && rows > 0) {
     if (Status s = launch_dq<Dq>(params, delta, stream); !s.ok()) return s;
   }
   return {};

@@ -1,12 +1,13 @@
 // Launchers of the warp-specialized Hopper dK/dV kernel (kernels/bwd/sm90_ws/) for one (Element, kHeadDim,
 // kHeadDimV) instantiation: steps 2 and 3 of the backward (bwd_launch.cuh) after the caller has written delta.
-// With dQ the kernel sums it into the workspace's blocks layout (workspace_layout.h), which only this file
-// zeroes and converts (run_attn_bwd_sm90_ws); without (the deterministic backward) the caller's dq kernel
-// follows (kernels/bwd/dq_kernel.cuh).
+// The kernel sums dQ into the workspace's blocks layout (workspace_layout.h), which only this file zeroes and
+// converts: as the adds come (run_attn_bwd_sm90_ws, DqPath::kAtomicSums) or in key-block order, bitwise
+// repeatable (run_attn_bwd_sm90_ws_ordered, kOrderedSums: the deterministic backward). Its mode without dQ
+// (kDqKernel, a dq kernel after it) only the check tool runs, to time the two deterministic ways.
 //
-// Included only by its generated instantiation files (attn_bwd_sm90_ws_*.cu, built for sm_90a alone) and the
-// GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls run_attn_bwd_sm90_ws when the kernel
-// choice is kSm90Ws (kernel_table.h: the default on a Hopper for its tiles).
+// Included only by its generated instantiation files (attn_bwd_sm90_ws*_*.cu, built for sm_90a alone) and the
+// GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls them when the kernel choice is kSm90Ws
+// (kernel_table.h: the default on a Hopper for its tiles).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,12 +27,11 @@
 namespace jax_flash {
 
 // delta: (layout_batch, Hq, Sq) f32; dq_accum: the accumulator's blocks of Cfg (workspace_layout.h), zeroed,
-// to which the kernel adds dQ; nullptr: the kernel's mode without dQ (dK and dV only, bitwise repeatable, for
-// the deterministic backward). kDqOrdered: the adds in key-block order behind dq_semaphores (one zeroed int per
-// block), bitwise repeatable (dq_accum_blocks.h); only the check tool launches it so far (not yet run).
-template <class Cfg, bool kDqOrdered = false>
+// to which the kernel adds dQ, and for kOrderedSums dq_semaphores (one zeroed int per block); kDqKernel: dK and
+// dV only (both nullptr).
+template <class Cfg, DqPath kDq>
 Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
-                                    cudaStream_t stream, int* dq_semaphores = nullptr) {
+                                    int* dq_semaphores, cudaStream_t stream) {
 #ifndef JAX_FLASH_HAS_SM90A
   return Status{"attn_bwd_dkdv_sm90_ws: this build has no sm_90a code"};
 #else
@@ -51,8 +51,8 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
                   "row/head/batch strides that are multiples of 8 elements"};
   }
   if (delta == nullptr) return Status{name + ": delta is required"};
-  if (kDqOrdered && (dq_accum == nullptr || dq_semaphores == nullptr)) {
-    return Status{name + ": ordered dQ sums need the accumulator and its semaphores"};
+  if ((kDq != DqPath::kDqKernel && dq_accum == nullptr) || (kDq == DqPath::kOrderedSums && dq_semaphores == nullptr)) {
+    return Status{name + ": dQ sums need the accumulator (ordered ones also its semaphores)"};
   }
   if (params.batch <= 0 || params.seqlen_k <= 0) return Status{};  // no key: no dK / dV row to write
   if (params.heads_k > 65535 || params.layout_batch() > 65535) {
@@ -61,17 +61,9 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
   const dim3 grid = Sm90WsBwdScheduler<Cfg>::grid(params, params.heads_k);
   const Sm90WsBwdKernelParams<Cfg> kernel_params{
       params, Sm90WsBwdMainloop<Cfg>::make_params(params, delta, dq_accum, dq_semaphores)};
-  const bool softcap = params.softcap > 0.f;
-  auto kernel = &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, false>;
-  if constexpr (kDqOrdered) {
-    kernel = softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, true, true>
-                     : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, true, true>;
-  } else {
-    kernel = dq_accum != nullptr ? (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, true>
-                                            : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, true>)
-                                 : (softcap ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, false>
-                                            : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, false>);
-  }
+  constexpr bool kSums = kDq != DqPath::kDqKernel, kOrdered = kDq == DqPath::kOrderedSums;
+  const auto kernel = params.softcap > 0.f ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, kSums, kOrdered>
+                                           : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, kSums, kOrdered>;
   constexpr int kSmem = int(sizeof(Sm90WsBwdSharedStorage<Cfg>));
   static_assert(kSmem <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, name); !s.ok()) return s;
@@ -101,39 +93,50 @@ Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const floa
 #endif
 }
 
-// Steps 2 and 3 of the backward with tile config Cfg, after delta. With dq_accum (the workspace's accumulator)
-// the kernel owns its blocks layout: zeroed (kDqOrdered: with their semaphores), summed into by the dK/dV
-// kernel, converted into dq. Without (the deterministic backward), dK and dV alone; the dq kernel follows.
-template <class Cfg, bool kDqOrdered = false>
+// Steps 2 and 3 of the backward with tile config Cfg and dQ sums (kAtomicSums or kOrderedSums), after delta:
+// the kernel owns its blocks layout (and semaphores), zeroed, summed into by the dK/dV kernel, converted.
+template <class Cfg, DqPath kDq>
 Status launch_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
-                               cudaStream_t stream, int* dq_semaphores = nullptr) {
+                               int* dq_semaphores, cudaStream_t stream) {
+  static_assert(kDq != DqPath::kDqKernel, "the dq kernel's chain is run_attn_bwd's");
   using Blocks = Sm90WsDqAccumBlocks<Cfg>;
   const bool has_queries = params.batch > 0 && params.heads_q > 0 && params.seqlen_q > 0;
-  if (dq_accum != nullptr && has_queries) {
+  if (has_queries) {
     const size_t floats = dq_accum_floats(params.batch, params.packed(), params.seqlen_q, params.heads_q,
                                           params.head_dim, Blocks::block_shape());
     cudaError_t err = cudaMemsetAsync(dq_accum, 0, floats * sizeof(float), stream);
-    if (err == cudaSuccess && kDqOrdered) {
+    if (err == cudaSuccess && kDq == DqPath::kOrderedSums) {
       err = cudaMemsetAsync(dq_semaphores, 0, floats / Blocks::kBlockFloats * sizeof(int), stream);
     }
     if (err != cudaSuccess) return Status{std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err)};
   }
   if (params.seqlen_k > 0) {
-    const Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg, kDqOrdered>(params, delta, dq_accum, stream, dq_semaphores);
+    const Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream);
     if (!s.ok()) return s;
   }
-  if (dq_accum != nullptr && has_queries) return launch_attn_bwd_dq_blocks_convert<Cfg>(params, dq_accum, stream);
+  if (has_queries) return launch_attn_bwd_dq_blocks_convert<Cfg>(params, dq_accum, stream);
   return Status{};
 }
 
 // The default tile of the head-dim pair (tile_size.h); run_attn_bwd has written delta and checked that the
-// device is a Hopper.
+// device is a Hopper. dq_accum: the workspace's accumulator (the blocks layout of this tile).
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
   using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
-  return launch_attn_bwd_sm90_ws<Cfg>(params, delta, dq_accum, stream);
+  return launch_attn_bwd_sm90_ws<Cfg, DqPath::kAtomicSums>(params, delta, dq_accum, nullptr, stream);
+}
+
+// The same with the sums in key-block order (the deterministic backward); dq_semaphores: the workspace's, one
+// int per block.
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_bwd_sm90_ws_ordered(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                                    int* dq_semaphores, cudaStream_t stream) {
+  using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
+  static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
+                "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
+  return launch_attn_bwd_sm90_ws<Cfg, DqPath::kOrderedSums>(params, delta, dq_accum, dq_semaphores, stream);
 }
 
 }  // namespace jax_flash

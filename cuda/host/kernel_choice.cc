@@ -21,9 +21,9 @@ KernelKind kind_of(KernelFeature feature) {
   return KernelKind::kFwd;
 }
 
-// The deterministic backward pairs the dq kernel with a dK/dV kernel that has a mode without dQ: the mma.sync
-// one or the warp-specialized one (the wgmma dK/dV kernel sums dQ with atomics only); the Hopper paged kernel
-// is the split-key decode; the warp-specialized kernels are the forward and the dK/dV, with or without dQ.
+// The deterministic backward: the warp-specialized dK/dV kernel sums dQ in key-block order, the mma.sync one has
+// a mode without dQ that the dq kernel completes (the wgmma dK/dV kernel sums dQ with atomics only); the Hopper
+// paged kernel is the split-key decode; the warp-specialized kernels are the forward and the dK/dV.
 bool feature_has_variant(KernelFeature feature, KernelVariant variant) {
   switch (variant) {
     case KernelVariant::kSm80: return true;
@@ -103,6 +103,15 @@ const char* kernel_feature_name(KernelFeature feature) {
   return "unknown";
 }
 
+const char* dq_path_name(DqPath dq) {
+  switch (dq) {
+    case DqPath::kDqKernel: return "dq_kernel";
+    case DqPath::kAtomicSums: return "atomic_sums";
+    case DqPath::kOrderedSums: return "ordered_sums";
+  }
+  return "unknown";
+}
+
 bool attn_supported(DType dtype, int head_dim, int head_dim_v) {
   int tile_d = 0, tile_dv = 0;
   return compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv);
@@ -130,8 +139,13 @@ Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_
             describe_call(feature, dtype, head_dim, head_dim_v) + ": " + why};
   }
   const KernelTile& tile = *find_kernel_tile(kind_of(feature), variant, tile_d, tile_dv);
-  const bool atomic_dq = feature == KernelFeature::kBwd && tile.tile_d <= 128;
-  *choice = KernelChoice{feature, variant, pinned != KernelVariant::kAuto, tile, atomic_dq};
+  DqPath dq = DqPath::kDqKernel;
+  if (feature == KernelFeature::kBwd && bwd_atomic_dq_sums(tile.tile_d, /*deterministic=*/false)) {
+    dq = DqPath::kAtomicSums;
+  } else if (feature == KernelFeature::kBwdDeterministic && variant == KernelVariant::kSm90Ws) {
+    dq = DqPath::kOrderedSums;
+  }
+  *choice = KernelChoice{feature, variant, pinned != KernelVariant::kAuto, tile, dq};
   return {};
 }
 

@@ -16,19 +16,20 @@ namespace jax_flash {
 enum class KernelFeature {
   kFwd,               // forward, dense or packed
   kBwd,               // backward; the dK/dV kernel sums dQ with atomics where the tile allows (head dim <= 128)
-  kBwdDeterministic,  // backward with the dq kernel instead of atomics: bitwise repeatable
+  kBwdDeterministic,  // backward, bitwise repeatable: ordered dQ sums (warp-specialized kernel) or the dq kernel
   kPaged,             // paged forward, the rows of a tile split across the warps (prefill, packed queries)
   kPagedDecode,       // paged forward, the keys of a tile split across the warps (decode shapes)
 };
 
 const char* kernel_feature_name(KernelFeature feature);
+const char* dq_path_name(DqPath dq);  // dq_kernel, atomic_sums, ordered_sums
 
 struct KernelChoice {
   KernelFeature feature;
   KernelVariant variant;  // never kAuto
   bool pinned;            // named by the caller: a launcher that cannot run it fails instead of falling back
   KernelTile tile;        // the head-dim tile and blocks of the main kernel
-  bool atomic_dq;         // backward: the dK/dV kernel sums dQ with atomics (else the dq kernel computes it)
+  DqPath dq;              // backward: how dq is had (workspace_layout.h); kDqKernel for the other features
 };
 
 // Fills `choice`, or says why no kernel can serve the call: no compiled tile holds the head dims, the dtype is

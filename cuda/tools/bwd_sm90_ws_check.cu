@@ -3,11 +3,11 @@
 // oracle rule with the current kernel in the place of the naive one), then speed beside the current backward.
 // Both run as run_attn_bwd runs them: delta (bwd_delta_kernel), the dq accumulator zeroed, dK/dV with the dQ
 // sums (the current kernel's atomics into rows, the new one's bulk reduce-adds into blocks), the accumulator
-// converted. The current dK/dV kernel is the sm90 wgmma one where its tile exists (D128), else the sm80 one. A
-// few cases also run the deterministic backward with the new kernel (its mode without dQ, then the dq kernel)
-// and the new kernel's ordered dQ adds (kOrdered, which no library path runs yet): dK and dV must equal the
-// dQ mode's bit for bit, dq meets the same tolerance, the ordered dq is bitwise repeatable. The timing also
-// compares the two deterministic ways.
+// converted. The current dK/dV kernel is the sm90 wgmma one where its tile exists (D128), else the sm80 one.
+// Every case also runs the library's deterministic backward (the new kernel's dQ sums in key-block order,
+// behind a semaphore per block) twice: dK and dV must equal the dQ mode's bit for bit, dq meets the same
+// tolerance and is bitwise repeatable. A few cases and the timing add the other deterministic way (the new
+// kernel without dQ, then the dq kernel).
 //
 // Build from the repository root (CHECK_HEAD_DIM picks the tile: 64, 96 or 128):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
@@ -52,10 +52,14 @@ constexpr int kDv = CHECK_HEAD_DIM;  // the new kernel has Dv = D only (tile_siz
 
 using WsCfg = Sm90WsBwdDefaultConfig<cutlass::bfloat16_t, kD, kDv>;  // the tile (the same for fp16)
 
-// The workspace for either chain: the accumulator sized for rows and for the new kernel's blocks.
-inline BwdWorkspaceLayout workspace_layout(const AttnBwdParams& p) {
-  return bwd_workspace_layout(p.batch, p.packed(), p.seqlen_q, p.heads_q, p.head_dim, false,
+// The workspace for every chain: as attn_bwd_workspace_bytes sizes it for the atomic sums (the accumulator for
+// rows and for the new kernel's blocks) and for the deterministic backward (blocks and their semaphores).
+inline BwdWorkspaceLayout workspace_layout(const AttnBwdParams& p, bool deterministic) {
+  return bwd_workspace_layout(p.batch, p.packed(), p.seqlen_q, p.heads_q, p.head_dim, deterministic,
                               Sm90WsDqAccumBlocks<WsCfg>::block_shape());
+}
+inline size_t workspace_bytes(const AttnBwdParams& p) {
+  return std::max(workspace_layout(p, false).total_bytes, workspace_layout(p, true).total_bytes);
 }
 
 // The current dK/dV kernel with atomic dQ sums: sm90 (wgmma) where it has the tile, else sm80.
@@ -65,7 +69,7 @@ KernelChoice current_choice() {
   choice.feature = KernelFeature::kBwd;
   choice.variant = Sm90BwdDefaultConfig<Element, kD, kDv>::kAvailable ? KernelVariant::kSm90 : KernelVariant::kSm80;
   choice.pinned = true;
-  choice.atomic_dq = true;
+  choice.dq = DqPath::kAtomicSums;
   return choice;
 }
 
@@ -78,23 +82,24 @@ Status current_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum,
 // The new dK/dV kernel alone, summing dQ into the accumulator's blocks.
 template <class Element>
 Status new_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum, cudaStream_t stream) {
-  return launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>>(p, delta, dq_accum, stream);
+  return launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, DqPath::kAtomicSums>(
+      p, delta, dq_accum, nullptr, stream);
 }
 
-// The new kernel's choice, as the kernel table gives it for the pinned sm90_ws variant.
+// The new kernel's choice, as the kernel table gives it for the pinned sm90_ws variant: atomic sums, or ordered
+// ones when deterministic.
 inline KernelChoice new_choice(bool deterministic) {
   KernelChoice choice{};
   choice.feature = deterministic ? KernelFeature::kBwdDeterministic : KernelFeature::kBwd;
   choice.variant = KernelVariant::kSm90Ws;
   choice.pinned = true;
   choice.tile = *find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kD, kDv);
-  choice.atomic_dq = !deterministic;
+  choice.dq = deterministic ? DqPath::kOrderedSums : DqPath::kAtomicSums;
   return choice;
 }
 
-// The whole backward as run_attn_bwd runs it (delta, dK/dV, dq) with each kernel. The deterministic one: the
-// new kernel without dQ, then the dq kernel. (The workspace, sized for the atomic path, starts with delta
-// either way.)
+// The whole backward as run_attn_bwd runs it (delta, dK/dV, dq) with each kernel: the current one, the new one
+// with atomic sums, and the library's deterministic backward (the new one with ordered sums).
 template <class Element>
 Status launch_current(const AttnBwdParams& p, cudaStream_t stream) {
   return run_attn_bwd<Element, kD, kDv>(p, current_choice<Element>(), stream);
@@ -110,20 +115,24 @@ Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
   return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
 }
 
-// The new kernel with ordered dQ adds (dq_accum_blocks.h, kOrdered; no library path runs it yet): delta, then
-// the launcher's steps 2 and 3 with the ordered adds (semaphores: an int per accumulator block). For calls
-// with queries.
+// The other deterministic way, for comparison: the new kernel without dQ, then the dq kernel (no library path
+// runs it: ordered sums replaced it).
 template <class Element>
-Status launch_new_ordered(const AttnBwdParams& p, int* semaphores, cudaStream_t stream) {
-  const BwdWorkspaceLayout ws = workspace_layout(p);
-  float* delta = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + ws.delta_offset);
-  float* accum = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + ws.dq_accum_offset);
+Status launch_new_with_dq_kernel(const AttnBwdParams& p, cudaStream_t stream) {
+  float* delta = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + workspace_layout(p, true).delta_offset);
   const int64_t rows = int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q;
-  bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
-                              kBwdElementwiseThreads, 0, stream>>>(p, delta);
-  if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
-  return launch_attn_bwd_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, true>(p, delta, accum, stream,
-                                                                                  semaphores);
+  if (rows > 0) {
+    bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
+                                kBwdElementwiseThreads, 0, stream>>>(p, delta);
+    if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
+  }
+  if (p.seqlen_k > 0) {
+    const Status s = launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, DqPath::kDqKernel>(
+        p, delta, nullptr, nullptr, stream);
+    if (!s.ok()) return s;
+  }
+  if (rows == 0) return Status{};
+  return bwd_launch_detail::launch_dq<typename BwdDefaultConfig<Element, kD, kDv>::Dq>(p, delta, stream);
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------
@@ -471,7 +480,7 @@ struct Problem {
     p.seqused_q = d_used_q;
     p.seqused_k = d_used_k;
     p.deterministic = false;
-    workspace = device_alloc<char>(int64_t(workspace_layout(p).total_bytes));
+    workspace = device_alloc<char>(int64_t(workspace_bytes(p)));
     p.workspace = workspace;
   }
 
@@ -638,8 +647,9 @@ std::vector<Case> correctness_cases(bool small) {
       {"packed full gqa2", 0, 0, 0, 4, 2, d, dv, -1, -1, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0}, {}, {}, 16},
       {"packed causal seqused", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0},
        {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16, true},
-      // More dK/dV CTAs (2 kv heads x 71 key blocks) than an H100 has SMs: the ordered dQ adds' CTAs wait only on
-      // CTAs launched before them (packed grids launch each sequence's last key block first).
+      // More dK/dV CTAs (2 kv heads x 71 key blocks at D128) than an H100 has SMs: the ordered dQ sums' CTAs wait
+      // only on CTAs launched before them (packed grids launch each sequence's last key block first).
+      {"causal S9000 gqa2 (grid > SMs)", 1, 9000, 9000, 4, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
       {"packed long causal gqa2 (grid > SMs)", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {40, 9000}, {40, 9000}, {}, {},
        8, true},
   };
@@ -682,37 +692,35 @@ bool check_correctness(bool small, const char* dtype) {
                 e.bad, cur.bad, same ? "dkdv-repeatable" : "DKDV NOT REPEATABLE", ok ? "PASS" : "FAIL");
     if (!small && c.deterministic_too) {
       pr.poison();
-      check_status(launch_new_deterministic<Element>(pr.p, nullptr), "sm90_ws deterministic backward");
+      check_status(launch_new_with_dq_kernel<Element>(pr.p, nullptr), "sm90_ws without dQ + dq kernel");
       CHECK_CUDA(cudaDeviceSynchronize());
       const Grads det = pr.grads();
       const Errors e_det = compare(pr, det, ref);
       const bool det_same = same_dk_dv(pr, got, det);
       const bool det_ok = e_det.bad == 0 && e_det.dq <= tol(cur.dq, e_det.ref_dq) && det_same;
       all_ok = all_ok && det_ok;
-      std::printf("%-5s D%d %-36s deterministic (no dQ + dq kernel): dq %.2e bad %ld, dk/dv %s %s\n", dtype, c.d,
-                  c.name.c_str(), e_det.dq, e_det.bad,
-                  det_same ? "bitwise equal to the dQ mode's" : "DIFFER FROM THE DQ MODE'S", det_ok ? "PASS" : "FAIL");
+      std::printf("%-5s D%d %-36s no dQ + dq kernel: dq %.2e bad %ld, dk/dv %s %s\n", dtype, c.d, c.name.c_str(),
+                  e_det.dq, e_det.bad, det_same ? "bitwise equal to the dQ mode's" : "DIFFER FROM THE DQ MODE'S",
+                  det_ok ? "PASS" : "FAIL");
     }
-    if (!small && !c.deterministic_too) continue;
-    // Ordered dQ adds, twice: dq within the tolerance and bitwise equal across the runs, dK / dV the dQ mode's.
-    using Blocks = Sm90WsDqAccumBlocks<Sm90WsBwdDefaultConfig<Element, kD, kDv>>;
-    const size_t blocks = dq_accum_floats(pr.p.batch, pr.p.packed(), pr.p.seqlen_q, pr.p.heads_q, pr.p.head_dim,
-                                          Blocks::block_shape()) / Blocks::kBlockFloats;
-    int* semaphores = device_alloc<int>(int64_t(std::max<size_t>(blocks, 1)));
+    // The deterministic backward (ordered dQ sums) on every case, twice: dq within the tolerance and bitwise
+    // equal across the runs, dK / dV the dQ mode's. A wait that never ends (the key blocks of a query block
+    // counted differently from the dK/dV CTAs' own walks) hangs here: the line names the case first.
+    std::printf("%-5s D%d %-36s deterministic (ordered dQ sums) ...\n", dtype, c.d, c.name.c_str());
+    std::fflush(stdout);
     Grads ordered[2];
     for (Grads& g : ordered) {
       pr.poison();
-      check_status(launch_new_ordered<Element>(pr.p, semaphores, nullptr), "sm90_ws ordered dQ backward");
+      check_status(launch_new_deterministic<Element>(pr.p, nullptr), "sm90_ws deterministic backward");
       CHECK_CUDA(cudaDeviceSynchronize());
       g = pr.grads();
     }
-    CHECK_CUDA(cudaFree(semaphores));
     const Errors e_ord = compare(pr, ordered[0], ref);
     const bool ord_repeatable = same_dq(pr, ordered[0], ordered[1]) && same_dk_dv(pr, ordered[0], ordered[1]);
     const bool ord_ok = e_ord.bad == 0 && e_ord.dq <= tol(cur.dq, e_ord.ref_dq) && ord_repeatable &&
                         same_dk_dv(pr, got, ordered[0]);
     all_ok = all_ok && ord_ok;
-    std::printf("%-5s D%d %-36s ordered dQ adds (not in the library yet): dq %.2e bad %ld, %s %s\n", dtype, c.d,
+    std::printf("%-5s D%d %-36s deterministic (ordered dQ sums): dq %.2e bad %ld, %s %s\n", dtype, c.d,
                 c.name.c_str(), e_ord.dq, e_ord.bad, ord_repeatable ? "bitwise repeatable" : "NOT REPEATABLE",
                 ord_ok ? "PASS" : "FAIL");
   }
@@ -742,7 +750,7 @@ void benchmark(const char* dtype) {
                                     max_abs_diff(got.dv, cur.dv)});
       const int reps = s >= 16384 ? 5 : 10;
       // The dK/dV kernels alone (the accumulator just keeps adding), then the whole chain.
-      const BwdWorkspaceLayout ws = workspace_layout(pr.p);
+      const BwdWorkspaceLayout ws = workspace_layout(pr.p, false);
       const float* delta = reinterpret_cast<const float*>(static_cast<char*>(pr.workspace) + ws.delta_offset);
       float* dq_accum = reinterpret_cast<float*>(static_cast<char*>(pr.workspace) + ws.dq_accum_offset);
       const float ms_cur_k = time_ms([&] { current_dkdv<Element>(pr.p, delta, dq_accum, nullptr); }, reps);
@@ -757,18 +765,14 @@ void benchmark(const char* dtype) {
                   "max |new - current| %.2e\n",
                   dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_cur_k, ms_new_k, ms_cur_k / ms_new_k,
                   ms_cur, flops / ms_cur * 1e-9, ms_new, flops / ms_new * 1e-9, ms_cur / ms_new, diff);
-      // The deterministic backward now (the kernel without dQ, then the dq kernel) and with ordered dQ adds.
-      using Blocks = Sm90WsDqAccumBlocks<Sm90WsBwdDefaultConfig<Element, kD, kDv>>;
-      int* semaphores = device_alloc<int>(int64_t(dq_accum_floats(pr.p.batch, false, s, heads, kD,
-                                                                  Blocks::block_shape()) / Blocks::kBlockFloats));
+      // The deterministic backward (ordered dQ sums) and the other way (the kernel without dQ, the dq kernel).
+      const float ms_dqk = time_ms([&] { launch_new_with_dq_kernel<Element>(pr.p, nullptr); }, reps);
       const float ms_det = time_ms([&] { launch_new_deterministic<Element>(pr.p, nullptr); }, reps);
-      const float ms_ord = time_ms([&] { launch_new_ordered<Element>(pr.p, semaphores, nullptr); }, reps);
       CHECK_CUDA(cudaGetLastError());
-      CHECK_CUDA(cudaFree(semaphores));
-      std::printf("%-5s D%d %-6s B%-2d S%-5d H%-2d | deterministic: dq kernel %7.3f ms (%.2f of sm90_ws), "
-                  "ordered dQ adds %7.3f ms (%.2f of sm90_ws)\n",
-                  dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_det, ms_new / ms_det, ms_ord,
-                  ms_new / ms_ord);
+      std::printf("%-5s D%d %-6s B%-2d S%-5d H%-2d | deterministic: ordered dQ sums %7.3f ms (%.2f of sm90_ws), "
+                  "no dQ + dq kernel %7.3f ms (%.2f of sm90_ws)\n",
+                  dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_det, ms_new / ms_det, ms_dqk,
+                  ms_new / ms_dqk);
     }
   }
 }

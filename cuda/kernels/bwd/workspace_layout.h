@@ -2,14 +2,15 @@
 // functions are also called from device code), shared by attn_bwd_workspace_bytes() and the launchers, so
 // all always agree on the sizes.
 //
-//   delta     (layout_batch, Hq, Sq) f32: rowsum(dout * out) - dlse, read by the dk/dv and dq kernels.
-//   dq_accum  only when dq is summed by the dK/dV kernel (non-deterministic path, head-dim tile <= 128): the
-//             dK/dV kernel adds every key block's dS K into it; a last kernel scales and converts it. Two
-//             layouts; the workspace holds the larger of those the call's kernel choice can take:
-//     rows    (layout_batch, Hq, Sq, head_dim): the mma.sync and wgmma dK/dV kernels' fp32 atomics;
-//     blocks  (layout_batch, Hq, query blocks, block_m * tile_d): the warp-specialized dK/dV kernel's bulk
-//             reduce-adds, one block per query block of a sequence (dq_accum_block), each block in the order
-//             the kernel's consumer threads hold dQ (kernels/bwd/sm90_ws/dq_accum_blocks.h).
+//   delta       (layout_batch, Hq, Sq) f32: rowsum(dout * out) - dlse, read by the dk/dv and dq kernels.
+//   dq_accum    only when dq is summed by the dK/dV kernel (DqPath below): it adds every key block's dS K into
+//               it; a last kernel scales and converts it. Two layouts; the workspace holds the larger of those
+//               the call's kernel choice can take:
+//     rows      (layout_batch, Hq, Sq, head_dim): the mma.sync and wgmma dK/dV kernels' fp32 atomics;
+//     blocks    (layout_batch, Hq, query blocks, block_m * tile_d): the warp-specialized dK/dV kernel's bulk
+//               reduce-adds, one block per query block of a sequence (dq_accum_block), each block in the order
+//               the kernel's consumer threads hold dQ (kernels/bwd/sm90_ws/dq_accum_blocks.h).
+//   semaphores  one int per block, for the deterministic backward's ordered sums into blocks (kOrderedSums).
 #pragma once
 
 #include <cstddef>
@@ -17,8 +18,16 @@
 
 namespace jax_flash {
 
-// The atomic dq path runs only where its extra fp32 accumulator fits the dk/dv kernel's registers.
-inline constexpr bool bwd_uses_dq_accum(int head_dim, bool deterministic) {
+// How a backward gets dq (the kernel choice's, host/kernel_choice.h).
+enum class DqPath {
+  kDqKernel,     // a dq kernel of its own recomputes S and dP per query block: bitwise repeatable
+  kAtomicSums,   // the dK/dV kernel adds each key block's dQ into the accumulator as it goes: the fastest, with
+                 // run-to-run rounding differences in dq (the adds land in any order)
+  kOrderedSums,  // the warp-specialized dK/dV kernel adds them into blocks in key-block order: bitwise repeatable
+};
+
+// The atomic dq sums run only where their extra fp32 accumulator fits the dk/dv kernel's registers.
+inline constexpr bool bwd_atomic_dq_sums(int head_dim, bool deterministic) {
   return !deterministic && head_dim <= 128;
 }
 
@@ -56,24 +65,30 @@ inline constexpr size_t dq_accum_floats(int batch, bool packed, int seqlen_q, in
 }
 
 struct BwdWorkspaceLayout {
-  size_t delta_offset, dq_accum_offset, total_bytes;
+  size_t delta_offset, dq_accum_offset, dq_semaphores_offset, total_bytes;
 };
 
 inline constexpr size_t bwd_align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// blocks: the blocks layout a dK/dV kernel of the call may take (block_m 0: none); the accumulator is sized
-// for it and for rows.
+// blocks: the blocks layout a dK/dV kernel of the call may take (block_m 0: none). The atomic sums' accumulator
+// is sized for it and for rows; the deterministic backward has blocks and their semaphores where there is a
+// blocks layout (the ordered sums), else nothing (the dq kernel).
 inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, bool packed, int seqlen_q, int heads_q,
                                                          int head_dim, bool deterministic, DqAccumBlock blocks) {
   const size_t delta_bytes = bwd_align256(size_t(packed ? 1 : batch) * size_t(heads_q) * size_t(seqlen_q) *
                                           sizeof(float));
-  size_t accum_floats = 0;
-  if (bwd_uses_dq_accum(head_dim, deterministic)) {
+  const size_t in_blocks = dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, blocks);
+  size_t accum_floats = 0, semaphores = 0;
+  if (bwd_atomic_dq_sums(head_dim, deterministic)) {
     const size_t in_rows = dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, DqAccumBlock{});
-    const size_t in_blocks = dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, blocks);
     accum_floats = in_rows > in_blocks ? in_rows : in_blocks;
+  } else if (deterministic && blocks.block_m > 0) {
+    accum_floats = in_blocks;
+    semaphores = in_blocks / (size_t(blocks.block_m) * size_t(blocks.tile_d));
   }
-  return BwdWorkspaceLayout{0, delta_bytes, delta_bytes + bwd_align256(accum_floats * sizeof(float))};
+  const size_t semaphores_offset = delta_bytes + bwd_align256(accum_floats * sizeof(float));
+  return BwdWorkspaceLayout{0, delta_bytes, semaphores_offset,
+                            semaphores_offset + bwd_align256(semaphores * sizeof(int))};
 }
 
 }  // namespace jax_flash
