@@ -4,7 +4,7 @@
 # device tool returns at most 8 files from $OUT). Usage:
 #   scripts/gpu_cycle.sh [build|test|memcheck|tools|pinned|bench]...   (default: build test)
 # Environment: JAX_FLASH_HEAD_DIMS / JAX_FLASH_DTYPES / JAX_FLASH_ARCHS (default 90a here), PYTEST_ARGS,
-# BENCH_ARGS, TOOLS, TOOL_DIMS, TOOL_FLAGS, TOOL_BIN, LOG, LOGS_NAME (two cycles at once: one name each).
+# BENCH_ARGS, TOOLS, TOOL_DIMS, SANITIZE_DIMS, TOOL_FLAGS, TOOL_BIN, LOG, LOGS_NAME (two cycles at once: one name each).
 set -uo pipefail
 OUT=${OUT:-/tmp/jax_flash_out}
 LOG=${LOG:-/tmp/jax_flash_logs}
@@ -81,13 +81,14 @@ for step in $steps; do
           bin=/tmp/${tool}_sm90_ws_check_$d
           [ -x $bin ] || { rc=1; echo "$tool D$d: compile failed"; continue; }
           timeout ${TOOL_TIMEOUT:-300} $bin >> "$LOG/${tool}_tool_$d.log" 2>&1 || { rc=1; echo "$tool D$d: exit $?"; }
+          grep -E "FAIL|ALL PASS" "$LOG/${tool}_tool_$d.log" | tail -3
+          case " ${SANITIZE_DIMS:-${TOOL_DIMS:-64 96 128}} " in *" $d "*) ;; *) continue ;; esac
           for check in memcheck racecheck synccheck; do
             timeout ${TOOL_TIMEOUT:-300} compute-sanitizer --tool $check --kernel-name kns=sm90_ws_kernel \
               --error-exitcode 9 $bin --small \
               > "$LOG/${tool}_${check}_$d.log" 2>&1 || rc=1
             tail -n 1 "$LOG/${tool}_${check}_$d.log"
           done
-          grep -E "FAIL|ALL PASS" "$LOG/${tool}_tool_$d.log" | tail -3
         done
       done
       probe=/tmp/racecheck_mbarrier_probe

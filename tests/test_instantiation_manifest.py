@@ -42,12 +42,14 @@ def test_warp_specialized_tiles_match_the_kernel_table():
     generate = _generate_module()
     assert set(generate.SM90A_DIRECTIONS["fwd_sm90_ws"][3]) == _table_tiles("kFwd", "kSm90Ws")
     assert set(generate.SM90A_DIRECTIONS["bwd_sm90_ws"][3]) == _table_tiles("kBwdDkDv", "kSm90Ws")
+    # The ordered-sums mode of the same kernel (the deterministic backward) has the same tiles.
+    assert set(generate.SM90A_DIRECTIONS["bwd_sm90_ws_ordered"][3]) == _table_tiles("kBwdDkDv", "kSm90Ws")
 
 
 def test_cmake_builds_the_warp_specialized_backward_for_its_tiles_only():
     generate = _generate_module()
     text = (ROOT / "CMakeLists.txt").read_text()
-    match = re.search(r'_dir STREQUAL "bwd_sm90_ws" AND NOT _hdim MATCHES "\^\(([0-9|x]+)\)\$"', text)
-    assert match, "CMakeLists.txt: the bwd_sm90_ws head-dim rule"
+    match = re.search(r'_dir MATCHES "\^bwd_sm90_ws" AND NOT _hdim MATCHES "\^\(([0-9|x]+)\)\$"', text)
+    assert match, "CMakeLists.txt: the bwd_sm90_ws (and bwd_sm90_ws_ordered) head-dim rule"
     names = {generate.hdim_name(d, dv) for d, dv in generate.SM90A_DIRECTIONS["bwd_sm90_ws"][3]}
     assert set(match.group(1).split("|")) == names

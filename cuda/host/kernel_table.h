@@ -15,7 +15,7 @@ enum class KernelVariant : int32_t {
   kSm90 = 2,  // Hopper (sm_90a builds on a compute capability 9.0 device): wgmma forward, wgmma dK/dV with
               // atomic dQ, TMA loads for the paged decode
   kSm90Ws = 3,  // Hopper, warp-specialized: TMA producer warpgroup, two consumer warpgroups (forward; dK/dV
-                // with atomic dQ, or without dQ beside the dq kernel)
+                // with dQ sums, atomic or, deterministic, in key-block order)
 };
 inline constexpr int kNumKernelVariants = 4;
 
@@ -82,7 +82,7 @@ inline constexpr KernelTile kKernelTable[] = {
     {KernelKind::kBwdDkDv, KernelVariant::kSm80, 256, 256, 64, 64},
     // dK/dV with atomic dQ, wgmma (kernels/bwd/tile_config_sm90.h Sm90BwdDefaultConfig::DkDv).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90, 128, 128, 64, 128},
-    // dK/dV with atomic dQ or without dQ, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
+    // dK/dV with atomic or ordered dQ sums, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
     // Sm90WsBwdDefaultConfig): head_dim == head_dim_v only (kernel_choice.cc).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 64, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128},

@@ -23,9 +23,8 @@
 // (ascending in dense grids, descending in packed ones: the launcher says which), so a CTA only ever waits on
 // CTAs launched before it, which hold an SM or are done, and no wait blocks forever. Each block has a
 // semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the writer of key
-// block n waits until it reads its turn (n - n_min, or n_max - 1 - n descending), adds, waits until its add is
-// complete, and increments it.
-// **Not yet run on a GPU**: only cuda/tools/bwd_sm90_ws_check.cu launches it.
+// block n waits until the count reaches its turn (n - n_min, or n_max - 1 - n descending), adds, waits until
+// its add is complete, and increments it. The deterministic backward runs it (bwd_launch.cuh, DqPath::kOrderedSums).
 #pragma once
 
 #include <cute/arch/copy_sm90_tma.hpp>
@@ -110,7 +109,11 @@ struct Sm90WsDqAccumBlocks {
         int n_min, n_max;
         w.mask.template n_block_range<Cfg::kBlockM, Cfg::kBlockN>(m_block, n_min, n_max);
         const int turn = launches_descending ? n_max - 1 - w.n_block : w.n_block - n_min;
-        Semaphore::wait_eq(semaphores + block, lane, 0, turn);
+        // At least `turn` adds done (equal with valid offsets; with cu_seqlens that overlap, blocks are shared
+        // between sequences and a count may pass a turn: no wait may then last forever, the sums are merely
+        // unspecified).
+        Semaphore::wait_lt(semaphores + block, lane, 0, turn);
+        if (lane == 0) fence_proxy_async_global();  // the acquired adds, ordered before this add (async proxy)
       }
       cutlass::arch::NamedBarrier::sync(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
       if (lane == 0) {
@@ -118,6 +121,7 @@ struct Sm90WsDqAccumBlocks {
         cute::tma_store_arrive();  // commit the bulk group
         if constexpr (kOrdered) {
           asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // the add is done, not only its reads
+          fence_proxy_async_global();  // and ordered before the release of arrive_inc (generic proxy)
         } else {
           cute::tma_store_wait<0>();  // the block has been read
         }
@@ -134,6 +138,10 @@ struct Sm90WsDqAccumBlocks {
     // The last adds complete before the CTA exits (the convert kernel runs after the grid).
     if (lane == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
   }
+
+  // Orders global-memory accesses of the generic proxy (the semaphores' acquire / release) with those of the
+  // async proxy (the bulk reduce-adds).
+  __device__ static void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;" ::: "memory"); }
 
   // gmem += smem, kBlockBytes, as one bulk asynchronous reduction (16-byte aligned both).
   __device__ static void reduce_add(float* gmem, const float* smem) {

@@ -10,12 +10,13 @@
 //                                         (times scale) and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
-// the CTA in a fixed order (dK / dV deterministic; dQ, where this kernel sums it, is not: the key blocks' CTAs
-// add into the same workspace blocks in whatever order they run).
+// the CTA in a fixed order (dK / dV deterministic; dQ as the key blocks' CTAs add it into the same workspace
+// blocks in whatever order they run is not, in key-block order behind semaphores it is: kDqOrdered).
 // Semantics are the other backward kernels': bottom-right aligned causal / window mask, softcap, packed
 // layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and, with kDq, a zeroed dq
 // accumulator in blocks, whose sums attn_bwd_dq_blocks_convert_kernel turns into dq (dq_accum_blocks.h).
-// Without dQ (the deterministic backward) the dq kernel computes dq afterwards (kernels/bwd/dq_kernel.cuh).
+// The mode without dQ (kDq false, then the dq kernel, kernels/bwd/dq_kernel.cuh) only the check tool runs now,
+// to time the two deterministic ways.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -98,8 +99,8 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
 }
 
 // kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop. kDq: dQ summed into
-// the workspace accumulator (the non-deterministic backward), or not at all (the deterministic one).
-// kDqOrdered (with kDq): the sums in key-block order, bitwise repeatable (dq_accum_blocks.h; not yet run).
+// the workspace accumulator, or not at all (the check tool's comparison). kDqOrdered (with kDq): the sums in
+// key-block order, bitwise repeatable: the deterministic backward (dq_accum_blocks.h).
 template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     attn_bwd_dkdv_sm90_ws_kernel(const __grid_constant__ Sm90WsBwdKernelParams<Cfg> kp) {
