@@ -118,6 +118,6 @@ NB_MODULE(_jax_flash_cuda, m) {
       nb::arg("feature"), nb::arg("dtype"), nb::arg("head_dim"), nb::arg("head_dim_v"), nb::arg("variant") = "auto",
       nb::arg("seqlen_k") = -1,
       "The kernel the launchers run for this call on the current device: {variant, tile, block_m, block_n, dq} "
-      "(dq: how a backward gets dq: dq_kernel, atomic_sums or ordered_sums); ValueError saying why when none can serve it. seqlen_k: the call's keys (packed: its "
-      "max_seqlen_k); -1 for a long call.");
+      "(dq: how a backward gets dq: dq_kernel, atomic_sums or ordered_sums); ValueError saying why when none "
+      "can serve it. seqlen_k: the call's keys (packed: its max_seqlen_k); -1 for a long call.");
 }
