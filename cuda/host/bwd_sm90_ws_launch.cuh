@@ -118,25 +118,30 @@ Status launch_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, 
   return Status{};
 }
 
-// The default tile of the head-dim pair (tile_size.h); run_attn_bwd has written delta and checked that the
-// device is a Hopper. dq_accum: the workspace's accumulator (the blocks layout of this tile).
-template <typename Element, int kHeadDim, int kHeadDimV>
-Status run_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
+// The default tile of the head-dim pair (tile_size.h), held to its kernel_table.h row; run_attn_bwd has written
+// delta and checked that the device is a Hopper. dq_accum: the workspace's accumulator (the blocks layout of this
+// tile); dq_semaphores: the workspace's, one int per block, for kOrderedSums.
+template <typename Element, int kHeadDim, int kHeadDimV, DqPath kDq>
+Status run_attn_bwd_sm90_ws_default_tile(const AttnBwdParams& params, const float* delta, float* dq_accum,
+                                         int* dq_semaphores, cudaStream_t stream) {
   using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
-  return launch_attn_bwd_sm90_ws<Cfg, DqPath::kAtomicSums>(params, delta, dq_accum, nullptr, stream);
+  return launch_attn_bwd_sm90_ws<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream);
 }
 
-// The same with the sums in key-block order (the deterministic backward); dq_semaphores: the workspace's, one
-// int per block.
+// The generated instantiations' entries: dQ summed as the adds come (the default backward), or in key-block
+// order (the deterministic one).
+template <typename Element, int kHeadDim, int kHeadDimV>
+Status run_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum, cudaStream_t stream) {
+  return run_attn_bwd_sm90_ws_default_tile<Element, kHeadDim, kHeadDimV, DqPath::kAtomicSums>(
+      params, delta, dq_accum, nullptr, stream);
+}
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_bwd_sm90_ws_ordered(const AttnBwdParams& params, const float* delta, float* dq_accum,
                                     int* dq_semaphores, cudaStream_t stream) {
-  using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
-  static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
-                "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
-  return launch_attn_bwd_sm90_ws<Cfg, DqPath::kOrderedSums>(params, delta, dq_accum, dq_semaphores, stream);
+  return run_attn_bwd_sm90_ws_default_tile<Element, kHeadDim, kHeadDimV, DqPath::kOrderedSums>(
+      params, delta, dq_accum, dq_semaphores, stream);
 }
 
 }  // namespace jax_flash

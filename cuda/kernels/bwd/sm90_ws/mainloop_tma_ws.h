@@ -109,8 +109,7 @@ struct Sm90WsBwdMainloop {
 
   // Host: encode the maps. The caller checked what a map needs (16-byte aligned bases and strides) and that
   // there are keys (seqlen_k > 0).
-  static Params make_params(const AttnBwdParams& p, const float* delta, float* dq_accum,
-                            int* dq_semaphores = nullptr) {
+  static Params make_params(const AttnBwdParams& p, const float* delta, float* dq_accum, int* dq_semaphores) {
     const bool packed = p.packed();
     auto k = Rows::tensor(p.k, shape_k(p), p.k_row_stride, p.k_head_stride, p.k_batch_stride, packed);
     auto v = Rows::tensor(p.v, shape_v(p), p.v_row_stride, p.v_head_stride, p.v_batch_stride, packed);
