@@ -58,10 +58,10 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
   if (params.heads_k > 65535 || params.layout_batch() > 65535) {
     return Status{name + ": batch and heads must each be <= 65535"};
   }
-  const dim3 grid = Sm90WsBwdScheduler<Cfg>::grid(params, params.heads_k);
+  constexpr bool kSums = kDq != DqPath::kDqKernel, kOrdered = kDq == DqPath::kOrderedSums;
+  const dim3 grid = Sm90WsBwdScheduler<Cfg, kOrdered>::grid(params, params.heads_k);
   const Sm90WsBwdKernelParams<Cfg> kernel_params{
       params, Sm90WsBwdMainloop<Cfg>::make_params(params, delta, dq_accum, dq_semaphores)};
-  constexpr bool kSums = kDq != DqPath::kDqKernel, kOrdered = kDq == DqPath::kOrderedSums;
   const auto kernel = params.softcap > 0.f ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, kSums, kOrdered>
                                            : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, kSums, kOrdered>;
   constexpr int kSmem = int(sizeof(Sm90WsBwdSharedStorage<Cfg>));

@@ -41,8 +41,12 @@ struct Sm90WsBwdKernelParams {
   typename Sm90WsBwdMainloop<Cfg>::Params mainloop;
 };
 
-template <class Cfg>
-using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/false>;
+// Ordered dQ sums launch the key blocks last first: under a causal mask key block n's first query block is
+// about n x kBlockN / kBlockM, so key block n + 1 reaches each of its query blocks before key block n does and
+// the adds, in the launch order, pipeline instead of every CTA waiting on key block 0 (which sees them all).
+// Otherwise ascending: the CTAs with the most steps under a causal mask start first.
+template <class Cfg, bool kDqOrdered = false>
+using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/kDqOrdered>;
 
 template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered>
 __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelParams<Cfg>& kp) {
@@ -55,7 +59,8 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
   extern __shared__ __align__(1024) char smem[];
   Storage& st = *reinterpret_cast<Storage*>(smem);
 
-  const WorkTile tile = Sm90WsBwdScheduler<Cfg>::get_tile(p);
+  using Scheduler = Sm90WsBwdScheduler<Cfg, kDqOrdered>;
+  const WorkTile tile = Scheduler::get_tile(p);
   if (!tile.valid()) return;
   const typename Mainloop::Work w(p, tile);
 
@@ -78,7 +83,7 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
       Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
     } else if (kDq && w.steps > 0 && warp == 1) {
       Sm90WsDqAccumBlocks<Cfg>::template write<kDqOrdered>(p, kp.mainloop.dq_accum, kp.mainloop.dq_semaphores, w,
-                                                           Sm90WsBwdScheduler<Cfg>::launches_descending(p),
+                                                           Scheduler::launches_descending(p),
                                                            st.dq.data());
     }
   } else {
