@@ -33,6 +33,29 @@ __device__ __forceinline__ auto swapped_identity() {
   return make_coord_tensor(make_layout(Shape<Int<kRows>, Int<kCols>>{}, make_stride(E<1>{}, E<0>{})));
 }
 
+// One pass per query of the thread: P = exp2(scores x log2_scale - lse x log2 e) into scores and dS into dp,
+// dS = (dP - delta) x P with kSubtractDelta, else dp x P (dp already holds the softcap's (dP - delta) x tanh').
+// Each query's lse (and delta) are loaded where they are used, in the one pass: with delta subtracted in a pass
+// of its own before the mask, ptxas spilled the uncapped consumers at D128 and at D64 128 x 128 (README.md).
+template <bool kSubtractDelta, class Scores, class Dp, class Coords>
+__device__ __forceinline__ void probs_times_dscores(Scores& scores, Dp& dp, Coords const& coords, const float* lse,
+                                                    const float* delta, ScoreScale const& sc) {
+  using namespace cute;
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(scores); ++r) {
+    const int query = get<0>(coords(r, 0));
+    const float lse_r = lse[query];
+    const float l = lse_r == -INFINITY ? INFINITY : lse_r * kLog2e;
+    const float d = kSubtractDelta ? delta[query] : 0.f;
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(scores); ++c) {
+      const float p = fast_exp2(scores(r, c) * sc.log2_scale - l);
+      scores(r, c) = p;
+      dp(r, c) = kSubtractDelta ? (dp(r, c) - d) * p : dp(r, c) * p;
+    }
+  }
+}
+
 // scores / dp: (query, key) views of this tile's S^T and dP^T accumulators; coords: the same view of the
 // (query, key) coordinates (tile-local). lse / delta: the tile's rows in shared memory, indexed by the
 // tile-local query. On return scores holds P and dp holds dS (without `scale`); masked entries are exactly 0.
@@ -57,25 +80,11 @@ __device__ __forceinline__ void probs_and_dscores_transposed(Scores& scores, Dp&
         dp(r, c) = (dp(r, c) - d) * (1.f - t * t);
       }
     }
+    if (needs_mask) mask.apply(scores, coords, row0, col0);
+    probs_times_dscores</*kSubtractDelta=*/false>(scores, dp, coords, lse, delta, sc);
   } else {
-    CUTE_UNROLL
-    for (int r = 0; r < size<0>(scores); ++r) {
-      const float d = delta[get<0>(coords(r, 0))];
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(scores); ++c) dp(r, c) -= d;
-    }
-  }
-  if (needs_mask) mask.apply(scores, coords, row0, col0);
-  CUTE_UNROLL
-  for (int r = 0; r < size<0>(scores); ++r) {
-    const float lse_r = lse[get<0>(coords(r, 0))];
-    const float l = lse_r == -INFINITY ? INFINITY : lse_r * kLog2e;
-    CUTE_UNROLL
-    for (int c = 0; c < size<1>(scores); ++c) {
-      const float p = fast_exp2(scores(r, c) * sc.log2_scale - l);
-      scores(r, c) = p;
-      dp(r, c) *= p;
-    }
+    if (needs_mask) mask.apply(scores, coords, row0, col0);  // scores only: dP needs no mask (P is 0 there)
+    probs_times_dscores</*kSubtractDelta=*/true>(scores, dp, coords, lse, delta, sc);
   }
 }
 
