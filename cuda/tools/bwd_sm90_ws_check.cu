@@ -648,7 +648,7 @@ std::vector<Case> correctness_cases(bool small) {
       {"packed causal seqused", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0},
        {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16, true},
       // More dK/dV CTAs (2 kv heads x 71 key blocks at D128) than an H100 has SMs: the ordered dQ sums' CTAs wait
-      // only on CTAs launched before them (packed grids launch each sequence's last key block first).
+      // only on CTAs launched before them (the ordered mode launches each sequence's last key block first).
       {"causal S9000 gqa2 (grid > SMs)", 1, 9000, 9000, 4, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
       {"packed long causal gqa2 (grid > SMs)", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {40, 9000}, {40, 9000}, {}, {},
        8, true},

@@ -2,8 +2,9 @@
 // kernels (blocks of keys, one kv head each) and the dq kernel.
 //
 // Grid (x, heads, sequences): dense x is the blocks of the longest sequence and z the batch; packed x is the
-// tile bound of packed_tiles.h and z is 1. kReverse hands out the last blocks first: under a causal mask the
-// last query blocks see the most keys, so the longest CTAs start early and the short ones fill in at the end.
+// tile bound of packed_tiles.h and z is 1. kReverse hands out the last blocks first: along queries under a
+// causal mask the last query blocks see the most keys, so the longest CTAs start early and the short ones fill in
+// at the end; along keys (the deterministic dK/dV kernel) it sets the order of the CTAs' ordered dQ adds.
 #pragma once
 
 #include <cuda_runtime.h>
