@@ -21,8 +21,8 @@
 // the key blocks that see a query block, [n_min, n_max) (AttnMask::n_block_range, the inverse of the dK/dV
 // CTA's own query-block range), add to it one after the other, in the order the scheduler launches their CTAs
 // (the kernel's scheduler says which: descending, dense and packed, for the ordered mode), so a CTA only
-// ever waits on CTAs launched before it, which hold an SM or are done, and no wait blocks forever. Each block has a
-// semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the writer of key
+// ever waits on CTAs launched before it, which hold an SM or are done, and no wait blocks forever. Each block
+// has a semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the writer of key
 // block n waits until the count reaches its turn (n - n_min, or n_max - 1 - n descending), adds, waits until
 // its add is complete, and increments it. The deterministic backward runs it (bwd_launch.cuh, DqPath::kOrderedSums).
 #pragma once
