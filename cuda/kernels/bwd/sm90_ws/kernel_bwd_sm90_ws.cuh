@@ -45,7 +45,7 @@ struct Sm90WsBwdKernelParams {
 // about n x kBlockN / kBlockM, so key block n + 1 reaches each of its query blocks before key block n does and
 // the adds, in the launch order, pipeline instead of every CTA waiting on key block 0 (which sees them all).
 // Otherwise ascending: the CTAs with the most steps under a causal mask start first.
-template <class Cfg, bool kDqOrdered = false>
+template <class Cfg, bool kDqOrdered>
 using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/kDqOrdered>;
 
 template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered>
