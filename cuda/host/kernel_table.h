@@ -84,7 +84,7 @@ inline constexpr KernelTile kKernelTable[] = {
     {KernelKind::kBwdDkDv, KernelVariant::kSm90, 128, 128, 64, 128},
     // dK/dV with atomic or ordered dQ sums, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
     // Sm90WsBwdDefaultConfig): head_dim == head_dim_v only (kernel_choice.cc).
-    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 64, 128},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 128, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128},
     // Paged, cp.async (kernels/fwd/paged_tile_config.h PagedDefaultConfig).

@@ -120,13 +120,15 @@ struct Sm90WsBwdConfig {
 };
 
 // The tile of each head-dim pair. FlashAttention-3 runs D128 with 64 x 128 (80 x 128 without masks, which
-// needs a wgmma N of 80) and D64 with 128 x 128; here D64 starts at 64 x 128 as well: at kBlockM 128 each
-// thread would hold 32 query columns of statistics and 64 + 64 S^T / dP^T accumulators (README.md).
+// needs a wgmma N of 80) and D64 with 128 x 128, as here: at D64 the dK / dV accumulators are small enough
+// that 128 queries per step fit without spills (each thread holds 64 + 64 S^T / dP^T accumulators), and the
+// step's fixed costs (the pipeline waits, lse / delta loads, the dQ block's add) are shared by twice the work
+// (H100: 1.17x the 64 x 128 tile's backward at S 16k, BENCHMARKS.md session 20).
 template <int kHeadDim, int kHeadDimV>
 struct Sm90WsBwdTileSize;
 template <>
 struct Sm90WsBwdTileSize<64, 64> {
-  static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
 };
 template <>
 struct Sm90WsBwdTileSize<96, 96> {
