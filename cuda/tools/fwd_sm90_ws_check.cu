@@ -4,7 +4,8 @@
 //
 // Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D; with
 // -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED the timings add FlashAttention-3's wider key tile, see tile_size.h;
-// -DCHECK_ALT_BLOCK_N=N times the key tile N instead):
+// -DCHECK_ALT_BLOCK_N=N times the key tile N instead; -DCHECK_BLOCK_M / _BLOCK_N / _PINGPONG / _OVERLAP check
+// and time that variant in place of the library's kernel, see TestedConfig):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
@@ -357,9 +358,39 @@ Result run_reference(const Problem<Element>& pr) {
   return res;
 }
 
+// The kernel under test: the library's (through its launcher), or, when any of -DCHECK_BLOCK_M=M,
+// -DCHECK_BLOCK_N=N, -DCHECK_PINGPONG=0/1, -DCHECK_OVERLAP=0/1 is given, that variant of the library's tile
+// (e.g. 192 x 128 at D64, or the steps of the schedule without pingpong / intra-warpgroup overlap), launched
+// directly for every case (correctness, --small, timing); the timing then shows the library's kernel beside it.
+#if defined(CHECK_BLOCK_M) || defined(CHECK_BLOCK_N) || defined(CHECK_PINGPONG) || defined(CHECK_OVERLAP)
+#define CHECK_OWN_VARIANT 1
+#ifndef CHECK_BLOCK_M
+#define CHECK_BLOCK_M Sm90WsTileSize<kD, kDv>::kBlockM
+#endif
+#ifndef CHECK_BLOCK_N
+#define CHECK_BLOCK_N Sm90WsTileSize<kD, kDv>::kBlockN
+#endif
+#ifndef CHECK_PINGPONG
+#define CHECK_PINGPONG Sm90WsTileSize<kD, kDv>::kPingpong
+#endif
+#ifndef CHECK_OVERLAP
+#define CHECK_OVERLAP 1
+#endif
+template <class Element>
+using TestedConfig = Sm90WsFwdConfig<Element, kD, kDv, CHECK_BLOCK_M, CHECK_BLOCK_N, 2, bool(CHECK_PINGPONG),
+                                     bool(CHECK_OVERLAP)>;
+constexpr bool kTestsOwnTile = true;
+#else
+constexpr bool kTestsOwnTile = false;
+#endif
+
 template <class Element>
 Status launch_new(const AttnFwdParams& p, cudaStream_t stream) {
+#if defined(CHECK_OWN_VARIANT)
+  return launch_attn_fwd_sm90_ws<TestedConfig<Element>>(p, stream);
+#else
   return run_attn_fwd_sm90_ws<Element, kD, kDv>(p, stream);
+#endif
 }
 
 // ---- Correctness ------------------------------------------------------------------------------------------------
@@ -458,13 +489,17 @@ void benchmark(const char* dtype) {
       float ms_wide = 0.f;
       double wide_diff = 0;
       if constexpr (kWideBlockN > 0) {
-        using Wide = Sm90WsFwdConfig<Element, kD, kDv, kWideBlockN, 2, Sm90WsTileSize<kD, kDv>::kPingpong>;
+        using Wide = Sm90WsFwdConfig<Element, kD, kDv, 128, kWideBlockN, 2, Sm90WsTileSize<kD, kDv>::kPingpong,
+                                     /*kIntraWgOverlap=*/true>;
         ms_wide = time_ms([&] { launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr); }, reps);
         pr.poison();
         check_status(launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr), "sm90_ws wide tile");
         CHECK_CUDA(cudaDeviceSynchronize());
         wide_diff = max_abs_diff(fetch(pr).out, cur.out);
       }
+      // With a variant under test (CHECK_OWN_VARIANT), the library's kernel beside it.
+      const float ms_library =
+          kTestsOwnTile ? time_ms([&] { run_attn_fwd_sm90_ws<Element, kD, kDv>(pr.p, nullptr); }, reps) : 0.f;
       CHECK_CUDA(cudaGetLastError());
       const double flops = 2.0 * batch * heads * double(s) * s * (kD + kDv) * (causal ? 0.5 : 1.0);
       std::printf("%-5s D%d/%d %-6s B%-2d S%-5d H%-2d current %7.3f ms %6.1f TFLOP/s | sm90_ws %7.3f ms %6.1f TFLOP/s"
@@ -474,6 +509,7 @@ void benchmark(const char* dtype) {
       if (ms_wide > 0.f) {
         std::printf(" | N%d %6.1f TFLOP/s, diff %.2e", kWideBlockN, flops / ms_wide * 1e-9, wide_diff);
       }
+      if (ms_library > 0.f) std::printf(" | library tile %6.1f TFLOP/s", flops / ms_library * 1e-9);
       std::printf("\n");
     }
   }

@@ -8,7 +8,9 @@
 // Consumers (each warpgroup its 64 rows), with intra-warpgroup overlap: step t issues S(t) = Q K(t)^T and
 // O += P(t-1) V(t-1) back to back, then runs the softmax of S(t) while P(t-1) V(t-1) is still on the tensor
 // cores; only then is P(t) written over P(t-1). With the pingpong (named_barriers.h), the warpgroups issue
-// their step's GEMMs in turn, so one's softmax also runs under the other's GEMMs.
+// their step's GEMMs in turn, so one's softmax also runs under the other's GEMMs. Without the overlap
+// (Cfg::kIntraWgOverlap false, to measure what it buys): S(t), its softmax, then P(t) V(t), each waited for;
+// the pingpong turn then covers S(t) alone.
 //
 // Rows past the sequence and columns past the real head dims arrive as zeros (the tensor maps are the real
 // shapes, and the TMA unit fills out-of-range boxes with zeros). Packed layouts: a key tile reaching past
@@ -241,12 +243,20 @@ struct Sm90WsMainloop {
     float correction[kRows];  // pending rescale of O (kRescaleBeforePv)
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) correction[r] = 1.f;
+    // O += P V of the tile whose P is in p_tile, waited for.
+    auto pv_now = [&] CUTLASS_LAMBDA_FUNC_INLINE {
+      wait(pipe_v, read_v);
+      warpgroup_fence_operand(tOrP);
+      wgmma_gemm<false>(mma_pv, tOrP, tOrVt(_, _, _, read_v.index()), acc_o);
+      release(pipe_v, read_v);
+    };
+    if constexpr (!Cfg::kIntraWgOverlap) pv_now();
 
     const int n_tiles = w.n_tiles();
     if (n_tiles > 1) turns.open_first();
 
     // Step t >= 1: S(t) and P(t-1) V(t-1) on the tensor cores, then the softmax of S(t).
-    auto step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
+    auto overlapped_step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
       const int n_block = w.n_max - 1 - t;
       wait(pipe_k, read_k);
       turns.sync_own();
@@ -273,6 +283,32 @@ struct Sm90WsMainloop {
       copy(convert_fragment<Element>(acc_s), p_tile);
       if constexpr (!Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
     };
+    // Step t >= 1 without the overlap: S(t) (the pingpong turn), its softmax (which rescales O directly: no
+    // P V is in flight), then P(t) V(t).
+    auto serial_step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
+      const int n_block = w.n_max - 1 - t;
+      wait(pipe_k, read_k);
+      turns.sync_own();
+      warpgroup_fence_operand(acc_s);
+      warpgroup_arrive();
+      wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, read_k.index()), acc_s);
+      warpgroup_commit_batch();
+      turns.open_next(t == n_tiles - 1);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_s);
+      release(pipe_k, read_k);
+      Tensor scores = finish_scores(n_block, masked_tag);
+      softmax.step(scores, acc_o_rc);
+      copy(convert_fragment<Element>(acc_s), p_tile);
+      pv_now();
+    };
+    auto step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
+      if constexpr (Cfg::kIntraWgOverlap) {
+        overlapped_step(t, masked_tag);
+      } else {
+        serial_step(t, masked_tag);
+      }
+    };
 
     // Tiles run from the last key block down in three phases: masked tiles at the seqlen-k / right-window
     // edge, fully visible tiles, masked tiles at the left-window edge (one loop body per kind).
@@ -289,11 +325,10 @@ struct Sm90WsMainloop {
     for (; t < n_tiles; ++t) step(t, cute::true_type{});
 
     // The last P V.
-    if constexpr (Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
-    wait(pipe_v, read_v);
-    warpgroup_fence_operand(tOrP);
-    wgmma_gemm<false>(mma_pv, tOrP, tOrVt(_, _, _, read_v.index()), acc_o);
-    release(pipe_v, read_v);
+    if constexpr (Cfg::kIntraWgOverlap) {
+      if constexpr (Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
+      pv_now();
+    }
   }
 };
 

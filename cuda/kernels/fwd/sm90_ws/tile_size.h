@@ -1,10 +1,11 @@
 // Tile shapes, thread roles and register budgets of the warp-specialized Hopper forward (sm_90a), per head dim.
 //
-// A CTA is 1 producer warpgroup + kBlockM / 64 consumer warpgroups. The producer's first thread issues every
-// TMA load; the consumers each own 64 query rows of the tile and run the two products as wgmma: S = Q K^T with
-// Q and K in shared memory, O += P V with P from registers and V read through its transposed (MN-major) view.
-// setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers (which hold the
-// S, P and O fragments): 24 + 2 x 240 per thread, 3 x 128 threads, within the 64K registers of an SM.
+// A CTA is 1 producer warpgroup + kBlockM / 64 consumer warpgroups (2 or 3). The producer's first thread
+// issues every TMA load; the consumers each own 64 query rows of the tile and run the two products as wgmma:
+// S = Q K^T with Q and K in shared memory, O += P V with P from registers and V read through its transposed
+// (MN-major) view. setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers
+// (which hold the S, P and O fragments), within the 64K registers of an SM: 24 + 2 x 240 per thread with two
+// consumer warpgroups, 32 + 3 x 160 with three (FlashAttention-3's split for its 192-row D64 tile).
 //
 // Per head dim (Sm90WsTileSize): a key tile as wide as Q + 2 stages of K and V allow in the 227 KB of shared
 // memory; the pingpong between the consumer warpgroups (their GEMMs take turns, so one's softmax runs under
@@ -23,15 +24,20 @@
 
 namespace jax_flash {
 
-template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockN_, int kStages_, bool kPingpong_>
+template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingpong_,
+          bool kIntraWgOverlap_>
 struct Sm90WsFwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kHeadDimV = kHeadDimV_;
-  static constexpr int kBlockM = 128;
+  static constexpr int kBlockM = kBlockM_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   static constexpr bool kPingpong = kPingpong_;
+  // Each warpgroup issues S(t) = Q K(t)^T and P(t-1) V(t-1) together and runs the softmax of S(t) under them
+  // (mainloop_tma_ws.h); false: S(t), its softmax, then P(t) V(t), one after the other (kept to measure what
+  // the overlap buys; every default tile overlaps).
+  static constexpr bool kIntraWgOverlap = kIntraWgOverlap_;
   // Rescale O by the softmax correction before the P V product that adds to it (under the QK^T in flight)
   // rather than after it: for wide O the rescale is long enough to be worth hiding.
   static constexpr bool kRescaleBeforePv = kHeadDimV > 128;
@@ -39,9 +45,9 @@ struct Sm90WsFwdConfig {
   static constexpr int kMmaWarpgroups = kBlockM / 64;
   static constexpr int kMmaThreads = 128 * kMmaWarpgroups;
   static constexpr int kThreads = 128 + kMmaThreads;
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kMmaRegs = 240;
-  static_assert(kMmaWarpgroups == 2, "register budget set for 2 consumer warpgroups");
+  static_assert(kBlockM == 128 || kBlockM == 192, "2 or 3 consumer warpgroups of 64 rows");
+  static constexpr int kProducerRegs = kMmaWarpgroups == 2 ? 24 : 32;
+  static constexpr int kMmaRegs = kMmaWarpgroups == 2 ? 240 : 160;
   static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 64 * 1024, "registers of one SM");
 
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
@@ -75,47 +81,49 @@ struct Sm90WsFwdConfig {
   static constexpr int kBytesV = kBlockN * kHeadDimV * int(sizeof(Element));
 };
 
-// The tile of each head-dim pair (key tile, K/V stages, pingpong). FlashAttention-3's choices for two consumer
-// warpgroups of 64 rows, except where its key tile (D96: 144, D192: 112, D256: 80, D128 unmasked: 176) needs
-// a wgmma N that CuTe offers only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED: without it CuTe would run such a
-// tile as N = 16 or 48 instructions (the static_assert above refuses that), so the defaults take the next
-// standard N below. The wider tiles are timed by cuda/tools/fwd_sm90_ws_check.cu when the macro is defined.
+// The tile of each head-dim pair (query rows, key tile, K/V stages, pingpong). FlashAttention-3's choices for two
+// consumer warpgroups of 64 rows, except where its key tile (D96: 144, D192: 112, D256: 80, D128 unmasked: 176)
+// needs a wgmma N that CuTe offers only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED: without it CuTe would run
+// such a tile as N = 16 or 48 instructions (the static_assert above refuses that), so the defaults take the
+// next standard N below. The wider tiles are timed by cuda/tools/fwd_sm90_ws_check.cu when the macro is
+// defined; its D64 tile, 192 x 128 with three consumer warpgroups, with -DCHECK_BLOCK_M=192 -DCHECK_BLOCK_N=128.
 template <int kHeadDim, int kHeadDimV>
 struct Sm90WsTileSize;
 template <>
 struct Sm90WsTileSize<64, 64> {
-  static constexpr int kBlockN = 192, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 192, kStages = 2;
   static constexpr bool kPingpong = true;
 };
 template <>
 struct Sm90WsTileSize<96, 96> {
-  static constexpr int kBlockN = 128, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = true;
 };
 template <>
 struct Sm90WsTileSize<128, 128> {
-  static constexpr int kBlockN = 128, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = true;
 };
 template <>
 struct Sm90WsTileSize<192, 128> {
-  static constexpr int kBlockN = 128, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = false;
 };
 template <>
 struct Sm90WsTileSize<192, 192> {
-  static constexpr int kBlockN = 96, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 96, kStages = 2;
   static constexpr bool kPingpong = false;
 };
 template <>
 struct Sm90WsTileSize<256, 256> {
-  static constexpr int kBlockN = 64, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2;
   static constexpr bool kPingpong = false;
 };
 
 template <typename Element, int kHeadDim, int kHeadDimV>
 using Sm90WsFwdDefaultConfig =
-    Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Sm90WsTileSize<kHeadDim, kHeadDimV>::kBlockN,
-                    Sm90WsTileSize<kHeadDim, kHeadDimV>::kStages, Sm90WsTileSize<kHeadDim, kHeadDimV>::kPingpong>;
+    Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Sm90WsTileSize<kHeadDim, kHeadDimV>::kBlockM,
+                    Sm90WsTileSize<kHeadDim, kHeadDimV>::kBlockN, Sm90WsTileSize<kHeadDim, kHeadDimV>::kStages,
+                    Sm90WsTileSize<kHeadDim, kHeadDimV>::kPingpong, /*kIntraWgOverlap=*/true>;
 
 }  // namespace jax_flash
