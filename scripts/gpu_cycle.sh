@@ -102,7 +102,9 @@ for step in $steps; do
       done
       ;;
     pinned)
-      # The GPU suite under each kernel family (cases a family has no kernel for skip, tests/conftest.py).
+      # The GPU suite under each kernel family (cases a family has no kernel for skip, tests/conftest.py). The
+      # grids run only their deterministic variant there: the unpinned suite runs the others by name
+      # (tests/gpu_harness.py variant_or_skip), so a pinned run is the non-grid tests plus that one variant.
       rc=0
       for variant in ${VARIANTS:-sm80 sm90 sm90_ws}; do
         (cd /tmp && JAX_FLASH_KERNEL_VARIANT=$variant timeout ${TEST_TIMEOUT:-450} python3 -m pytest -q \

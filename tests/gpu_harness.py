@@ -17,6 +17,7 @@ import pytest
 
 import jax_flash
 from jax_flash import _ffi, reference
+from jax_flash.ops import _config
 from oracle import check_oracle
 
 
@@ -45,10 +46,19 @@ def assert_bitwise(names, a, b, what):
 GRID_VARIANTS = ("auto", "sm80", "sm90", "sm90_ws", "deterministic")
 
 
+def _environment_pin():
+    """The variant JAX_FLASH_KERNEL_VARIANT pins for the whole suite (scripts/gpu_cycle.sh pinned), or "auto"."""
+    return os.environ.get(_config.VARIANT_ENV) or "auto"
+
+
 def _variant_kernels(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
     """(pin, deterministic, the kernels both directions run) of a grid variant, or None where this machine
-    cannot run it. seqlen_k: the case's keys (the automatic choice depends on them at some tiles); None: long."""
-    pin, deterministic = ("auto", True) if variant == "deterministic" else (variant, False)
+    cannot run it. seqlen_k: the case's keys (the automatic choice depends on them at some tiles); None: long.
+    The deterministic variant runs the deterministic backward of the environment's pin (else of "auto")."""
+    if variant == "deterministic":
+        pin, deterministic = _environment_pin(), True
+    else:
+        pin, deterministic = variant, False
     try:
         kernels = [sorted(_ffi.kernel_choice(feature, dtype, head_dim, head_dim_v, pin, seqlen_k).items())
                    for feature in ("fwd", "bwd_deterministic" if deterministic else "bwd")]
@@ -60,7 +70,13 @@ def _variant_kernels(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
 def variant_or_skip(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
     """(pin, deterministic) to run a case under the grid variant `variant`. Skips where the machine cannot run
     it, or where an earlier variant of GRID_VARIANTS runs the same kernels (above head dim 128, say, the
-    deterministic backward is the only one; at D64 up to 1024 keys "auto" runs the sm80 kernels)."""
+    deterministic backward is the only one; at D64 up to 1024 keys "auto" runs the sm80 kernels).
+
+    Under a pin of the whole suite (JAX_FLASH_KERNEL_VARIANT) the grids run only their deterministic variant,
+    with that pin's deterministic backward: the others name their kernels explicitly, so they would repeat
+    exactly the cases of the unpinned suite (which runs every variant by name)."""
+    if _environment_pin() != "auto" and variant != "deterministic":
+        pytest.skip(f"grid variant {variant} runs by name in the unpinned suite (pinned: {_environment_pin()})")
     this = _variant_kernels(variant, dtype, head_dim, head_dim_v, seqlen_k)
     if this is None:
         pytest.skip(f"kernel variant {variant} cannot run {dtype} D={head_dim}/{head_dim_v} here")

@@ -1,11 +1,13 @@
 """tests/conftest.py under a pinned kernel variant: a GPU case the pinned family cannot serve is skipped with
 the reason; the same error without a pin, in a CPU case, or any other error still fails. A GPU case on head dims
-a subset build left out is skipped with or without a pin, a CPU case with that error still fails."""
+a subset build left out is skipped with or without a pin, a CPU case with that error still fails. The grids
+(gpu_harness.variant_or_skip) under a pin run only their deterministic variant, with the pin's backward."""
 
 import os
 
 import pytest
 
+import gpu_harness
 from conftest import NOT_IN_THIS_BUILD, PINNED_VARIANT_CANNOT_RUN
 
 pytest_plugins = ["pytester"]
@@ -64,3 +66,32 @@ def test_gpu_cases_on_head_dims_not_built_skip(pytester, monkeypatch, pin):
     result = _run_cases(pytester, monkeypatch, pin, NOT_BUILT)
     result.assert_outcomes(skipped=1, failed=1)
     result.stdout.fnmatch_lines(["*not in this build*"])
+
+
+def _fake_kernel_choice(calls):
+    """A stand-in for _ffi.kernel_choice: every variant can run, and each (feature, pin) picks its own kernel."""
+    def kernel_choice(feature, dtype, head_dim, head_dim_v, variant, seqlen_k):
+        calls.append((feature, variant))
+        return {"variant": variant, "feature": feature}
+    return kernel_choice
+
+
+@pytest.mark.parametrize("variant", ["auto", "sm80", "sm90", "sm90_ws"])
+def test_grid_variants_by_name_skip_under_a_pin(monkeypatch, variant):
+    calls = []
+    monkeypatch.setattr(gpu_harness._ffi, "kernel_choice", _fake_kernel_choice(calls))
+    monkeypatch.setenv("JAX_FLASH_KERNEL_VARIANT", "sm80")
+    with pytest.raises(pytest.skip.Exception, match="runs by name in the unpinned suite"):
+        gpu_harness.variant_or_skip(variant, "bfloat16", 128, 128)
+    monkeypatch.setenv("JAX_FLASH_KERNEL_VARIANT", "")
+    assert gpu_harness.variant_or_skip(variant, "bfloat16", 128, 128) == (variant, False)
+
+
+@pytest.mark.parametrize("pin", ["sm80", "sm90_ws", "", "auto"])
+def test_grid_deterministic_variant_runs_the_pins_backward(monkeypatch, pin):
+    calls = []
+    monkeypatch.setattr(gpu_harness._ffi, "kernel_choice", _fake_kernel_choice(calls))
+    monkeypatch.setenv("JAX_FLASH_KERNEL_VARIANT", pin)
+    want = pin or "auto"
+    assert gpu_harness.variant_or_skip("deterministic", "bfloat16", 128, 128) == (want, True)
+    assert ("bwd_deterministic", want) in calls
