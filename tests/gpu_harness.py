@@ -41,8 +41,9 @@ def assert_bitwise(names, a, b, what):
 
 # The kernel variants a grid runs under: the default kernels ("auto": on a Hopper the warp-specialized forward
 # with the atomic backward), each pinned forward + atomic backward family, and the deterministic backward (after
-# the "auto" forward). On an H100: the sm90_ws, sm80 and sm90 forwards, the sm80, sm90 and sm90_ws atomic dK/dV
-# and the deterministic dq kernel.
+# the "auto" forward; under a pin of the whole suite, the pin's). On an H100: the sm90_ws, sm80 and sm90
+# forwards, the sm80, sm90 and sm90_ws atomic dK/dV, and the deterministic backward (the sm90_ws kernel's
+# ordered dQ sums up to head dim 128, the dq kernel above).
 GRID_VARIANTS = ("auto", "sm80", "sm90", "sm90_ws", "deterministic")
 
 
@@ -79,7 +80,9 @@ def variant_or_skip(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
         pytest.skip(f"grid variant {variant} runs by name in the unpinned suite (pinned: {_environment_pin()})")
     this = _variant_kernels(variant, dtype, head_dim, head_dim_v, seqlen_k)
     if this is None:
-        pytest.skip(f"kernel variant {variant} cannot run {dtype} D={head_dim}/{head_dim_v} here")
+        pin = _environment_pin()
+        pinned = f" under the {pin} pin" if variant == "deterministic" and pin != "auto" else ""
+        pytest.skip(f"kernel variant {variant}{pinned} cannot run {dtype} D={head_dim}/{head_dim_v} here")
     for earlier in GRID_VARIANTS[:GRID_VARIANTS.index(variant)]:
         other = _variant_kernels(earlier, dtype, head_dim, head_dim_v, seqlen_k)
         if other is not None and other[2] == this[2]:

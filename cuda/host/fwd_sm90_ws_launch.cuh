@@ -19,7 +19,17 @@
 
 namespace jax_flash {
 
-template <class Cfg>
+// The device's multiprocessors (a property of the device, not of the data), for the persistent grid.
+inline Status device_sm_count(int* sm_count) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(sm_count, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return Status{std::string("attn_fwd_sm90_ws: SM count: ") + cudaGetErrorString(err)};
+  return Status{};
+}
+
+// kPersistent: one CTA per SM walking the tiles (Sm90WsPersistentScheduler), else one CTA per tile.
+template <class Cfg, bool kPersistent>
 Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream) {
 #ifndef JAX_FLASH_HAS_SM90A
   return Status{"attn_fwd_sm90_ws: this build has no sm_90a code"};
@@ -41,10 +51,26 @@ Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream)
   if (params.heads_q > 65535 || params.layout_batch() > 65535) {
     return Status{"attn_fwd_sm90_ws: batch and heads must each be <= 65535"};
   }
-  const dim3 grid = Sm90WsScheduler<Cfg>::grid(params, params.heads_q);
+  dim3 grid;
+  if constexpr (kPersistent) {
+    int sm_count = 0;
+    if (Status s = device_sm_count(&sm_count); !s.ok()) return s;
+    grid = Sm90WsPersistentScheduler<Cfg>::grid(params, params.heads_q, sm_count);
+  } else {
+    grid = Sm90WsScheduler<Cfg>::grid(params, params.heads_q);
+  }
   const Sm90WsKernelParams<Cfg> kernel_params{params, Sm90WsMainloop<Cfg>::make_params(params)};
-  auto kernel = params.softcap > 0.f ? &attn_fwd_sm90_ws_kernel<Cfg, true> : &attn_fwd_sm90_ws_kernel<Cfg, false>;
+  // (if constexpr: the library's single-tile launch does not instantiate the persistent kernels.)
+  auto kernel = [&] {
+    if constexpr (kPersistent) {
+      return params.softcap > 0.f ? &attn_fwd_sm90_ws_persistent_kernel<Cfg, true>
+                                  : &attn_fwd_sm90_ws_persistent_kernel<Cfg, false>;
+    } else {
+      return params.softcap > 0.f ? &attn_fwd_sm90_ws_kernel<Cfg, true> : &attn_fwd_sm90_ws_kernel<Cfg, false>;
+    }
+  }();
   constexpr int kSmem = int(sizeof(Sm90WsSharedStorage<Cfg>));
+  static_assert(kSmem <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, "attn_fwd_sm90_ws"); !s.ok()) return s;
   kernel<<<grid, Cfg::kThreads, kSmem, stream>>>(kernel_params);
   const cudaError_t err = cudaGetLastError();
@@ -63,7 +89,7 @@ Status run_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream) {
   using Cfg = Sm90WsFwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kFwd, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsFwdDefaultConfig's tile");
-  return launch_attn_fwd_sm90_ws<Cfg>(params, stream);
+  return launch_attn_fwd_sm90_ws<Cfg, /*kPersistent=*/false>(params, stream);
 }
 
 }  // namespace jax_flash

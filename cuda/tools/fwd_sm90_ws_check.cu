@@ -4,8 +4,8 @@
 //
 // Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D; with
 // -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED the timings add FlashAttention-3's wider key tile, see tile_size.h;
-// -DCHECK_ALT_BLOCK_N=N times the key tile N instead; -DCHECK_BLOCK_M / _BLOCK_N / _PINGPONG / _OVERLAP check
-// and time that variant in place of the library's kernel, see TestedConfig):
+// -DCHECK_ALT_BLOCK_N=N times the key tile N instead; -DCHECK_BLOCK_M / _BLOCK_N / _PINGPONG / _OVERLAP /
+// _PERSISTENT check and time that variant in place of the library's kernel, see TestedConfig):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
@@ -359,10 +359,12 @@ Result run_reference(const Problem<Element>& pr) {
 }
 
 // The kernel under test: the library's (through its launcher), or, when any of -DCHECK_BLOCK_M=M,
-// -DCHECK_BLOCK_N=N, -DCHECK_PINGPONG=0/1, -DCHECK_OVERLAP=0/1 is given, that variant of the library's tile
-// (e.g. 192 x 128 at D64, or the steps of the schedule without pingpong / intra-warpgroup overlap), launched
-// directly for every case (correctness, --small, timing); the timing then shows the library's kernel beside it.
-#if defined(CHECK_BLOCK_M) || defined(CHECK_BLOCK_N) || defined(CHECK_PINGPONG) || defined(CHECK_OVERLAP)
+// -DCHECK_BLOCK_N=N, -DCHECK_PINGPONG=0/1, -DCHECK_OVERLAP=0/1, -DCHECK_PERSISTENT=0/1 is given, that variant
+// of the library's tile (e.g. 192 x 128 at D64, the steps of the schedule without pingpong / intra-warpgroup
+// overlap, or the persistent grid), launched directly for every case (correctness, --small, timing); the timing
+// then shows the library's kernel beside it.
+#if defined(CHECK_BLOCK_M) || defined(CHECK_BLOCK_N) || defined(CHECK_PINGPONG) || defined(CHECK_OVERLAP) || \
+    defined(CHECK_PERSISTENT)
 #define CHECK_OWN_VARIANT 1
 #ifndef CHECK_BLOCK_M
 #define CHECK_BLOCK_M Sm90WsTileSize<kD, kDv>::kBlockM
@@ -376,6 +378,9 @@ Result run_reference(const Problem<Element>& pr) {
 #ifndef CHECK_OVERLAP
 #define CHECK_OVERLAP 1
 #endif
+#ifndef CHECK_PERSISTENT
+#define CHECK_PERSISTENT 0
+#endif
 template <class Element>
 using TestedConfig = Sm90WsFwdConfig<Element, kD, kDv, CHECK_BLOCK_M, CHECK_BLOCK_N, 2, bool(CHECK_PINGPONG),
                                      bool(CHECK_OVERLAP)>;
@@ -387,7 +392,7 @@ constexpr bool kTestsOwnTile = false;
 template <class Element>
 Status launch_new(const AttnFwdParams& p, cudaStream_t stream) {
 #if defined(CHECK_OWN_VARIANT)
-  return launch_attn_fwd_sm90_ws<TestedConfig<Element>>(p, stream);
+  return launch_attn_fwd_sm90_ws<TestedConfig<Element>, bool(CHECK_PERSISTENT)>(p, stream);
 #else
   return run_attn_fwd_sm90_ws<Element, kD, kDv>(p, stream);
 #endif
@@ -489,11 +494,11 @@ void benchmark(const char* dtype) {
       float ms_wide = 0.f;
       double wide_diff = 0;
       if constexpr (kWideBlockN > 0) {
-        using Wide = Sm90WsFwdConfig<Element, kD, kDv, 128, kWideBlockN, 2, Sm90WsTileSize<kD, kDv>::kPingpong,
-                                     /*kIntraWgOverlap=*/true>;
-        ms_wide = time_ms([&] { launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr); }, reps);
+        using Wide = Sm90WsFwdConfig<Element, kD, kDv, Sm90WsTileSize<kD, kDv>::kBlockM, kWideBlockN, 2,
+                                     Sm90WsTileSize<kD, kDv>::kPingpong, /*kIntraWgOverlap=*/true>;
+        ms_wide = time_ms([&] { launch_attn_fwd_sm90_ws<Wide, false>(pr.p, nullptr); }, reps);
         pr.poison();
-        check_status(launch_attn_fwd_sm90_ws<Wide>(pr.p, nullptr), "sm90_ws wide tile");
+        check_status(launch_attn_fwd_sm90_ws<Wide, false>(pr.p, nullptr), "sm90_ws wide tile");
         CHECK_CUDA(cudaDeviceSynchronize());
         wide_diff = max_abs_diff(fetch(pr).out, cur.out);
       }

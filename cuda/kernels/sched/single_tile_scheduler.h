@@ -17,7 +17,7 @@
 namespace jax_flash {
 
 // Grid x-extent along one axis: blocks of the longest sequence (dense) or the packed bound.
-__host__ __forceinline__ int tile_grid_x(const AttnFwdParams& p, int rows, int block) {
+__host__ __device__ __forceinline__ int tile_grid_x(const AttnFwdParams& p, int rows, int block) {
   return p.packed() ? ceil_div(rows, block) + p.batch : ceil_div(rows, block);
 }
 

@@ -15,8 +15,9 @@
 //
 // Registers per consumer thread (fp32 values unless said), Dv = D:
 //   dK, dV accumulators       2 x 64 D / 128 = D              (128 at D128), live for the whole query loop
-//   S^T, dP^T accumulators    2 x 64 kBlockM / 128 = kBlockM   (64), then P, dS in the element type (32 registers)
-//   dQ accumulator            kBlockM D / 256                  (32 at D128), while P / dS are still read
+//   S^T, dP^T accumulators    2 x 64 kBlockM / 128 = kBlockM   (64 at D128, 128 at D64), then P, dS in the
+//                                                              element type (half as many registers)
+//   dQ accumulator            kBlockM D / 256                  (32 at D128 and at D64), while P / dS are read
 // The per-query statistics (lse, delta) are read from shared memory where they are used (transposed_math.h).
 // setmaxnreg gives the consumers 240 (24 x 128 + 240 x 256 = 64,512 of the SM's 65,536). README.md has the
 // table per head dim and what ptxas reports.

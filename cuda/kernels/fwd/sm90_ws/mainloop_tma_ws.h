@@ -3,7 +3,7 @@
 //
 // Producer (one thread): Q once, then the key tiles from the last visible block down, K of tile t+1 ahead of
 // V of tile t, because the consumers need them in that order (below). Each tile is one TMA box set completing
-// on its stage's full barrier; a stage is reused once both consumer warpgroups released it.
+// on its stage's full barrier; a stage is reused once every consumer warpgroup released it.
 //
 // Consumers (each warpgroup its 64 rows), with intra-warpgroup overlap: step t issues S(t) = Q K(t)^T and
 // O += P(t-1) V(t-1) back to back, then runs the softmax of S(t) while P(t-1) V(t-1) is still on the tensor
@@ -122,9 +122,14 @@ struct Sm90WsMainloop {
             Rows::template load<typename Cfg::SmemLayoutV, TileV>(v)};
   }
 
-  // Producer: run by one thread, for a block with at least one key tile.
+  // Producer: run by one thread, for a block with at least one key tile. write_k / write_v: the pipelines'
+  // states, carried from tile to tile by a persistent CTA (cutlass::make_producer_start_state for the first).
+  // before_q() runs after the first K tile is issued and before Q is: a persistent CTA waits there for the
+  // Q / O buffer, so that the first K load overlaps the previous tile's output.
+  template <class BeforeQ>
   __device__ static void load(const Params& mp, const AttnFwdParams& p, Storage& st, Pipeline& pipe_k,
-                              Pipeline& pipe_v, const FwdBlockWork& w) {
+                              Pipeline& pipe_v, const FwdBlockWork& w, PipelineState& write_k,
+                              PipelineState& write_v, BeforeQ&& before_q) {
     using namespace cute;
     prefetch_tma_descriptor(mp.tma_q.get_tma_descriptor());
     prefetch_tma_descriptor(mp.tma_k.get_tma_descriptor());
@@ -149,8 +154,6 @@ struct Sm90WsMainloop {
     Tensor tVgV = group_modes<0, 3>(cta_v.partition_S(gV));
     Tensor tVsV = group_modes<0, 3>(cta_v.partition_D(sV));
 
-    PipelineState write_k = cutlass::make_producer_start_state<Pipeline>();
-    PipelineState write_v = write_k;
     // K / V are read by every query block of the head: keep them in L2; Q is read once.
     auto load_k = [&](int n_block) CUTLASS_LAMBDA_FUNC_INLINE {
       pipe_k.producer_acquire(write_k);
@@ -166,6 +169,7 @@ struct Sm90WsMainloop {
     };
 
     load_k(w.n_max - 1);
+    before_q();
     st.barrier_q.arrive_and_expect_tx(Cfg::kBytesQ);
     copy(mp.tma_q.with(reinterpret_cast<uint64_t&>(st.barrier_q), 0, TMA::CacheHintSm90::EVICT_FIRST), tQgQ, tQsQ);
 #pragma unroll 1
@@ -178,9 +182,12 @@ struct Sm90WsMainloop {
 
   // Consumers: acc_o (the PV accumulator partition of thread tidx, 0 .. kMmaThreads - 1, zeroed) and softmax
   // end holding the unnormalized output and the row statistics of every visible key. Needs >= 1 key tile.
+  // read_k / read_v: the pipelines' states (carried from tile to tile by a persistent CTA); q_phase: the phase
+  // of barrier_q that this tile's Q completes.
   template <bool kSoftcap, class AccO, int kRows>
   __device__ static void mma(Storage& st, Pipeline& pipe_k, Pipeline& pipe_v, const FwdBlockWork& w, int tidx,
-                             const ScoreScale& score_scale, AccO& acc_o, OnlineSoftmax<kRows>& softmax) {
+                             const ScoreScale& score_scale, AccO& acc_o, OnlineSoftmax<kRows>& softmax,
+                             PipelineState& read_k, PipelineState& read_v, uint32_t q_phase) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Cfg::SmemLayoutK{});
@@ -201,7 +208,6 @@ struct Sm90WsMainloop {
     // One arrival per warpgroup frees a stage (the empty barriers count warpgroups): a warpgroup's wgmma
     // reads of a stage are complete once its wait returns.
     const bool signals_release = tidx % 128 == 0;
-    PipelineState read_k, read_v;
     auto wait = [](Pipeline& pipe, PipelineState& s) CUTLASS_LAMBDA_FUNC_INLINE {
       pipe.consumer_wait(s, pipe.consumer_try_wait(s));
     };
@@ -220,7 +226,7 @@ struct Sm90WsMainloop {
     };
 
     // First key tile: nothing to overlap with yet, and O is zero, so the softmax may rescale it directly.
-    st.barrier_q.wait(0);
+    st.barrier_q.wait(q_phase);
     wait(pipe_k, read_k);
     wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, read_k.index()), acc_s);
     release(pipe_k, read_k);
@@ -230,7 +236,7 @@ struct Sm90WsMainloop {
     }
     // Packed layouts: the first key tile is the only one that can reach past the sequence; its rows of V
     // there are zeroed (the consumer warpgroups split them, then meet) before any P V. Done before the
-    // pingpong turns start, because it waits for the other warpgroup. The stage's TMA load must have landed.
+    // pingpong turns start, because it waits for the other warpgroups. The stage's TMA load must have landed.
     const int v_tail_valid_rows = w.seq.seqlen_k - (w.n_max - 1) * kBlockN;
     if (w.seq.packed && v_tail_valid_rows < kBlockN) {
       Tensor sV = make_tensor(make_smem_ptr(st.v.data()), typename Cfg::SmemLayoutV{});

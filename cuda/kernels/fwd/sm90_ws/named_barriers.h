@@ -14,9 +14,10 @@ enum class Sm90WsBarrier : int {
   kVTailZeroed = 4,    // packed: the rows of V past the sequence are zeroed (mainloop_tma_ws.h)
 };
 
-// Pingpong: the consumer warpgroups issue the GEMMs of a mainloop step in turn (0, 1, ..., 0, 1, ...), so the
-// tensor cores run one warpgroup's GEMMs while the others do their softmax. Warpgroup w waits on its barrier
-// (sync), issues, then opens the next warpgroup's barrier (arrive); each barrier counts the two warpgroups.
+// Pingpong: the consumer warpgroups issue the GEMMs of a mainloop step in turn (0, 1, 0, 1, ... or 0, 1, 2, 0, ...),
+// so the tensor cores run one warpgroup's GEMMs while the others do their softmax. Warpgroup w waits on its
+// barrier (sync), issues, then opens the next warpgroup's barrier (arrive); each barrier counts two warpgroups,
+// whatever their number: the one waiting on it and the one before it, which opens it (256 threads).
 // Every warpgroup takes the same number of turns (the tile's key steps), and the counts balance: the last
 // warpgroup opens warpgroup 0's first turn up front and skips the arrive after its own last turn, so no
 // barrier is left with a pending arrival when the CTA exits. kEnabled = false: no-ops.

@@ -21,7 +21,12 @@ struct Sm90WsSharedStorage {
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutV>, 1024> v;
   typename Pipeline::SharedStorage pipeline_k;  // full / empty barrier per K stage
   typename Pipeline::SharedStorage pipeline_v;
-  cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (one phase: Q is loaded once)
+  // Q landed: one phase per tile of the CTA that loads Q (every tile of a persistent CTA: one without keys
+  // loads no Q, and its phase is a plain arrival).
+  cutlass::arch::ClusterTransactionBarrier barrier_q;
+  // Persistent CTAs: every consumer thread is done with the Q / O buffer of the tile before (its O written out),
+  // so the producer may load the next Q over it. One phase per tile after the first.
+  cutlass::arch::ClusterBarrier barrier_q_free;
 };
 
 }  // namespace jax_flash

@@ -46,6 +46,8 @@ struct Sm90WsFwdConfig {
   static constexpr int kMmaThreads = 128 * kMmaWarpgroups;
   static constexpr int kThreads = 128 + kMmaThreads;
   static_assert(kBlockM == 128 || kBlockM == 192, "2 or 3 consumer warpgroups of 64 rows");
+  // 160 registers hold S, P and O of a 64-row slice for narrow heads only (D64: FlashAttention-3's use).
+  static_assert(kBlockM == 128 || kHeadDimV <= 64, "three consumer warpgroups: head dims up to 64");
   static constexpr int kProducerRegs = kMmaWarpgroups == 2 ? 24 : 32;
   static constexpr int kMmaRegs = kMmaWarpgroups == 2 ? 240 : 160;
   static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 64 * 1024, "registers of one SM");
