@@ -48,15 +48,18 @@ Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream)
                   "that are multiples of 8 elements"};
   }
   if (params.batch == 0 || params.heads_q == 0 || params.seqlen_q == 0) return Status{};
-  if (params.heads_q > 65535 || params.layout_batch() > 65535) {
-    return Status{"attn_fwd_sm90_ws: batch and heads must each be <= 65535"};
-  }
   dim3 grid;
   if constexpr (kPersistent) {
+    if (!Sm90WsPersistentScheduler<Cfg>::fits_int_index(params, params.heads_q)) {
+      return Status{"attn_fwd_sm90_ws: more than 2^31 tiles for the persistent grid"};
+    }
     int sm_count = 0;
     if (Status s = device_sm_count(&sm_count); !s.ok()) return s;
     grid = Sm90WsPersistentScheduler<Cfg>::grid(params, params.heads_q, sm_count);
   } else {
+    if (params.heads_q > 65535 || params.layout_batch() > 65535) {
+      return Status{"attn_fwd_sm90_ws: batch and heads must each be <= 65535"};
+    }
     grid = Sm90WsScheduler<Cfg>::grid(params, params.heads_q);
   }
   const Sm90WsKernelParams<Cfg> kernel_params{params, Sm90WsMainloop<Cfg>::make_params(params)};

@@ -2,9 +2,10 @@
 //
 // A scheduler is a small struct that knows the grid of its kernel (host side: grid()) and maps this CTA's
 // blockIdx to a WorkTile (device side: get_tile()). The kernels read blockIdx nowhere else, so a new way of
-// laying out work (a persistent scheduler looping over tiles with an atomic counter, say) replaces the
-// scheduler and leaves mainloops and epilogues alone. A persistent scheduler would add next(tile), returning an
-// invalid tile when the CTA's work is done; the one-tile-per-CTA schedulers here have no next.
+// laying out work replaces the scheduler and leaves mainloops and epilogues alone. The persistent one
+// (static_persistent_scheduler.h) hands a CTA a sequence of tiles instead: first_index(), next_index(i) and a
+// warp-level tile(i); one taking tiles from an atomic counter (longest first over the whole grid) would keep
+// that interface.
 #pragma once
 
 namespace jax_flash {

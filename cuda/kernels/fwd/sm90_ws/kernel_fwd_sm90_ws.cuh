@@ -6,8 +6,8 @@
 //                                          products, online softmax, pingpong and intra-warpgroup overlap
 //                                          (mainloop_tma_ws.h, mma), then the forward's epilogue (fwd/epilogue.h).
 // One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first; or
-// (attn_fwd_sm90_ws_persistent_kernel) one CTA per SM walking those tiles in the same order, the next tile's
-// first loads under the last tile's output (static_persistent_scheduler.h).
+// (attn_fwd_sm90_ws_persistent_kernel) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's
+// order, the next tile's first loads under the last tile's output (static_persistent_scheduler.h).
 // Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, attention sinks,
 // LSE for every row (-inf, or the sink, and O = 0 for a row that sees no key).
 #pragma once
@@ -128,13 +128,13 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_cta(const Sm90WsKernelParams<Cf
 // A persistent CTA's next tile with query rows, from tile index `index` on: {index, tile}, index = tile_count
 // when there is none. Warp-level (Sm90WsPersistentScheduler::tile).
 struct IndexedTile {
-  int64_t index;
+  int index;
   WorkTile tile;
 };
 template <class Cfg>
-__device__ __forceinline__ IndexedTile sm90_ws_next_tile_with_rows(const AttnFwdParams& p, int64_t index) {
+__device__ __forceinline__ IndexedTile sm90_ws_next_tile_with_rows(const AttnFwdParams& p, int index) {
   using Scheduler = Sm90WsPersistentScheduler<Cfg>;
-  const int64_t count = Scheduler::tile_count(p, p.heads_q);
+  const int count = int(Scheduler::tile_count(p, p.heads_q));
   for (; index < count; index = Scheduler::next_index(index)) {
     const WorkTile tile = Scheduler::tile(p, p.heads_q, index);
     if (tile.valid() && tile.block * Cfg::kBlockM < SeqlenInfo::make(p, tile.bidb).seqlen_q) return {index, tile};
@@ -167,7 +167,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_persistent_cta(const Sm90WsKern
   Sm90WsFwdPipelines<Cfg> pipes(st, producer);
   __syncthreads();
 
-  const int64_t count = Scheduler::tile_count(p, p.heads_q);
+  const int count = int(Scheduler::tile_count(p, p.heads_q));
   if (producer) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
     if (threadIdx.x >= 32) return;  // warp 0 walks the tiles (a packed search takes a warp); lane 0 loads
@@ -195,12 +195,15 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_persistent_cta(const Sm90WsKern
     PipelineState read_k, read_v;
     uint32_t j = 0;
     for (IndexedTile t = sm90_ws_next_tile_with_rows<Cfg>(p, Scheduler::first_index()); t.index < count; ++j) {
+      {
+        const FwdBlockWork w = FwdBlockWork::make<Cfg::kBlockM, Cfg::kBlockN>(p, t.tile);
+        // A tile without keys has no Q to wait for, but its phase keeps the roles in step (above).
+        if (w.n_tiles() == 0) st.barrier_q.wait(j & 1u);
+        attn_fwd_sm90_ws_consume_tile<Cfg, kSoftcap>(p, st, pipes, w, int(threadIdx.x) - 128, read_k, read_v,
+                                                     j & 1u);
+      }
+      // (Found after the tile, so that nothing of it is live through the mainloop.)
       const IndexedTile next = sm90_ws_next_tile_with_rows<Cfg>(p, Scheduler::next_index(t.index));
-      const FwdBlockWork w = FwdBlockWork::make<Cfg::kBlockM, Cfg::kBlockN>(p, t.tile);
-      // A tile without keys has no Q to wait for, but its phase keeps the roles in step (above).
-      if (w.n_tiles() == 0) st.barrier_q.wait(j & 1u);
-      attn_fwd_sm90_ws_consume_tile<Cfg, kSoftcap>(p, st, pipes, w, int(threadIdx.x) - 128, read_k, read_v,
-                                                   j & 1u);
       if (next.index < count) {
         // This thread's reads and writes of the Q / O buffer (generic proxy) before the next Q's TMA write.
         cutlass::arch::fence_view_async_shared();
