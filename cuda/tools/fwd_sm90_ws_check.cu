@@ -408,6 +408,11 @@ std::vector<Case> correctness_cases(bool small) {
         {"small window(40,8) softcap sq260 sk190", 1, 260, 190, 2, 2, d, dv, 40, 8, 20.f, {}, {}, {}, {}, 0},
         {"small packed causal", 0, 0, 0, 2, 1, d, dv, c_wl, c_wr, 0.f,
          {0, 150, 1, 70}, {3, 130, 90, 0}, {0, 140, 1, 70}, {3, 130, 80, 0}, 16},
+        // More tiles than SMs: a persistent grid's CTAs walk several tiles each (rows without keys included).
+        {"small causal sq640 sk400 gqa5 H40 (tiles > SMs)", 1, 640, 400, 40, 8, d, dv, c_wl, c_wr, 0.f,
+         {}, {}, {}, {}, 0},
+        {"small packed causal H36 (tiles > SMs)", 0, 0, 0, 36, 4, d, dv, c_wl, c_wr, 0.f,
+         {0, 150, 1, 70}, {3, 130, 90, 0}, {0, 140, 1, 70}, {3, 130, 80, 0}, 16},
     };
   }
   return {
@@ -425,6 +430,10 @@ std::vector<Case> correctness_cases(bool small) {
       {"packed full gqa2", 0, 0, 0, 4, 2, d, dv, -1, -1, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0}, {}, {}, 16},
       {"packed causal seqused", 0, 0, 0, 4, 2, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129}, {5, 300, 700, 517, 0},
        {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16},
+      // More tiles than SMs (a persistent grid walks several per CTA).
+      {"causal B4 S2048 gqa4 H16 (tiles > SMs)", 4, 2048, 2048, 16, 4, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
+      {"packed causal seqused H40 (tiles > SMs)", 0, 0, 0, 40, 8, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129},
+       {5, 300, 700, 517, 0}, {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16},
   };
 }
 
