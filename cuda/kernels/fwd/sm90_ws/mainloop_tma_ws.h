@@ -261,15 +261,19 @@ struct Sm90WsMainloop {
     const int n_tiles = w.n_tiles();
     if (n_tiles > 1) turns.open_first();
 
-    // Step t >= 1: S(t) and P(t-1) V(t-1) on the tensor cores, then the softmax of S(t).
-    auto overlapped_step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
-      const int n_block = w.n_max - 1 - t;
+    // Step t >= 1 begins with its pingpong turn and S(t) = Q K(t)^T issued as one batch.
+    auto take_turn_and_issue_s = [&] CUTLASS_LAMBDA_FUNC_INLINE {
       wait(pipe_k, read_k);
       turns.sync_own();
       warpgroup_fence_operand(acc_s);
       warpgroup_arrive();
       wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, read_k.index()), acc_s);
       warpgroup_commit_batch();
+    };
+    // Step t >= 1: S(t) and P(t-1) V(t-1) on the tensor cores, then the softmax of S(t).
+    auto overlapped_step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
+      const int n_block = w.n_max - 1 - t;
+      take_turn_and_issue_s();
       if constexpr (Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
       wait(pipe_v, read_v);
       warpgroup_fence_operand(acc_o);
@@ -293,12 +297,7 @@ struct Sm90WsMainloop {
     // P V is in flight), then P(t) V(t).
     auto serial_step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {
       const int n_block = w.n_max - 1 - t;
-      wait(pipe_k, read_k);
-      turns.sync_own();
-      warpgroup_fence_operand(acc_s);
-      warpgroup_arrive();
-      wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, read_k.index()), acc_s);
-      warpgroup_commit_batch();
+      take_turn_and_issue_s();
       turns.open_next(t == n_tiles - 1);
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_s);
