@@ -63,15 +63,8 @@ Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream)
     grid = Sm90WsScheduler<Cfg>::grid(params, params.heads_q);
   }
   const Sm90WsKernelParams<Cfg> kernel_params{params, Sm90WsMainloop<Cfg>::make_params(params)};
-  // (if constexpr: the library's single-tile launch does not instantiate the persistent kernels.)
-  auto kernel = [&] {
-    if constexpr (kPersistent) {
-      return params.softcap > 0.f ? &attn_fwd_sm90_ws_persistent_kernel<Cfg, true>
-                                  : &attn_fwd_sm90_ws_persistent_kernel<Cfg, false>;
-    } else {
-      return params.softcap > 0.f ? &attn_fwd_sm90_ws_kernel<Cfg, true> : &attn_fwd_sm90_ws_kernel<Cfg, false>;
-    }
-  }();
+  auto kernel = params.softcap > 0.f ? &attn_fwd_sm90_ws_kernel<Cfg, true, kPersistent>
+                                      : &attn_fwd_sm90_ws_kernel<Cfg, false, kPersistent>;
   constexpr int kSmem = int(sizeof(Sm90WsSharedStorage<Cfg>));
   static_assert(kSmem <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
   if (Status s = opt_in_dynamic_smem(kernel, kSmem, "attn_fwd_sm90_ws"); !s.ok()) return s;

@@ -6,7 +6,7 @@
 //                                          products, online softmax, pingpong and intra-warpgroup overlap
 //                                          (mainloop_tma_ws.h, mma), then the forward's epilogue (fwd/epilogue.h).
 // One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first; or
-// (attn_fwd_sm90_ws_persistent_kernel) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's
+// (kPersistent) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's
 // order, the next tile's first loads under the last tile's output (static_persistent_scheduler.h).
 // Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, attention sinks,
 // LSE for every row (-inf, or the sink, and O = 0 for a row that sees no key).
@@ -214,21 +214,18 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_persistent_cta(const Sm90WsKern
   }
 }
 
-// kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop.
-template <class Cfg, bool kSoftcap>
+// kSoftcap: a separate instantiation keeps the tanh out of the uncapped kernel's mainloop. kPersistent: the
+// persistent grid (Sm90WsPersistentScheduler::grid; only the check tool launches it so far), else one CTA per
+// tile (Sm90WsScheduler::grid).
+template <class Cfg, bool kSoftcap, bool kPersistent>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     attn_fwd_sm90_ws_kernel(const __grid_constant__ Sm90WsKernelParams<Cfg> kp) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  attn_fwd_sm90_ws_cta<Cfg, kSoftcap>(kp);
-#endif
-}
-
-// The persistent grid (Sm90WsPersistentScheduler::grid); only the check tool launches it so far.
-template <class Cfg, bool kSoftcap>
-__global__ void __launch_bounds__(Cfg::kThreads, 1)
-    attn_fwd_sm90_ws_persistent_kernel(const __grid_constant__ Sm90WsKernelParams<Cfg> kp) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  attn_fwd_sm90_ws_persistent_cta<Cfg, kSoftcap>(kp);
+  if constexpr (kPersistent) {
+    attn_fwd_sm90_ws_persistent_cta<Cfg, kSoftcap>(kp);
+  } else {
+    attn_fwd_sm90_ws_cta<Cfg, kSoftcap>(kp);
+  }
 #endif
 }
 
