@@ -6,8 +6,8 @@
 //                                          products, online softmax, pingpong and intra-warpgroup overlap
 //                                          (mainloop_tma_ws.h, mma), then the forward's epilogue (fwd/epilogue.h).
 // One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first; or
-// (kPersistent) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's
-// order, the next tile's first loads under the last tile's output (static_persistent_scheduler.h).
+// (kPersistent) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's order, the next
+// tile's first loads under the last tile's output (static_persistent_scheduler.h).
 // Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, attention sinks,
 // LSE for every row (-inf, or the sink, and O = 0 for a row that sees no key).
 #pragma once
