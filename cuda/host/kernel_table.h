@@ -65,9 +65,9 @@ inline constexpr KernelTile kKernelTable[] = {
     // Forward, wgmma (kernels/fwd/tile_config_sm90.h Sm90FwdDefaultConfig).
     {KernelKind::kFwd, KernelVariant::kSm90, 128, 128, 128, 128},
     // Forward, warp-specialized (kernels/fwd/sm90_ws/tile_size.h Sm90WsFwdDefaultConfig). D64 up to 1024 keys:
-    // the mma.sync kernel is faster there (H100, B16 H32 S1k bf16: 0.446 vs 0.487 ms; BENCHMARKS.md): six
-    // 192-key steps cover 1152 key slots for 1024 keys, and a CTA runs only 6 steps.
-    {KernelKind::kFwd, KernelVariant::kSm90Ws, 64, 64, 128, 192, 1025},
+    // the mma.sync kernel is faster there (H100, B16 H32 S1k bf16: 328 vs 294 TFLOP/s at this 192 x 128 tile,
+    // 267 at the 128 x 192 one before it; BENCHMARKS.md session 21): a CTA runs only 8 steps.
+    {KernelKind::kFwd, KernelVariant::kSm90Ws, 64, 64, 192, 128, 1025},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 96, 96, 128, 128},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 128, 128, 128, 128},
     {KernelKind::kFwd, KernelVariant::kSm90Ws, 192, 128, 128, 128},

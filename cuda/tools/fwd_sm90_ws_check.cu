@@ -376,7 +376,7 @@ Result run_reference(const Problem<Element>& pr) {
 #define CHECK_PINGPONG Sm90WsTileSize<kD, kDv>::kPingpong
 #endif
 #ifndef CHECK_OVERLAP
-#define CHECK_OVERLAP 1
+#define CHECK_OVERLAP Sm90WsTileSize<kD, kDv>::kIntraWgOverlap
 #endif
 #ifndef CHECK_PERSISTENT
 #define CHECK_PERSISTENT 0
@@ -504,7 +504,7 @@ void benchmark(const char* dtype) {
       double wide_diff = 0;
       if constexpr (kWideBlockN > 0) {
         using Wide = Sm90WsFwdConfig<Element, kD, kDv, Sm90WsTileSize<kD, kDv>::kBlockM, kWideBlockN, 2,
-                                     Sm90WsTileSize<kD, kDv>::kPingpong, /*kIntraWgOverlap=*/true>;
+                                     Sm90WsTileSize<kD, kDv>::kPingpong, Sm90WsTileSize<kD, kDv>::kIntraWgOverlap>;
         ms_wide = time_ms([&] { launch_attn_fwd_sm90_ws<Wide, false>(pr.p, nullptr); }, reps);
         pr.poison();
         check_status(launch_attn_fwd_sm90_ws<Wide, false>(pr.p, nullptr), "sm90_ws wide tile");

@@ -9,8 +9,11 @@
 //
 // Per head dim (Sm90WsTileSize): a key tile as wide as Q + 2 stages of K and V allow in the 227 KB of shared
 // memory; the pingpong between the consumer warpgroups (their GEMMs take turns, so one's softmax runs under
-// the other's GEMMs) where the softmax is a large share of a step (D <= 128); at D >= 192 each warpgroup's own
-// overlap (softmax of tile j under the QK^T of tile j+1) is left to hide it, as in FlashAttention-3.
+// the others' GEMMs) and each warpgroup's own overlap (softmax of tile j under the QK^T of tile j+1) where
+// they were measured to pay. FlashAttention-3 runs both at D <= 128 and the overlap alone above; on an H100
+// (BENCHMARKS.md, session 21, check tool) D128 ran fastest with neither (two warpgroups issuing in turn
+// on their own: 1.04-1.10x the tile with both at S >= 4k) and D64's 192-row tile without the overlap (which
+// spills there). D96, D192 and D256 keep FlashAttention-3's choices (not measured without them).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -35,8 +38,8 @@ struct Sm90WsFwdConfig {
   static constexpr int kStages = kStages_;
   static constexpr bool kPingpong = kPingpong_;
   // Each warpgroup issues S(t) = Q K(t)^T and P(t-1) V(t-1) together and runs the softmax of S(t) under them
-  // (mainloop_tma_ws.h); false: S(t), its softmax, then P(t) V(t), one after the other (kept to measure what
-  // the overlap buys; every default tile overlaps).
+  // (mainloop_tma_ws.h); false: S(t), its softmax, then P(t) V(t), one after the other (Sm90WsTileSize says
+  // which tiles overlap).
   static constexpr bool kIntraWgOverlap = kIntraWgOverlap_;
   // Rescale O by the softmax correction before the P V product that adds to it (under the QK^T in flight)
   // rather than after it: for wide O the rescale is long enough to be worth hiding.
@@ -83,49 +86,49 @@ struct Sm90WsFwdConfig {
   static constexpr int kBytesV = kBlockN * kHeadDimV * int(sizeof(Element));
 };
 
-// The tile of each head-dim pair (query rows, key tile, K/V stages, pingpong). FlashAttention-3's choices for two
-// consumer warpgroups of 64 rows, except where its key tile (D96: 144, D192: 112, D256: 80, D128 unmasked: 176)
+// The tile of each head-dim pair (query rows, key tile, K/V stages, pingpong, overlap). FlashAttention-3's
+// tiles, except where its key tile (D96: 144, D192: 112, D256: 80, D128 unmasked: 176)
 // needs a wgmma N that CuTe offers only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED: without it CuTe would run
 // such a tile as N = 16 or 48 instructions (the static_assert above refuses that), so the defaults take the
 // next standard N below. The wider tiles are timed by cuda/tools/fwd_sm90_ws_check.cu when the macro is
-// defined; its D64 tile, 192 x 128 with three consumer warpgroups, with -DCHECK_BLOCK_M=192 -DCHECK_BLOCK_N=128.
+// defined, other tiles and schedules with its -DCHECK_BLOCK_M / _BLOCK_N / _PINGPONG / _OVERLAP.
 template <int kHeadDim, int kHeadDimV>
 struct Sm90WsTileSize;
 template <>
 struct Sm90WsTileSize<64, 64> {
-  static constexpr int kBlockM = 128, kBlockN = 192, kStages = 2;
-  static constexpr bool kPingpong = true;
+  // Three consumer warpgroups of 160 registers: S(t), P(t - 1) and O of the overlap do not fit them (ptxas:
+  // 480 B of spills), the serial step does (4 B); H100, S >= 4k: 1.03-1.09x the 128 x 192 overlapped tile.
+  static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2;
+  static constexpr bool kPingpong = true, kIntraWgOverlap = false;
 };
 template <>
 struct Sm90WsTileSize<96, 96> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = true;
+  static constexpr bool kPingpong = true, kIntraWgOverlap = true;
 };
 template <>
 struct Sm90WsTileSize<128, 128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = true;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = false;
 };
 template <>
 struct Sm90WsTileSize<192, 128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = false;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = true;
 };
 template <>
 struct Sm90WsTileSize<192, 192> {
   static constexpr int kBlockM = 128, kBlockN = 96, kStages = 2;
-  static constexpr bool kPingpong = false;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = true;
 };
 template <>
 struct Sm90WsTileSize<256, 256> {
   static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2;
-  static constexpr bool kPingpong = false;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = true;
 };
 
-template <typename Element, int kHeadDim, int kHeadDimV>
-using Sm90WsFwdDefaultConfig =
-    Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Sm90WsTileSize<kHeadDim, kHeadDimV>::kBlockM,
-                    Sm90WsTileSize<kHeadDim, kHeadDimV>::kBlockN, Sm90WsTileSize<kHeadDim, kHeadDimV>::kStages,
-                    Sm90WsTileSize<kHeadDim, kHeadDimV>::kPingpong, /*kIntraWgOverlap=*/true>;
+template <typename Element, int kHeadDim, int kHeadDimV, class Tile = Sm90WsTileSize<kHeadDim, kHeadDimV>>
+using Sm90WsFwdDefaultConfig = Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Tile::kBlockM, Tile::kBlockN,
+                                               Tile::kStages, Tile::kPingpong, Tile::kIntraWgOverlap>;
 
 }  // namespace jax_flash
