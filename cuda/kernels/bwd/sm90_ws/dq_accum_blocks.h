@@ -91,6 +91,20 @@ struct Sm90WsDqAccumBlocks {
     cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
   }
 
+  // Consumers of a tile without room for the shared block (tile_size_split.h, kDqSharedBlock false): thread
+  // tidx adds its dQ fragment straight into the step's block in global memory, in the block's order, with
+  // 16-byte float4 atomics (sm_90, global memory); a warp's adds cover 512 contiguous bytes. The block's
+  // readers are the convert kernel's, after the grid.
+  template <class Frag>
+  __device__ static void atomic_add(const Frag& acc, float* block, int tidx) {
+    static_assert(cute::size(Frag{}) * kThreads == kBlockFloats);
+    CUTE_UNROLL
+    for (int v = 0; v < cute::size(acc); v += 4) {
+      atomicAdd(reinterpret_cast<float4*>(block + v * kThreads + 4 * tidx),
+                make_float4(acc(v), acc(v + 1), acc(v + 2), acc(v + 3)));
+    }
+  }
+
   // The writer warp (all 32 lanes: the named barriers count warps), for a CTA with at least one step.
   // kOrdered: semaphores holds one int per block (zeroed), and the adds to a block go in key-block order,
   // descending or not as the CTAs of a (kv head, sequence) are launched.

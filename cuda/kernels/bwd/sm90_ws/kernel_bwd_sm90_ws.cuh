@@ -24,21 +24,30 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include <type_traits>
+
 #include "kernels/bwd/dkdv_work.h"
 #include "kernels/bwd/epilogue.h"
 #include "kernels/bwd/sm90_ws/dq_accum_blocks.h"
 #include "kernels/bwd/sm90_ws/mainloop_tma_ws.h"
-#include "kernels/bwd/sm90_ws/shared_storage.h"
+#include "kernels/bwd/sm90_ws/mainloop_tma_ws_split.h"
 #include "kernels/common/warp_specialized.h"
 #include "kernels/params.h"
 #include "kernels/sched/single_tile_scheduler.h"
 
 namespace jax_flash {
 
+// The mainloop of a config: the swapped layout (mainloop_tma_ws.h, D <= 128) or the split one
+// (mainloop_tma_ws_split.h, large head dims); each names its shared storage.
+template <class Cfg>
+using Sm90WsBwdMainloopOf = std::conditional_t<Cfg::kSplit, Sm90WsBwdSplitMainloop<Cfg>, Sm90WsBwdMainloop<Cfg>>;
+template <class Cfg>
+using Sm90WsBwdStorageOf = typename Sm90WsBwdMainloopOf<Cfg>::Storage;
+
 template <class Cfg>
 struct Sm90WsBwdKernelParams {
   AttnBwdParams attn;
-  typename Sm90WsBwdMainloop<Cfg>::Params mainloop;
+  typename Sm90WsBwdMainloopOf<Cfg>::Params mainloop;
 };
 
 // Ordered dQ sums launch the key blocks last first: under a causal mask key block n's first query block is
@@ -51,9 +60,10 @@ using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*k
 template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered>
 __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelParams<Cfg>& kp) {
   using namespace cute;
-  using Mainloop = Sm90WsBwdMainloop<Cfg>;
-  using Storage = Sm90WsBwdSharedStorage<Cfg>;
-  using Pipeline = typename Storage::Pipeline;
+  using Mainloop = Sm90WsBwdMainloopOf<Cfg>;
+  using Storage = Sm90WsBwdStorageOf<Cfg>;
+  using Pipeline = typename Mainloop::Pipeline;
+  static_assert(!kDqOrdered || Cfg::kDqSharedBlock, "ordered dQ sums are the dq writer warp's");
   const AttnBwdParams& p = kp.attn;
 
   extern __shared__ __align__(1024) char smem[];
@@ -81,10 +91,11 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
     const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
     if (w.steps > 0 && threadIdx.x == 0) {
       Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
-    } else if (kDq && w.steps > 0 && warp == 1) {
-      Sm90WsDqAccumBlocks<Cfg>::template write<kDqOrdered>(p, kp.mainloop.dq_accum, kp.mainloop.dq_semaphores, w,
-                                                           Scheduler::launches_descending(p),
-                                                           st.dq.data());
+    } else if constexpr (kDq && Cfg::kDqSharedBlock) {
+      if (w.steps > 0 && warp == 1) {
+        Sm90WsDqAccumBlocks<Cfg>::template write<kDqOrdered>(p, kp.mainloop.dq_accum, kp.mainloop.dq_semaphores,
+                                                             w, Scheduler::launches_descending(p), st.dq.data());
+      }
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMmaRegs>();
@@ -98,8 +109,9 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
     if (w.steps > 0) {
       Mainloop::template mma<kSoftcap, kDq>(kp.mainloop, p, st, pipe_q, pipe_do, w, tidx, acc_dk, acc_dv);
     }
-    // dK and dV share one partition (tile_size.h: Dv = D), straight from registers.
-    store_dk_dv<Cfg>(p, w.seq, w.bidb, w.bidhk, w.n0, mma_dk.get_thread_slice(tidx), acc_dk, acc_dv);
+    // Straight from registers, each with its product's partition.
+    store_dk_dv<Cfg>(p, w.seq, w.bidb, w.bidhk, w.n0, mma_dk.get_thread_slice(tidx), acc_dk,
+                     mma_dv.get_thread_slice(tidx), acc_dv);
   }
 }
 
