@@ -11,6 +11,10 @@
 // block with the same MMA to find each value's (query, column). Rows past a sequence and columns past head_dim
 // are summed like the others (every block belongs to one sequence) and never converted.
 //
+// Tiles without room for the shared block (the split layout at D256, tile_size_split.h) skip it: the consumers
+// add their fragments into the global block directly, float4 atomics in the same order (atomic_add), and no
+// writer warp runs; the convert kernel is the same. (No ordered sums for them: the order is the writer's.)
+//
 // Hand-off per step, with two named barriers of the consumers and the writer warp (named_barriers.h):
 //   consumers: sync kDqBlockFree | store dQ, fence.proxy.async | arrive kDqBlockFull
 //   writer:    sync kDqBlockFull | bulk reduce-add, wait until it has read the block | arrive kDqBlockFree

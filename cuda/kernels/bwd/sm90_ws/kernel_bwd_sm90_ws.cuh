@@ -1,22 +1,28 @@
 // The warp-specialized Hopper dK/dV kernel (sm_90a), FlashAttention-3's design: scheduler x mainloop x epilogue.
 //
 //   warpgroup 0 (producer, 24 registers): warp 0's lane 0 issues the TMA loads of K, V (once) and Q, dO (per
-//                                         step; mainloop_tma_ws.h, load_tiles); with kDq, warp 1 adds each
-//                                         step's dQ block to the workspace (dq_accum_blocks.h); the rest idle;
-//   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, each warpgroup fetching its own lse / delta rows
-//                                         a step ahead (query_rows.h), the five products per step, dQ handed
-//                                         to warp 1 through shared memory (mainloop_tma_ws.h, mma; kDq false:
-//                                         three products, no dQ), then the backward's epilogue writes dK
-//                                         (times scale) and dV (bwd/epilogue.h, store_dk_dv).
+//                                         step; tma_loads.h, load_tiles); with kDq and the shared dQ block
+//                                         (Cfg::kDqSharedBlock), warp 1 adds each step's dQ block to the
+//                                         workspace (dq_accum_blocks.h); the rest idle;
+//   warpgroups 1, 2 (consumers, 240 registers): the products per step, each warpgroup fetching its own lse /
+//                                         delta rows a step ahead (query_rows.h), in one of two layouts
+//                                         (Cfg::kSplit): the swapped one (mainloop_tma_ws.h, D <= 128), 64 keys
+//                                         per warpgroup with dK / dV in its registers; or the split one
+//                                         (mainloop_tma_ws_split.h, D192 / D256), the CTA's 64 keys shared and
+//                                         every product split between the warpgroups. dQ goes to warp 1 through
+//                                         the shared block, or (split, no room for the block) by float4 atomics
+//                                         into the same workspace blocks; kDq false: no dQ. Then the backward's
+//                                         epilogue writes dK (times scale) and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
 // the CTA in a fixed order (dK / dV deterministic; dQ as the key blocks' CTAs add it into the same workspace
-// blocks in whatever order they run is not, in key-block order behind semaphores it is: kDqOrdered).
+// blocks in whatever order they run is not, in key-block order behind semaphores it is: kDqOrdered, which needs
+// the shared dQ block).
 // Semantics are the other backward kernels': bottom-right aligned causal / window mask, softcap, packed
 // layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and, with kDq, a zeroed dq
 // accumulator in blocks, whose sums attn_bwd_dq_blocks_convert_kernel turns into dq (dq_accum_blocks.h).
 // The mode without dQ (kDq false, then the dq kernel, kernels/bwd/dq_kernel.cuh) only the check tool runs now,
-// to time the two deterministic ways.
+// to time the two deterministic ways (and, at D256, as its deterministic backward).
 #pragma once
 
 #include <cute/tensor.hpp>

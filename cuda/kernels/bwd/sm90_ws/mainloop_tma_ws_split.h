@@ -3,7 +3,8 @@
 // two PipelineTmaAsync pipelines); the two consumer warpgroups share the CTA's 64 keys and split each product.
 //
 // Consumers (warpgroup w: keys [32 w, 32 w + 32) of S and dP, columns [D / 2 w, ...) of dK, dV, dQ), per step:
-//   lse / delta rows published (query_rows.h: this warpgroup's named barrier), next step's rows started
+//   lse / delta rows published (query_rows.h: one copy for both warpgroups, 256-thread named barrier), next
+//   step's rows started
 //   wait Q, dO | S = Q K^T, dP = dO V^T (one batch, waited) | P, dS (transposed_math.h's formulas, which take
 //   any (query, key) view: here the accumulators' own rows are the queries)
 //   P, dS -> shared memory (buffer step % 2, each warpgroup its 32 keys), fence.proxy.async, named barrier
@@ -57,7 +58,7 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
   using Work = typename Loads::Work;
   using Loads::pipeline_state;
   using Blocks = Sm90WsDqAccumBlocks<Cfg>;
-  using QueryRows = Sm90WsQueryRows<kBlockM, kBlockN>;
+  using QueryRows = Sm90WsQueryRows<kBlockM, kBlockN, Cfg::kMmaThreads>;  // one copy for both warpgroups
 
   // Consumers: thread tidx (0 .. kMmaThreads - 1) adds every step's dK (without `scale`) and dV to its zeroed
   // accumulator partitions (TiledMmaDk / TiledMmaDv), and with kDq sums every step's dQ (without `scale`) into
@@ -113,11 +114,10 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
       pipe.consumer_wait(read, pipe.consumer_try_wait(read));
     };
 
-    // This warpgroup's lse / delta rows (every query of the step: both warpgroups fetch the same rows).
-    const int warpgroup = tidx / QueryRows::kWarpgroupThreads;
-    const int wg_tidx = tidx % QueryRows::kWarpgroupThreads;
-    typename QueryRows::Storage& rows = st.rows[warpgroup];
-    QueryRows::fetch(p, mp.delta, w, 0, rows, wg_tidx);
+    // The step's lse / delta rows, one copy for both warpgroups (each reads every query's): step 0's now, each
+    // next one a step ahead (query_rows.h).
+    typename QueryRows::Storage& rows = st.rows;
+    QueryRows::fetch(p, mp.delta, w, 0, rows, tidx);
 
     st.barrier_kv.wait(0);
     const int keys_left = w.seq.seqlen_k - w.n0;
@@ -137,8 +137,8 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
       const int stage = read.index();
       const int buf = step % Cfg::kPdsStages;
 
-      QueryRows::publish(warpgroup);
-      if (step + 1 < w.steps) QueryRows::fetch(p, mp.delta, w, step + 1, rows, wg_tidx);
+      QueryRows::publish(/*copy=*/0);
+      if (step + 1 < w.steps) QueryRows::fetch(p, mp.delta, w, step + 1, rows, tidx);
       wait(pipe_q, read);
       wait(pipe_do, read);
       if (w.seq.packed && rows_left < kBlockM) {

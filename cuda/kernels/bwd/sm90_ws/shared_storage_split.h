@@ -1,7 +1,7 @@
 // Shared memory of the warp-specialized Hopper dK/dV kernel's split layout (mainloop_tma_ws_split.h): the CTA's
 // K and V tiles, the Q and dO stages, the double-buffered P and dS tiles (query, key), the step's dQ block where
-// the tile has room for it (tile_size_split.h kDqSharedBlock), each consumer warpgroup's lse / delta rows, and
-// the barriers that hand the tiles from the producer warp to the consumer warpgroups.
+// the tile has room for it (tile_size_split.h kDqSharedBlock), the lse / delta rows (one copy), and the
+// barriers that hand the tiles from the producer warp to the consumer warpgroups.
 #pragma once
 
 #include <cute/container/array_aligned.hpp>
@@ -27,8 +27,8 @@ struct Sm90WsBwdSplitSharedStorage {
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutDs>, 1024> ds;
   // The step's dQ (fp32) on its way to the workspace (dq_accum_blocks.h); a stub where dQ goes by atomics.
   cute::array_aligned<float, Cfg::kDqSharedBlock ? Cfg::kBlockM * Cfg::kHeadDim : 4, 128> dq;
-  // Each consumer warpgroup's lse / delta rows of the step (query_rows.h): both hold the same rows.
-  typename Sm90WsQueryRows<Cfg::kBlockM, Cfg::kBlockN>::Storage rows[Cfg::kMmaWarpgroups];
+  // The step's lse / delta rows (query_rows.h), one copy for both consumer warpgroups: both read every query's.
+  typename Sm90WsQueryRows<Cfg::kBlockM, Cfg::kBlockN, Cfg::kMmaThreads>::Storage rows;
   typename Pipeline::SharedStorage pipeline_q;   // Q: full / empty barrier per stage
   typename Pipeline::SharedStorage pipeline_do;  // dO
   cutlass::arch::ClusterTransactionBarrier barrier_kv;  // K and V landed (one phase: loaded once)
