@@ -7,7 +7,8 @@
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws*_*.cu, built for sm_90a alone) and the
 // GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls them when the kernel choice is kSm90Ws
-// (kernel_table.h: the default on a Hopper for its tiles).
+// (kernel_table.h: the default on a Hopper for its tiles up to 128, pinned only above). The ordered entry of a
+// tile without the shared dQ block (D256) returns an error: the kernel choice never names it.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -150,6 +151,8 @@ Status run_attn_bwd_sm90_ws_default_tile(const AttnBwdParams& params, const floa
   using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
+  static_assert(Cfg::kDqSharedBlock == sm90_ws_ordered_dq_sums(kHeadDim),
+                "workspace_layout.h sm90_ws_ordered_dq_sums must name the tiles with the shared dQ block");
   return launch_attn_bwd_sm90_ws<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream);
 }
 

@@ -92,11 +92,10 @@ Status new_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum, cud
       p, delta, dq_accum, nullptr, stream);
 }
 
-// Whether the kernel table lists the new kernel's tile (the split layout's D192 / D256 are not listed yet: the
-// tool runs their chain itself, launch_new_unlisted).
-constexpr bool kTableHasNew = find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kD, kDv) != nullptr;
+static_assert(find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kD, kDv) != nullptr,
+              "kernel_table.h lists the new kernel's tile");
 // The deterministic backward of the new kernel: its ordered dQ sums where the tile has the shared dQ block, else
-// (D256) the kernel without dQ, then the dq kernel.
+// (D256, where the library's deterministic backward is the sm80 one) the kernel without dQ, then the dq kernel.
 constexpr bool kOrderedNew = WsCfg::kDqSharedBlock;
 constexpr const char* kDeterministicName = kOrderedNew ? "ordered dQ sums" : "no dQ + dq kernel";
 
@@ -128,27 +127,9 @@ Status launch_delta(const AttnBwdParams& p, float* delta, cudaStream_t stream) {
   }
   return Status{};
 }
-// The chain run_attn_bwd runs for a listed tile, for the new kernel's unlisted ones: delta, then the dQ
-// accumulator's blocks zeroed, dK/dV with the dQ sums, the blocks converted (launch_attn_bwd_sm90_ws). The
-// blocks and their semaphores sit where the deterministic workspace has them (at any head dim).
-template <class Element, DqPath kDq>
-Status launch_new_unlisted(const AttnBwdParams& p, cudaStream_t stream) {
-  const BwdWorkspaceLayout ws = workspace_layout(p, /*deterministic=*/true);
-  char* base = static_cast<char*>(p.workspace);
-  float* delta = reinterpret_cast<float*>(base + ws.delta_offset);
-  if (Status s = launch_delta<Element>(p, delta, stream); !s.ok()) return s;
-  float* dq_accum = reinterpret_cast<float*>(base + ws.dq_accum_offset);
-  int* semaphores = kDq == DqPath::kOrderedSums ? reinterpret_cast<int*>(base + ws.dq_semaphores_offset) : nullptr;
-  return launch_attn_bwd_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, kDq>(p, delta, dq_accum, semaphores,
-                                                                                  stream);
-}
 template <class Element>
 Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
-  if constexpr (kTableHasNew) {
-    return run_attn_bwd<Element, kD, kDv>(p, new_choice(false), stream);
-  } else {
-    return launch_new_unlisted<Element, DqPath::kAtomicSums>(p, stream);
-  }
+  return run_attn_bwd<Element, kD, kDv>(p, new_choice(false), stream);
 }
 
 // The other deterministic way, for comparison: the new kernel without dQ, then the dq kernel (no library path
@@ -172,10 +153,8 @@ template <class Element>
 Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
   AttnBwdParams det = p;
   det.deterministic = true;
-  if constexpr (kTableHasNew) {
+  if constexpr (kOrderedNew) {
     return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
-  } else if constexpr (kOrderedNew) {
-    return launch_new_unlisted<Element, DqPath::kOrderedSums>(det, stream);
   } else {
     return launch_new_with_dq_kernel<Element>(det, stream);
   }
