@@ -26,7 +26,8 @@ class StandInExtension:
 
     def __init__(self, runnable=("sm80", "sm90", "sm90_ws"), forward_only_above=(("sm90_ws", 128),)):
         self.runnable = runnable
-        # As the extension's warp-specialized kernels: no backward above head dim 128.
+        # A variant with forward kernels only above a head dim (as the extension's warp-specialized kernels were
+        # before their split-layout backward at D192 / D256): the Python side's handling of such a pin.
         self.forward_only_above = dict(forward_only_above)
 
     def kernel_choice(self, feature, dtype, head_dim, head_dim_v, variant):
@@ -93,7 +94,7 @@ def test_private_argument_reaches_every_call(extension, variant, attribute):
 
 
 def test_forward_only_variant_pins_forward_calls_and_refuses_gradients(extension):
-    """sm90_ws at head dim 192 (as the extension: a forward, no backward above 128)."""
+    """sm90_ws at head dim 192 under a stand-in with a forward and no backward above 128."""
     assert _variant_attributes(_lowered(_dense(_variant="sm90_ws"), grads=False, head_dim=192)) == {
         "jax_flash_attn_fwd": [3]}
     assert _variant_attributes(_lowered(_varlen(_variant="sm90_ws"), grads=False, head_dim=192)) == {
@@ -307,8 +308,9 @@ def test_hopper_default_forward_is_warp_specialized(head_dims):
         short = module.kernel_choice("fwd", dtype, *head_dims, "auto", 1024)["variant"]
         assert short == ("sm80" if head_dims == (64, 64) else "sm90_ws")
         assert module.kernel_choice("fwd", dtype, *head_dims, "auto", 1025)["variant"] == "sm90_ws"
-        # The warp-specialized backward: its tiles are D64, D96 and D128 with head_dim == head_dim_v; it sums dQ
-        # as the adds come, or in key-block order when deterministic.
+        # The warp-specialized backward: auto takes its tiles D64, D96 and D128 with head_dim == head_dim_v (the
+        # split layout's D192 / D256 are pinned only); it sums dQ as the adds come, or in key-block order when
+        # deterministic.
         ws_backward = head_dims[0] == head_dims[1] <= 128
         expected_dq = {"bwd": "atomic_sums" if head_dims[0] <= 128 else "dq_kernel",
                        "bwd_deterministic": "ordered_sums" if ws_backward else "dq_kernel"}
@@ -337,6 +339,27 @@ def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
     np.testing.assert_allclose(sm80.astype(np.float32), ws.astype(np.float32), atol=2e-2, rtol=2e-2)
 
 
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dims", [(192, 128), (192, 192), (256, 256)])
+def test_split_layout_backward_is_pinned_only(head_dims):
+    """kernel_table.h: the warp-specialized backward's split layout (D192, D256) runs only under the sm90_ws pin
+    until it has run on a GPU; it sums dQ into blocks, in key-block order when deterministic except at D256 (no
+    room for its shared dQ block: the pin is then an error)."""
+    module = _extension()
+    if not _hopper():
+        pytest.skip("needs a Hopper and a build with sm_90a code")
+    if (not module.supported("bfloat16", *head_dims) or
+            tuple(module.kernel_choice("fwd", "bfloat16", *head_dims, "sm80")["tile"]) != head_dims):
+        pytest.skip(f"this build has no head-dim tile {head_dims}")
+    assert module.kernel_choice("bwd", "bfloat16", *head_dims)["variant"] == "sm80"
+    assert module.kernel_choice("bwd", "bfloat16", *head_dims, "sm90_ws")["dq"] == "atomic_sums"
+    if head_dims[0] == 256:
+        with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
+            module.kernel_choice("bwd_deterministic", "bfloat16", *head_dims, "sm90_ws")
+    else:
+        assert module.kernel_choice("bwd_deterministic", "bfloat16", *head_dims, "sm90_ws")["dq"] == "ordered_sums"
+
 def _ws_backward_case(head_dim, softcap):
     """GQA 3 (each kv head sums three query heads' dK / dV), causal; with softcap also a left window."""
     return dict(dtype="bfloat16", head_dims=(head_dim, head_dim), heads=(6, 2), seqlens=(700, 700), causal=True,
@@ -351,10 +374,10 @@ def _ws_backward_or_skip(feature, head_dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("softcap", [None, 30.0])
-@pytest.mark.parametrize("head_dim", [64, 96, 128])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192])
 def test_pinned_warp_specialized_deterministic_backward(head_dim, softcap):
-    """deterministic=True under sm90_ws: the warp-specialized dK/dV kernel without dQ, then the dq kernel. By the
-    oracle rule (gpu_harness.run_case), and bitwise repeatable."""
+    """deterministic=True under sm90_ws: the warp-specialized dK/dV kernel with its dQ sums in key-block order
+    (D192: the split layout). By the oracle rule (gpu_harness.run_case), and bitwise repeatable."""
     _ws_backward_or_skip("bwd_deterministic", head_dim)
     case = _ws_backward_case(head_dim, softcap)
     first, _ = run_case(case, variant="sm90_ws", deterministic=True)
@@ -364,7 +387,7 @@ def test_pinned_warp_specialized_deterministic_backward(head_dim, softcap):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("softcap", [None, 30.0])
-@pytest.mark.parametrize("head_dim", [64, 96, 128])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
 def test_pinned_warp_specialized_backward(head_dim, softcap):
     """The warp-specialized dK/dV kernel with atomic dQ, by the oracle rule (gpu_harness.run_case). (Against the
     sm80 kernel the bits are no evidence of which ran: both step through 64 queries per 128-key tile, so dK and

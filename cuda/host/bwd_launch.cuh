@@ -3,12 +3,13 @@
 //   1. delta = rowsum(dout * out) - dlse        -> workspace
 //   2. dk, dv (and, where the dK/dV kernel sums dq, its partial sums -> workspace accumulator, zeroed first)
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
-// How dq is had is the kernel choice's (KernelChoice::dq, kernel_choice.h): with deterministic == false and a
-// head-dim tile up to 128 the dK/dV kernel adds dQ into the accumulator as it goes (the mma.sync and wgmma
-// kernels into rows with atomics, the warp-specialized one into blocks with bulk reduce-adds;
+// How dq is had is the kernel choice's (KernelChoice::dq, kernel_choice.h): with deterministic == false the dK/dV
+// kernel adds dQ into the accumulator as it goes (the mma.sync and wgmma kernels into rows with atomics, up to a
+// head-dim tile of 128; the warp-specialized one into blocks, with bulk reduce-adds or, at D256, float4 atomics;
 // kernels/bwd/workspace_layout.h), saving the dq kernel's recomputation of S and dP at the price of run-to-run
 // rounding differences in dq. The deterministic backward on the warp-specialized kernel sums into blocks in
-// key-block order (bitwise repeatable); elsewhere the mma.sync dK/dV kernel runs without dQ, then the dq kernel.
+// key-block order (bitwise repeatable; not at D256); elsewhere the mma.sync dK/dV kernel runs without dQ, then
+// the dq kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -184,10 +185,10 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
   char* workspace = static_cast<char*>(params.workspace);
   float* delta = reinterpret_cast<float*>(workspace + layout.delta_offset);
   const bool atomic_dq = choice.dq == DqPath::kAtomicSums, ordered_dq = choice.dq == DqPath::kOrderedSums;
-  if (atomic_dq && !bwd_atomic_dq_sums(params.head_dim, params.deterministic)) {
+  if (atomic_dq && (ws ? params.deterministic : !bwd_atomic_dq_sums(params.head_dim, params.deterministic))) {
     return error("atomic dQ sums chosen for a workspace without their accumulator");
   }
-  if (ordered_dq && !(ws && params.deterministic)) {
+  if (ordered_dq && !(ws && params.deterministic && sm90_ws_ordered_dq_sums(choice.tile.tile_d))) {
     return error("ordered dQ sums are the deterministic warp-specialized backward's");
   }
   float* dq_accum = atomic_dq || ordered_dq ? reinterpret_cast<float*>(workspace + layout.dq_accum_offset) : nullptr;

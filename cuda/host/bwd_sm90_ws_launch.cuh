@@ -7,7 +7,8 @@
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws*_*.cu, built for sm_90a alone) and the
 // GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls them when the kernel choice is kSm90Ws
-// (kernel_table.h: the default on a Hopper for its tiles).
+// (kernel_table.h: the default on a Hopper for its tiles up to 128, pinned only above). The ordered entry of a
+// tile without the shared dQ block (D256) returns an error: the kernel choice never names it.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,10 +22,41 @@
 #include "host/smem_opt_in.h"
 #include "kernels/bwd/sm90_ws/dq_accum_blocks.h"
 #include "kernels/bwd/sm90_ws/kernel_bwd_sm90_ws.cuh"
-#include "kernels/bwd/sm90_ws/shared_storage.h"
 #include "kernels/bwd/sm90_ws/tile_size.h"
 
 namespace jax_flash {
+
+#ifdef JAX_FLASH_HAS_SM90A
+namespace sm90_ws_launch_detail {
+
+// The dK/dV kernel's launch, after launch_attn_bwd_dkdv_sm90_ws's checks.
+template <class Cfg, DqPath kDq>
+Status launch_dkdv_kernel(const AttnBwdParams& params, const float* delta, float* dq_accum, int* dq_semaphores,
+                          cudaStream_t stream, const std::string& name) {
+  constexpr bool kSums = kDq != DqPath::kDqKernel, kOrdered = kDq == DqPath::kOrderedSums;
+  const dim3 grid = Sm90WsBwdScheduler<Cfg, kOrdered>::grid(params, params.heads_k);
+  const Sm90WsBwdKernelParams<Cfg> kernel_params{
+      params, Sm90WsBwdMainloopOf<Cfg>::make_params(params, delta, dq_accum, dq_semaphores)};
+  const auto kernel = params.softcap > 0.f ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, kSums, kOrdered>
+                                           : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, kSums, kOrdered>;
+  constexpr int kSmem = int(sizeof(Sm90WsBwdStorageOf<Cfg>));
+  // The limit counts static shared memory too: the packed scheduler's tile coordinate (sched/packed_tiles.h),
+  // which the dynamic region's 1024-byte alignment pads to 1 KB (ptxas: "1024 bytes smem").
+  static_assert(kSmem + 1024 <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
+  if (Status s = opt_in_dynamic_smem(kernel, kSmem, name); !s.ok()) return s;
+  kernel<<<grid, Cfg::kThreads, kSmem, stream>>>(kernel_params);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return Status{name + ": launch (head dims " + std::to_string(Cfg::kHeadDim) + "/" +
+                  std::to_string(Cfg::kHeadDimV) + ", grid " + std::to_string(grid.x) + "x" +
+                  std::to_string(grid.y) + "x" + std::to_string(grid.z) + "): " + cudaGetErrorString(err)};
+  }
+  return Status{};
+}
+
+}  // namespace sm90_ws_launch_detail
+
+#endif
 
 // delta: (layout_batch, Hq, Sq) f32; dq_accum: the accumulator's blocks of Cfg (workspace_layout.h), zeroed,
 // to which the kernel adds dQ, and for kOrderedSums dq_semaphores (one zeroed int per block); kDqKernel: dK and
@@ -58,23 +90,15 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
   if (params.heads_k > 65535 || params.layout_batch() > 65535) {
     return Status{name + ": batch and heads must each be <= 65535"};
   }
-  constexpr bool kSums = kDq != DqPath::kDqKernel, kOrdered = kDq == DqPath::kOrderedSums;
-  const dim3 grid = Sm90WsBwdScheduler<Cfg, kOrdered>::grid(params, params.heads_k);
-  const Sm90WsBwdKernelParams<Cfg> kernel_params{
-      params, Sm90WsBwdMainloop<Cfg>::make_params(params, delta, dq_accum, dq_semaphores)};
-  const auto kernel = params.softcap > 0.f ? &attn_bwd_dkdv_sm90_ws_kernel<Cfg, true, kSums, kOrdered>
-                                           : &attn_bwd_dkdv_sm90_ws_kernel<Cfg, false, kSums, kOrdered>;
-  constexpr int kSmem = int(sizeof(Sm90WsBwdSharedStorage<Cfg>));
-  static_assert(kSmem <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");
-  if (Status s = opt_in_dynamic_smem(kernel, kSmem, name); !s.ok()) return s;
-  kernel<<<grid, Cfg::kThreads, kSmem, stream>>>(kernel_params);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return Status{name + ": launch (head dims " + std::to_string(Cfg::kHeadDim) + "/" +
-                  std::to_string(Cfg::kHeadDimV) + ", grid " + std::to_string(grid.x) + "x" +
-                  std::to_string(grid.y) + "x" + std::to_string(grid.z) + "): " + cudaGetErrorString(err)};
+  if constexpr (kDq == DqPath::kOrderedSums && !Cfg::kDqSharedBlock) {
+    // The ordered sums are the dq writer warp's, whose shared dQ block this tile has no room for
+    // (tile_size_split.h): the deterministic backward runs this kernel without dQ, then the dq kernel.
+    return Status{name + ": ordered dQ sums need the shared dQ block, which the tile of head dims " +
+                  std::to_string(Cfg::kHeadDim) + "/" + std::to_string(Cfg::kHeadDimV) + " has no room for"};
+  } else {
+    return sm90_ws_launch_detail::launch_dkdv_kernel<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream,
+                                                               name);
   }
-  return Status{};
 #endif
 }
 
@@ -127,6 +151,8 @@ Status run_attn_bwd_sm90_ws_default_tile(const AttnBwdParams& params, const floa
   using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
+  static_assert(Cfg::kDqSharedBlock == sm90_ws_ordered_dq_sums(kHeadDim),
+                "workspace_layout.h sm90_ws_ordered_dq_sums must name the tiles with the shared dQ block");
   return launch_attn_bwd_sm90_ws<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream);
 }
 

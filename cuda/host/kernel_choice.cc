@@ -21,7 +21,8 @@ KernelKind kind_of(KernelFeature feature) {
   return KernelKind::kFwd;
 }
 
-// The deterministic backward: the warp-specialized dK/dV kernel sums dQ in key-block order, the mma.sync one has
+// The deterministic backward: the warp-specialized dK/dV kernel sums dQ in key-block order (where its tile has the
+// shared dQ block: unavailable() says where not), the mma.sync one has
 // a mode without dQ that the dq kernel completes (the wgmma dK/dV kernel sums dQ with atomics only); the Hopper
 // paged kernel is the split-key decode; the warp-specialized kernels are the forward and the dK/dV.
 bool feature_has_variant(KernelFeature feature, KernelVariant variant) {
@@ -77,9 +78,16 @@ std::string unavailable(KernelFeature feature, KernelVariant variant, int head_d
   if (find_kernel_tile(kind_of(feature), variant, tile_d, tile_dv) == nullptr) {
     return "no such kernel for the head-dim tile " + std::to_string(tile_d) + "x" + std::to_string(tile_dv);
   }
-  // kernels/bwd/sm90_ws/tile_size.h: dK and dV share one partitioning (Dv = D).
-  if (kind_of(feature) == KernelKind::kBwdDkDv && variant == KernelVariant::kSm90Ws && head_dim != head_dim_v) {
-    return "the warp-specialized dK/dV kernel needs head_dim == head_dim_v";
+  // kernels/bwd/sm90_ws/tile_size.h: the swapped layout (tiles up to 128) is written for Dv = D; the split
+  // layout above it (tile_size_split.h) has a tile for Dv = 128 at D192.
+  if (kind_of(feature) == KernelKind::kBwdDkDv && variant == KernelVariant::kSm90Ws && head_dim != head_dim_v &&
+      tile_d <= 128) {
+    return "the warp-specialized dK/dV kernel needs head_dim == head_dim_v up to head dim 128";
+  }
+  if (feature == KernelFeature::kBwdDeterministic && variant == KernelVariant::kSm90Ws &&
+      !sm90_ws_ordered_dq_sums(tile_d)) {
+    return "the warp-specialized dK/dV kernel has no ordered dQ sums for the head-dim tile " +
+           std::to_string(tile_d) + " (no room for its shared dQ block)";
   }
   if (is_hopper_variant(variant)) {
     if (!kBuildHasSm90a) return "this build has no sm_90a code (JAX_FLASH_ARCHS)";
@@ -140,7 +148,9 @@ Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_
   }
   const KernelTile& tile = *find_kernel_tile(kind_of(feature), variant, tile_d, tile_dv);
   DqPath dq = DqPath::kDqKernel;
-  if (feature == KernelFeature::kBwd && bwd_atomic_dq_sums(tile.tile_d, /*deterministic=*/false)) {
+  // The warp-specialized kernel sums into blocks at every tile; the others into rows, up to head dim 128.
+  if (feature == KernelFeature::kBwd &&
+      (variant == KernelVariant::kSm90Ws || bwd_atomic_dq_sums(tile.tile_d, /*deterministic=*/false))) {
     dq = DqPath::kAtomicSums;
   } else if (feature == KernelFeature::kBwdDeterministic && variant == KernelVariant::kSm90Ws) {
     dq = DqPath::kOrderedSums;
@@ -151,7 +161,8 @@ Status choose_kernel(KernelFeature feature, DType dtype, int head_dim, int head_
 
 DqAccumBlock sm90_ws_dq_accum_block(DType dtype, int head_dim, int head_dim_v) {
   int tile_d = 0, tile_dv = 0;
-  if (!kBuildHasSm90a || head_dim != head_dim_v || !compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv)) {
+  if (!kBuildHasSm90a || !compiled_tile(dtype, head_dim, head_dim_v, &tile_d, &tile_dv) ||
+      (head_dim != head_dim_v && tile_d <= 128)) {  // as unavailable(): no such kernel for the call
     return {};
   }
   const KernelTile* row = find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, tile_d, tile_dv);

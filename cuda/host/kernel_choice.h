@@ -15,7 +15,8 @@ namespace jax_flash {
 // What a call asks of a kernel.
 enum class KernelFeature {
   kFwd,               // forward, dense or packed
-  kBwd,               // backward; the dK/dV kernel sums dQ with atomics where the tile allows (head dim <= 128)
+  kBwd,               // backward; the dK/dV kernel sums dQ with atomics where the tile allows (head dim <= 128;
+                      // the warp-specialized one into blocks at every tile)
   kBwdDeterministic,  // backward, bitwise repeatable: ordered dQ sums (warp-specialized kernel) or the dq kernel
   kPaged,             // paged forward, the rows of a tile split across the warps (prefill, packed queries)
   kPagedDecode,       // paged forward, the keys of a tile split across the warps (decode shapes)

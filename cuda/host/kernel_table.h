@@ -83,10 +83,16 @@ inline constexpr KernelTile kKernelTable[] = {
     // dK/dV with atomic dQ, wgmma (kernels/bwd/tile_config_sm90.h Sm90BwdDefaultConfig::DkDv).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90, 128, 128, 64, 128},
     // dK/dV with atomic or ordered dQ sums, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
-    // Sm90WsBwdDefaultConfig): head_dim == head_dim_v only (kernel_choice.cc).
+    // Sm90WsBwdDefaultConfig): the swapped layout, head_dim == head_dim_v only (kernel_choice.cc); above 128 the
+    // split layout (tile_size_split.h), pinned only until it has run on a GPU (README.md there), with dQ summed
+    // into blocks at every tile and in key-block order where the tile has the shared dQ block (not D256:
+    // workspace_layout.h sm90_ws_ordered_dq_sums).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 128, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 192, 128, 64, 64, kPinnedOnly},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 192, 192, 64, 64, kPinnedOnly},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 256, 256, 64, 64, kPinnedOnly},
     // Paged, cp.async (kernels/fwd/paged_tile_config.h PagedDefaultConfig).
     {KernelKind::kPaged, KernelVariant::kSm80, 64, 64, kPagedTileRows, kPagedTileKeys},
     {KernelKind::kPaged, KernelVariant::kSm80, 96, 96, kPagedTileRows, kPagedTileKeys},

@@ -3,13 +3,16 @@
 // oracle rule with the current kernel in the place of the naive one), then speed beside the current backward.
 // Both run as run_attn_bwd runs them: delta (bwd_delta_kernel), the dq accumulator zeroed, dK/dV with the dQ
 // sums (the current kernel's atomics into rows, the new one's bulk reduce-adds into blocks), the accumulator
-// converted. The current dK/dV kernel is the sm90 wgmma one where its tile exists (D128), else the sm80 one.
+// converted. The current dK/dV kernel is the sm90 wgmma one where its tile exists (D128), else the sm80 one
+// (above D128 without dQ sums: then the dq kernel, as the library runs it there).
 // Every case also runs the library's deterministic backward (the new kernel's dQ sums in key-block order,
-// behind a semaphore per block) twice: dK and dV must equal the dQ mode's bit for bit, dq meets the same
+// behind a semaphore per block; where the tile has no shared dQ block, D256, the new kernel without dQ and the
+// dq kernel) twice: dK and dV must equal the dQ mode's bit for bit, dq meets the same
 // tolerance and is bitwise repeatable. A few cases and the timing add the other deterministic way (the new
 // kernel without dQ, then the dq kernel).
 //
-// Build from the repository root (CHECK_HEAD_DIM picks the tile: 64, 96 or 128):
+// Build from the repository root (CHECK_HEAD_DIM picks the tile: 64, 96, 128 (the swapped layout), 192 or 256
+// (the split layout); CHECK_HEAD_DIM_V, default CHECK_HEAD_DIM, may be 128 with CHECK_HEAD_DIM=192):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -lineinfo -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/bwd_sm90_ws_check.cu -o /tmp/bwd_sm90_ws_check
@@ -45,7 +48,10 @@ namespace {
 using namespace check;  // tools/check_common.h
 
 constexpr int kD = CHECK_HEAD_DIM;
-constexpr int kDv = CHECK_HEAD_DIM;  // the new kernel has Dv = D only (tile_size.h)
+#ifndef CHECK_HEAD_DIM_V
+#define CHECK_HEAD_DIM_V CHECK_HEAD_DIM
+#endif
+constexpr int kDv = CHECK_HEAD_DIM_V;  // Dv != D: the split layout's only (tile_size_split.h)
 
 
 // ---- The backward chains -----------------------------------------------------------------------------------------
@@ -69,7 +75,7 @@ KernelChoice current_choice() {
   choice.feature = KernelFeature::kBwd;
   choice.variant = Sm90BwdDefaultConfig<Element, kD, kDv>::kAvailable ? KernelVariant::kSm90 : KernelVariant::kSm80;
   choice.pinned = true;
-  choice.dq = DqPath::kAtomicSums;
+  choice.dq = bwd_atomic_dq_sums(kD, /*deterministic=*/false) ? DqPath::kAtomicSums : DqPath::kDqKernel;
   return choice;
 }
 
@@ -85,6 +91,13 @@ Status new_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum, cud
   return launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, DqPath::kAtomicSums>(
       p, delta, dq_accum, nullptr, stream);
 }
+
+static_assert(find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kD, kDv) != nullptr,
+              "kernel_table.h lists the new kernel's tile");
+// The deterministic backward of the new kernel: its ordered dQ sums where the tile has the shared dQ block, else
+// (D256, where the library's deterministic backward is the sm80 one) the kernel without dQ, then the dq kernel.
+constexpr bool kOrderedNew = WsCfg::kDqSharedBlock;
+constexpr const char* kDeterministicName = kOrderedNew ? "ordered dQ sums" : "no dQ + dq kernel";
 
 // The new kernel's choice, as the kernel table gives it for the pinned sm90_ws variant: atomic sums, or ordered
 // ones when deterministic.
@@ -105,14 +118,18 @@ Status launch_current(const AttnBwdParams& p, cudaStream_t stream) {
   return run_attn_bwd<Element, kD, kDv>(p, current_choice<Element>(), stream);
 }
 template <class Element>
-Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
-  return run_attn_bwd<Element, kD, kDv>(p, new_choice(false), stream);
+Status launch_delta(const AttnBwdParams& p, float* delta, cudaStream_t stream) {
+  const int64_t rows = int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q;
+  if (rows > 0) {
+    bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
+                                kBwdElementwiseThreads, 0, stream>>>(p, delta);
+    if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
+  }
+  return Status{};
 }
 template <class Element>
-Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
-  AttnBwdParams det = p;
-  det.deterministic = true;
-  return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
+Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
+  return run_attn_bwd<Element, kD, kDv>(p, new_choice(false), stream);
 }
 
 // The other deterministic way, for comparison: the new kernel without dQ, then the dq kernel (no library path
@@ -121,11 +138,7 @@ template <class Element>
 Status launch_new_with_dq_kernel(const AttnBwdParams& p, cudaStream_t stream) {
   float* delta = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + workspace_layout(p, true).delta_offset);
   const int64_t rows = int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q;
-  if (rows > 0) {
-    bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
-                                kBwdElementwiseThreads, 0, stream>>>(p, delta);
-    if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
-  }
+  if (Status s = launch_delta<Element>(p, delta, stream); !s.ok()) return s;
   if (p.seqlen_k > 0) {
     const Status s = launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, DqPath::kDqKernel>(
         p, delta, nullptr, nullptr, stream);
@@ -133,6 +146,18 @@ Status launch_new_with_dq_kernel(const AttnBwdParams& p, cudaStream_t stream) {
   }
   if (rows == 0) return Status{};
   return bwd_launch_detail::launch_dq<typename BwdDefaultConfig<Element, kD, kDv>::Dq>(p, delta, stream);
+}
+
+// The library's deterministic backward with the new kernel (kDeterministicName).
+template <class Element>
+Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
+  AttnBwdParams det = p;
+  det.deterministic = true;
+  if constexpr (kOrderedNew) {
+    return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
+  } else {
+    return launch_new_with_dq_kernel<Element>(det, stream);
+  }
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------
@@ -706,7 +731,7 @@ bool check_correctness(bool small, const char* dtype) {
     // The deterministic backward (ordered dQ sums) on every case, twice: dq within the tolerance and bitwise
     // equal across the runs, dK / dV the dQ mode's. A wait that never ends (the key blocks of a query block
     // counted differently from the dK/dV CTAs' own walks) hangs here: the line names the case first.
-    std::printf("%-5s D%d %-36s deterministic (ordered dQ sums) ...\n", dtype, c.d, c.name.c_str());
+    std::printf("%-5s D%d %-36s deterministic (%s) ...\n", dtype, c.d, c.name.c_str(), kDeterministicName);
     std::fflush(stdout);
     Grads ordered[2];
     for (Grads& g : ordered) {
@@ -720,8 +745,8 @@ bool check_correctness(bool small, const char* dtype) {
     const bool ord_ok = e_ord.bad == 0 && e_ord.dq <= tol(cur.dq, e_ord.ref_dq) && ord_repeatable &&
                         same_dk_dv(pr, got, ordered[0]);
     all_ok = all_ok && ord_ok;
-    std::printf("%-5s D%d %-36s deterministic (ordered dQ sums): dq %.2e bad %ld, %s %s\n", dtype, c.d,
-                c.name.c_str(), e_ord.dq, e_ord.bad, ord_repeatable ? "bitwise repeatable" : "NOT REPEATABLE",
+    std::printf("%-5s D%d %-36s deterministic (%s): dq %.2e bad %ld, %s %s\n", dtype, c.d,
+                c.name.c_str(), kDeterministicName, e_ord.dq, e_ord.bad, ord_repeatable ? "bitwise repeatable" : "NOT REPEATABLE",
                 ord_ok ? "PASS" : "FAIL");
   }
   return all_ok;
@@ -765,13 +790,14 @@ void benchmark(const char* dtype) {
                   "max |new - current| %.2e\n",
                   dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_cur_k, ms_new_k, ms_cur_k / ms_new_k,
                   ms_cur, flops / ms_cur * 1e-9, ms_new, flops / ms_new * 1e-9, ms_cur / ms_new, diff);
-      // The deterministic backward (ordered dQ sums) and the other way (the kernel without dQ, the dq kernel).
+      // The deterministic backward (kDeterministicName) and the other way (the kernel without dQ, the dq kernel).
       const float ms_dqk = time_ms([&] { launch_new_with_dq_kernel<Element>(pr.p, nullptr); }, reps);
       const float ms_det = time_ms([&] { launch_new_deterministic<Element>(pr.p, nullptr); }, reps);
       CHECK_CUDA(cudaGetLastError());
-      std::printf("%-5s D%d %-6s B%-2d S%-5d H%-2d | deterministic: ordered dQ sums %7.3f ms (%.2f of sm90_ws), "
+      std::printf("%-5s D%d %-6s B%-2d S%-5d H%-2d | deterministic: %s %7.3f ms (%.2f of sm90_ws), "
                   "no dQ + dq kernel %7.3f ms (%.2f of sm90_ws)\n",
-                  dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_det, ms_new / ms_det, ms_dqk,
+                  dtype, kD, causal ? "causal" : "full", batch, s, heads, kDeterministicName, ms_det, ms_new / ms_det,
+                  ms_dqk,
                   ms_new / ms_dqk);
     }
   }

@@ -26,10 +26,16 @@ enum class DqPath {
   kOrderedSums,  // the warp-specialized dK/dV kernel adds them into blocks in key-block order: bitwise repeatable
 };
 
-// The atomic dq sums run only where their extra fp32 accumulator fits the dk/dv kernel's registers.
+// The atomic dq sums into rows (the mma.sync and wgmma dK/dV kernels) run only where their extra fp32
+// accumulator fits the dk/dv kernel's registers. (The warp-specialized kernel sums dQ into blocks at every tile.)
 inline constexpr bool bwd_atomic_dq_sums(int head_dim, bool deterministic) {
   return !deterministic && head_dim <= 128;
 }
+
+// The warp-specialized dK/dV kernel's ordered (deterministic) dQ sums need its shared dQ block, for which the
+// split layout's D256 tile has no room (kernels/bwd/sm90_ws/tile_size_split.h kDqSharedBlock; its launcher
+// asserts the two agree).
+inline constexpr bool sm90_ws_ordered_dq_sums(int tile_d) { return tile_d <= 192; }
 
 // The blocks layout's block: block_m queries x tile_d head-dim columns (the dK/dV kernel's query step and
 // head-dim tile). block_m == 0: no blocks layout.
@@ -70,19 +76,22 @@ struct BwdWorkspaceLayout {
 
 inline constexpr size_t bwd_align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// blocks: the blocks layout a dK/dV kernel of the call may take (block_m 0: none). The atomic sums' accumulator
-// is sized for it and for rows; the deterministic backward has blocks and their semaphores where there is a
-// blocks layout (the ordered sums), else nothing (the dq kernel).
+// blocks: the blocks layout a dK/dV kernel of the call may take (block_m 0: none). The default backward's
+// accumulator is sized for it and, up to head dim 128, for rows; the deterministic backward has blocks and their
+// semaphores where there is a blocks layout with ordered sums, else nothing (the dq kernel).
 inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, bool packed, int seqlen_q, int heads_q,
                                                          int head_dim, bool deterministic, DqAccumBlock blocks) {
   const size_t delta_bytes = bwd_align256(size_t(packed ? 1 : batch) * size_t(heads_q) * size_t(seqlen_q) *
                                           sizeof(float));
-  const size_t in_blocks = dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, blocks);
+  const size_t in_blocks =
+      blocks.block_m > 0 ? dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, blocks) : 0;
   size_t accum_floats = 0, semaphores = 0;
-  if (bwd_atomic_dq_sums(head_dim, deterministic)) {
-    const size_t in_rows = dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, DqAccumBlock{});
+  if (!deterministic) {
+    const size_t in_rows = bwd_atomic_dq_sums(head_dim, deterministic)
+                               ? dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, DqAccumBlock{})
+                               : 0;
     accum_floats = in_rows > in_blocks ? in_rows : in_blocks;
-  } else if (deterministic && blocks.block_m > 0) {
+  } else if (blocks.block_m > 0 && sm90_ws_ordered_dq_sums(blocks.tile_d)) {
     accum_floats = in_blocks;
     semaphores = in_blocks / (size_t(blocks.block_m) * size_t(blocks.tile_d));
   }

@@ -11,6 +11,10 @@
 // block with the same MMA to find each value's (query, column). Rows past a sequence and columns past head_dim
 // are summed like the others (every block belongs to one sequence) and never converted.
 //
+// Tiles without room for the shared block (the split layout at D256, tile_size_split.h) skip it: the consumers
+// add their fragments into the global block directly, float4 atomics in the same order (atomic_add), and no
+// writer warp runs; the convert kernel is the same. (No ordered sums for them: the order is the writer's.)
+//
 // Hand-off per step, with two named barriers of the consumers and the writer warp (named_barriers.h):
 //   consumers: sync kDqBlockFree | store dQ, fence.proxy.async | arrive kDqBlockFull
 //   writer:    sync kDqBlockFull | bulk reduce-add, wait until it has read the block | arrive kDqBlockFree
@@ -89,6 +93,20 @@ struct Sm90WsDqAccumBlocks {
     store(acc, smem_block, tidx);
     cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, seen by the bulk copy
     cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
+  }
+
+  // Consumers of a tile without room for the shared block (tile_size_split.h, kDqSharedBlock false): thread
+  // tidx adds its dQ fragment straight into the step's block in global memory, in the block's order, with
+  // 16-byte float4 atomics (sm_90, global memory); a warp's adds cover 512 contiguous bytes. The block's
+  // readers are the convert kernel's, after the grid.
+  template <class Frag>
+  __device__ static void atomic_add(const Frag& acc, float* block, int tidx) {
+    static_assert(cute::size(Frag{}) * kThreads == kBlockFloats);
+    CUTE_UNROLL
+    for (int v = 0; v < cute::size(acc); v += 4) {
+      atomicAdd(reinterpret_cast<float4*>(block + v * kThreads + 4 * tidx),
+                make_float4(acc(v), acc(v + 1), acc(v + 2), acc(v + 3)));
+    }
   }
 
   // The writer warp (all 32 lanes: the named barriers count warps), for a CTA with at least one step.

@@ -1,22 +1,28 @@
 // The warp-specialized Hopper dK/dV kernel (sm_90a), FlashAttention-3's design: scheduler x mainloop x epilogue.
 //
 //   warpgroup 0 (producer, 24 registers): warp 0's lane 0 issues the TMA loads of K, V (once) and Q, dO (per
-//                                         step; mainloop_tma_ws.h, load_tiles); with kDq, warp 1 adds each
-//                                         step's dQ block to the workspace (dq_accum_blocks.h); the rest idle;
-//   warpgroups 1, 2 (consumers, 240 registers): 64 keys each, each warpgroup fetching its own lse / delta rows
-//                                         a step ahead (query_rows.h), the five products per step, dQ handed
-//                                         to warp 1 through shared memory (mainloop_tma_ws.h, mma; kDq false:
-//                                         three products, no dQ), then the backward's epilogue writes dK
-//                                         (times scale) and dV (bwd/epilogue.h, store_dk_dv).
+//                                         step; tma_loads.h, load_tiles); with kDq and the shared dQ block
+//                                         (Cfg::kDqSharedBlock), warp 1 adds each step's dQ block to the
+//                                         workspace (dq_accum_blocks.h); the rest idle;
+//   warpgroups 1, 2 (consumers, 240 registers): the products per step, each warpgroup fetching its own lse /
+//                                         delta rows a step ahead (query_rows.h), in one of two layouts
+//                                         (Cfg::kSplit): the swapped one (mainloop_tma_ws.h, D <= 128), 64 keys
+//                                         per warpgroup with dK / dV in its registers; or the split one
+//                                         (mainloop_tma_ws_split.h, D192 / D256), the CTA's 64 keys shared and
+//                                         every product split between the warpgroups. dQ goes to warp 1 through
+//                                         the shared block, or (split, no room for the block) by float4 atomics
+//                                         into the same workspace blocks; kDq false: no dQ. Then the backward's
+//                                         epilogue writes dK (times scale) and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
 // the CTA in a fixed order (dK / dV deterministic; dQ as the key blocks' CTAs add it into the same workspace
-// blocks in whatever order they run is not, in key-block order behind semaphores it is: kDqOrdered).
+// blocks in whatever order they run is not, in key-block order behind semaphores it is: kDqOrdered, which needs
+// the shared dQ block).
 // Semantics are the other backward kernels': bottom-right aligned causal / window mask, softcap, packed
 // layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and, with kDq, a zeroed dq
 // accumulator in blocks, whose sums attn_bwd_dq_blocks_convert_kernel turns into dq (dq_accum_blocks.h).
 // The mode without dQ (kDq false, then the dq kernel, kernels/bwd/dq_kernel.cuh) only the check tool runs now,
-// to time the two deterministic ways.
+// to time the two deterministic ways (and, at D256, as its deterministic backward).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -24,21 +30,30 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include <type_traits>
+
 #include "kernels/bwd/dkdv_work.h"
 #include "kernels/bwd/epilogue.h"
 #include "kernels/bwd/sm90_ws/dq_accum_blocks.h"
 #include "kernels/bwd/sm90_ws/mainloop_tma_ws.h"
-#include "kernels/bwd/sm90_ws/shared_storage.h"
+#include "kernels/bwd/sm90_ws/mainloop_tma_ws_split.h"
 #include "kernels/common/warp_specialized.h"
 #include "kernels/params.h"
 #include "kernels/sched/single_tile_scheduler.h"
 
 namespace jax_flash {
 
+// The mainloop of a config: the swapped layout (mainloop_tma_ws.h, D <= 128) or the split one
+// (mainloop_tma_ws_split.h, large head dims); each names its shared storage.
+template <class Cfg>
+using Sm90WsBwdMainloopOf = std::conditional_t<Cfg::kSplit, Sm90WsBwdSplitMainloop<Cfg>, Sm90WsBwdMainloop<Cfg>>;
+template <class Cfg>
+using Sm90WsBwdStorageOf = typename Sm90WsBwdMainloopOf<Cfg>::Storage;
+
 template <class Cfg>
 struct Sm90WsBwdKernelParams {
   AttnBwdParams attn;
-  typename Sm90WsBwdMainloop<Cfg>::Params mainloop;
+  typename Sm90WsBwdMainloopOf<Cfg>::Params mainloop;
 };
 
 // Ordered dQ sums launch the key blocks last first: under a causal mask key block n's first query block is
@@ -51,9 +66,10 @@ using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*k
 template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered>
 __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelParams<Cfg>& kp) {
   using namespace cute;
-  using Mainloop = Sm90WsBwdMainloop<Cfg>;
-  using Storage = Sm90WsBwdSharedStorage<Cfg>;
-  using Pipeline = typename Storage::Pipeline;
+  using Mainloop = Sm90WsBwdMainloopOf<Cfg>;
+  using Storage = Sm90WsBwdStorageOf<Cfg>;
+  using Pipeline = typename Mainloop::Pipeline;
+  static_assert(!kDqOrdered || Cfg::kDqSharedBlock, "ordered dQ sums are the dq writer warp's");
   const AttnBwdParams& p = kp.attn;
 
   extern __shared__ __align__(1024) char smem[];
@@ -81,10 +97,11 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
     const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
     if (w.steps > 0 && threadIdx.x == 0) {
       Mainloop::load_tiles(kp.mainloop, p, st, pipe_q, pipe_do, w);
-    } else if (kDq && w.steps > 0 && warp == 1) {
-      Sm90WsDqAccumBlocks<Cfg>::template write<kDqOrdered>(p, kp.mainloop.dq_accum, kp.mainloop.dq_semaphores, w,
-                                                           Scheduler::launches_descending(p),
-                                                           st.dq.data());
+    } else if constexpr (kDq && Cfg::kDqSharedBlock) {
+      if (w.steps > 0 && warp == 1) {
+        Sm90WsDqAccumBlocks<Cfg>::template write<kDqOrdered>(p, kp.mainloop.dq_accum, kp.mainloop.dq_semaphores,
+                                                             w, Scheduler::launches_descending(p), st.dq.data());
+      }
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMmaRegs>();
@@ -98,8 +115,9 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
     if (w.steps > 0) {
       Mainloop::template mma<kSoftcap, kDq>(kp.mainloop, p, st, pipe_q, pipe_do, w, tidx, acc_dk, acc_dv);
     }
-    // dK and dV share one partition (tile_size.h: Dv = D), straight from registers.
-    store_dk_dv<Cfg>(p, w.seq, w.bidb, w.bidhk, w.n0, mma_dk.get_thread_slice(tidx), acc_dk, acc_dv);
+    // Straight from registers, each with its product's partition.
+    store_dk_dv<Cfg>(p, w.seq, w.bidb, w.bidhk, w.n0, mma_dk.get_thread_slice(tidx), acc_dk,
+                     mma_dv.get_thread_slice(tidx), acc_dv);
   }
 }
 

@@ -1,7 +1,8 @@
 // Named (hardware) barriers of the warp-specialized Hopper dK/dV kernel. The first three are meetings of the two
 // consumer warpgroups (256 threads); both take every one of them the same number of times, since whether a
 // barrier is taken depends only on the CTA's tile and step, which both warpgroups share. kRowsPublished + w is
-// consumer warpgroup w's own (128 threads). The last two hand each step's dQ block between the consumers and
+// consumer warpgroup w's own (128 threads; the split layout's one copy of the rows: kRowsPublished, 256 threads).
+// The last two hand each step's dQ block between the consumers and
 // the producer's dq writer warp (288 threads, dq_accum_blocks.h); the TMA warp never joins.
 //
 // Ids are CUTLASS user ids (cutlass::arch::NamedBarrier adds its reserved count); __syncthreads keeps id 0.
@@ -12,9 +13,10 @@ namespace jax_flash {
 enum class Sm90WsBwdBarrier : int {
   kKvTailZeroed = 0,   // packed: the rows of K and V past the sequence are zeroed (once per CTA)
   kQdoTailZeroed = 1,  // packed: the rows of this step's Q and dO past the sequence are zeroed
-  kDsStored = 2,       // every consumer warpgroup's dS^T of this step is in shared memory (each step)
+  kDsStored = 2,       // every consumer warpgroup's dS^T (split layout: P and dS) of this step is in shared
+                       // memory (each step)
   kRowsPublished = 3,  // + w: warpgroup w's lse / delta rows of this step are in shared memory (each step;
-                       // query_rows.h); ids 3 and 4
+                       // query_rows.h); ids 3 and 4 (the split layout: id 3 alone, its one copy, 256 threads)
   kDqBlockFree = 5,    // the writer's bulk add has read the shared dQ block: the consumers may store the next
   kDqBlockFull = 6,    // the consumers' dQ of this step is in the shared block, fenced for the bulk copy
 };

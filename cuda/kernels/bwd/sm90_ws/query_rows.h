@@ -22,20 +22,24 @@
 
 namespace jax_flash {
 
-template <int kBlockM, int kBlockN>
+// kThreads: the threads that share one copy (fetch it together and meet at its barrier): one warpgroup (the
+// swapped layout: each warpgroup its own copy), or both consumer warpgroups (the split layout, whose warpgroups
+// need the same rows: one copy, one 256-thread barrier per step; the same argument for the buffers).
+template <int kBlockM, int kBlockN, int kThreads = 128>
 struct Sm90WsQueryRows {
   static constexpr int kWarpgroupThreads = 128;
+  static constexpr int kCopyThreads = kThreads;
   static constexpr int kValues = 2 * kBlockM;  // a step's lse rows, then its delta rows
   using Work = DkdvWork<kBlockM, kBlockN>;
 
-  // One consumer warpgroup's buffers (by step parity).
+  // One copy's buffers (by step parity).
   struct Storage {
     float lse[2][kBlockM];
     float delta[2][kBlockM];
   };
 
-  // Thread wg_tidx (0 .. 127 within its warpgroup) starts its copies of step `step`'s rows into the step's
-  // buffer; rows past the sequence are stored directly.
+  // Thread wg_tidx (0 .. kThreads - 1 among the copy's threads) starts its copies of step `step`'s rows into
+  // the step's buffer; rows past the sequence are stored directly.
   __device__ static void fetch(const AttnBwdParams& p, const float* delta_ws, const Work& w, int step,
                                Storage& st, int wg_tidx) {
     int bidh, m_block;
@@ -45,7 +49,7 @@ struct Sm90WsQueryRows {
     const float* lse = p.lse + w.seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, w.bidb, bidh) + row0;
     const float* delta = delta_ws + w.seq.scratch_row(p, w.bidb, bidh) + row0;
 #pragma unroll
-    for (int i = wg_tidx; i < kValues; i += kWarpgroupThreads) {
+    for (int i = wg_tidx; i < kValues; i += kThreads) {
       const bool is_lse = i < kBlockM;
       const int row = is_lse ? i : i - kBlockM;
       float* dst = is_lse ? &st.lse[step % 2][row] : &st.delta[step % 2][row];
@@ -58,11 +62,11 @@ struct Sm90WsQueryRows {
     cute::cp_async_fence();
   }
 
-  // This thread's copies landed, then every thread's of warpgroup `warpgroup` are visible to all of them
-  // (each warpgroup its own barrier).
-  __device__ static void publish(int warpgroup) {
+  // This thread's copies landed, then every thread's of copy `copy` (the warpgroup's, or 0) are visible to all
+  // of them (each copy its own barrier).
+  __device__ static void publish(int copy) {
     cute::cp_async_wait<0>();
-    cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, int(Sm90WsBwdBarrier::kRowsPublished) + warpgroup);
+    cutlass::arch::NamedBarrier::sync(kThreads, int(Sm90WsBwdBarrier::kRowsPublished) + copy);
   }
 };
 

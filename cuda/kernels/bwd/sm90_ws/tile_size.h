@@ -33,6 +33,7 @@
 
 #include "kernels/common/tile_atoms.h"
 #include "kernels/common/tile_atoms_sm90.h"
+#include "kernels/bwd/sm90_ws/tile_size_split.h"
 
 namespace jax_flash {
 
@@ -54,6 +55,8 @@ struct Sm90WsBwdConfig {
   static constexpr int kBlockN = kBlockN_;  // keys per CTA
   static constexpr int kStages = kStages_;  // Q / dO (with their lse / delta rows) stages
   static constexpr int kDsStages = 2;       // dS is double-buffered: one named barrier per step (mainloop_tma_ws.h)
+  static constexpr bool kSplit = false;         // the swapped layout's mainloop (kernel_bwd_sm90_ws.cuh)
+  static constexpr bool kDqSharedBlock = true;  // dQ through the shared dQ block and the dq writer warp
 
   static constexpr int kMmaWarpgroups = 2;
   static constexpr int kMmaThreads = 128 * kMmaWarpgroups;
@@ -66,7 +69,8 @@ struct Sm90WsBwdConfig {
   static_assert(kBlockN == 64 * kMmaWarpgroups, "each consumer warpgroup owns 64 keys (one wgmma M)");
   static_assert(kBlockM % 64 == 0 && kBlockM <= 256, "dS^T tile atom and the wgmma N of S^T / dP^T");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "dQ splits D across the 2 warpgroups in wgmma N >= 16");
-  // store_dk_dv (bwd/epilogue.h) partitions dK and dV with one MMA; Dv != D needs its own (README.md).
+  // Dv != D: not written for this layout (its dK / dV atoms, dQ split, tiles); the split layout
+  // (tile_size_split.h) has it.
   static_assert(kHeadDimV == kHeadDim, "Dv != D is not done yet");
   static_assert(kStages >= 2);
 
@@ -141,8 +145,21 @@ struct Sm90WsBwdTileSize<128, 128> {
 };
 
 template <typename Element, int kHeadDim, int kHeadDimV>
+struct Sm90WsBwdSwappedDefault {
+  using type = Sm90WsBwdConfig<Element, kHeadDim, kHeadDimV, Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kBlockM,
+                               Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kBlockN,
+                               Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kStages>;
+};
+template <typename Element, int kHeadDim, int kHeadDimV>
+struct Sm90WsBwdSplitDefault {
+  using type = Sm90WsBwdSplitDefaultConfig<Element, kHeadDim, kHeadDimV>;
+};
+
+// The kernel's config for a head-dim pair: the swapped layout up to D128, the split layout (tile_size_split.h)
+// above, where a warpgroup owning 64 keys cannot hold their dK and dV (the structs pick a tile table lazily).
+template <typename Element, int kHeadDim, int kHeadDimV>
 using Sm90WsBwdDefaultConfig =
-    Sm90WsBwdConfig<Element, kHeadDim, kHeadDimV, Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kBlockM,
-                    Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kBlockN, Sm90WsBwdTileSize<kHeadDim, kHeadDimV>::kStages>;
+    typename std::conditional_t<(kHeadDim > 128), Sm90WsBwdSplitDefault<Element, kHeadDim, kHeadDimV>,
+                                Sm90WsBwdSwappedDefault<Element, kHeadDim, kHeadDimV>>::type;
 
 }  // namespace jax_flash
