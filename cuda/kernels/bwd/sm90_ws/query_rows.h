@@ -28,7 +28,6 @@ namespace jax_flash {
 template <int kBlockM, int kBlockN, int kThreads = 128>
 struct Sm90WsQueryRows {
   static constexpr int kWarpgroupThreads = 128;
-  static constexpr int kCopyThreads = kThreads;
   static constexpr int kValues = 2 * kBlockM;  // a step's lse rows, then its delta rows
   using Work = DkdvWork<kBlockM, kBlockN>;
 
