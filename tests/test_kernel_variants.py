@@ -344,8 +344,8 @@ def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
 @pytest.mark.parametrize("head_dims", [(192, 128), (192, 192), (256, 256)])
 def test_split_layout_backward_is_pinned_only(head_dims):
     """kernel_table.h: the warp-specialized backward's split layout (D192, D256) runs only under the sm90_ws pin
-    until it has run on a GPU; it sums dQ into blocks, in key-block order when deterministic except at D256 (no
-    room for its shared dQ block: the pin is then an error)."""
+    until it has run on a GPU; it sums dQ into blocks, in key-block order when deterministic (D256 without the
+    shared dQ block: by the consumers' atomics in their turn)."""
     module = _extension()
     if not _hopper():
         pytest.skip("needs a Hopper and a build with sm_90a code")
@@ -354,11 +354,7 @@ def test_split_layout_backward_is_pinned_only(head_dims):
         pytest.skip(f"this build has no head-dim tile {head_dims}")
     assert module.kernel_choice("bwd", "bfloat16", *head_dims)["variant"] == "sm80"
     assert module.kernel_choice("bwd", "bfloat16", *head_dims, "sm90_ws")["dq"] == "atomic_sums"
-    if head_dims[0] == 256:
-        with pytest.raises(ValueError, match="cannot serve bwd_deterministic"):
-            module.kernel_choice("bwd_deterministic", "bfloat16", *head_dims, "sm90_ws")
-    else:
-        assert module.kernel_choice("bwd_deterministic", "bfloat16", *head_dims, "sm90_ws")["dq"] == "ordered_sums"
+    assert module.kernel_choice("bwd_deterministic", "bfloat16", *head_dims, "sm90_ws")["dq"] == "ordered_sums"
 
 def _ws_backward_case(head_dim, softcap):
     """GQA 3 (each kv head sums three query heads' dK / dV), causal; with softcap also a left window."""
@@ -374,10 +370,11 @@ def _ws_backward_or_skip(feature, head_dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("softcap", [None, 30.0])
-@pytest.mark.parametrize("head_dim", [64, 96, 128, 192])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
 def test_pinned_warp_specialized_deterministic_backward(head_dim, softcap):
     """deterministic=True under sm90_ws: the warp-specialized dK/dV kernel with its dQ sums in key-block order
-    (D192: the split layout). By the oracle rule (gpu_harness.run_case), and bitwise repeatable."""
+    (D192: the split layout's dq writer warp; D256: its consumers' atomics). By the oracle rule
+    (gpu_harness.run_case), and bitwise repeatable."""
     _ws_backward_or_skip("bwd_deterministic", head_dim)
     case = _ws_backward_case(head_dim, softcap)
     first, _ = run_case(case, variant="sm90_ws", deterministic=True)

@@ -188,7 +188,7 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
   if (atomic_dq && (ws ? params.deterministic : !bwd_atomic_dq_sums(params.head_dim, params.deterministic))) {
     return error("atomic dQ sums chosen for a workspace without their accumulator");
   }
-  if (ordered_dq && !(ws && params.deterministic && sm90_ws_ordered_dq_sums(choice.tile.tile_d))) {
+  if (ordered_dq && !(ws && params.deterministic)) {
     return error("ordered dQ sums are the deterministic warp-specialized backward's");
   }
   float* dq_accum = atomic_dq || ordered_dq ? reinterpret_cast<float*>(workspace + layout.dq_accum_offset) : nullptr;

@@ -7,8 +7,7 @@
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws*_*.cu, built for sm_90a alone) and the
 // GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls them when the kernel choice is kSm90Ws
-// (kernel_table.h: the default on a Hopper for its tiles up to 128, pinned only above). The ordered entry of a
-// tile without the shared dQ block (D256) returns an error: the kernel choice never names it.
+// (kernel_table.h: the default on a Hopper for its tiles up to 128, pinned only above).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -90,15 +89,7 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
   if (params.heads_k > 65535 || params.layout_batch() > 65535) {
     return Status{name + ": batch and heads must each be <= 65535"};
   }
-  if constexpr (kDq == DqPath::kOrderedSums && !Cfg::kDqSharedBlock) {
-    // The ordered sums are the dq writer warp's, whose shared dQ block this tile has no room for
-    // (tile_size_split.h): the deterministic backward runs this kernel without dQ, then the dq kernel.
-    return Status{name + ": ordered dQ sums need the shared dQ block, which the tile of head dims " +
-                  std::to_string(Cfg::kHeadDim) + "/" + std::to_string(Cfg::kHeadDimV) + " has no room for"};
-  } else {
-    return sm90_ws_launch_detail::launch_dkdv_kernel<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream,
-                                                               name);
-  }
+  return sm90_ws_launch_detail::launch_dkdv_kernel<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream, name);
 #endif
 }
 
@@ -151,8 +142,6 @@ Status run_attn_bwd_sm90_ws_default_tile(const AttnBwdParams& params, const floa
   using Cfg = Sm90WsBwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsBwdDefaultConfig's tile");
-  static_assert(Cfg::kDqSharedBlock == sm90_ws_ordered_dq_sums(kHeadDim),
-                "workspace_layout.h sm90_ws_ordered_dq_sums must name the tiles with the shared dQ block");
   return launch_attn_bwd_sm90_ws<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream);
 }
 

@@ -84,11 +84,6 @@ std::string unavailable(KernelFeature feature, KernelVariant variant, int head_d
       tile_d <= 128) {
     return "the warp-specialized dK/dV kernel needs head_dim == head_dim_v up to head dim 128";
   }
-  if (feature == KernelFeature::kBwdDeterministic && variant == KernelVariant::kSm90Ws &&
-      !sm90_ws_ordered_dq_sums(tile_d)) {
-    return "the warp-specialized dK/dV kernel has no ordered dQ sums for the head-dim tile " +
-           std::to_string(tile_d) + " (no room for its shared dQ block)";
-  }
   if (is_hopper_variant(variant)) {
     if (!kBuildHasSm90a) return "this build has no sm_90a code (JAX_FLASH_ARCHS)";
     const int major = current_device_major();

@@ -22,7 +22,7 @@ SM90A_DIRECTIONS = {
     "bwd_sm90_ws": ("host/bwd_sm90_ws_launch.cuh", "run_attn_bwd_sm90_ws",
                     "const AttnBwdParams&, const float*, float*, ", HEAD_DIMS),
     # The same kernel with its dQ sums in key-block order (the deterministic backward): a file of its own, so the
-    # two compile in parallel. (D256's entry only returns an error: its tile has no room for the ordered sums.)
+    # two compile in parallel.
     "bwd_sm90_ws_ordered": ("host/bwd_sm90_ws_launch.cuh", "run_attn_bwd_sm90_ws_ordered",
                             "const AttnBwdParams&, const float*, float*, int*, ", HEAD_DIMS),
 }

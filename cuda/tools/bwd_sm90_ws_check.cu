@@ -6,8 +6,8 @@
 // converted. The current dK/dV kernel is the sm90 wgmma one where its tile exists (D128), else the sm80 one
 // (above D128 without dQ sums: then the dq kernel, as the library runs it there).
 // Every case also runs the library's deterministic backward (the new kernel's dQ sums in key-block order,
-// behind a semaphore per block; where the tile has no shared dQ block, D256, the new kernel without dQ and the
-// dq kernel) twice: dK and dV must equal the dQ mode's bit for bit, dq meets the same
+// behind a semaphore per block; where the tile has no shared dQ block, D256, added by the consumers' atomics in
+// their turn) twice: dK and dV must equal the dQ mode's bit for bit, dq meets the same
 // tolerance and is bitwise repeatable. A few cases and the timing add the other deterministic way (the new
 // kernel without dQ, then the dq kernel).
 //
@@ -94,10 +94,10 @@ Status new_dkdv(const AttnBwdParams& p, const float* delta, float* dq_accum, cud
 
 static_assert(find_kernel_tile(KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, kD, kDv) != nullptr,
               "kernel_table.h lists the new kernel's tile");
-// The deterministic backward of the new kernel: its ordered dQ sums where the tile has the shared dQ block, else
-// (D256, where the library's deterministic backward is the sm80 one) the kernel without dQ, then the dq kernel.
-constexpr bool kOrderedNew = WsCfg::kDqSharedBlock;
-constexpr const char* kDeterministicName = kOrderedNew ? "ordered dQ sums" : "no dQ + dq kernel";
+// The deterministic backward of the new kernel: its ordered dQ sums (by the dq writer warp where the tile has
+// the shared dQ block, else by the consumers' float4 atomics in their turn, D256).
+constexpr const char* kDeterministicName =
+    WsCfg::kDqSharedBlock ? "ordered dQ sums" : "ordered dQ sums (consumers' atomics)";
 
 // The new kernel's choice, as the kernel table gives it for the pinned sm90_ws variant: atomic sums, or ordered
 // ones when deterministic.
@@ -153,11 +153,7 @@ template <class Element>
 Status launch_new_deterministic(const AttnBwdParams& p, cudaStream_t stream) {
   AttnBwdParams det = p;
   det.deterministic = true;
-  if constexpr (kOrderedNew) {
-    return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
-  } else {
-    return launch_new_with_dq_kernel<Element>(det, stream);
-  }
+  return run_attn_bwd<Element, kD, kDv>(det, new_choice(true), stream);
 }
 
 // ---- Inputs and the fp32 reference -------------------------------------------------------------------------------

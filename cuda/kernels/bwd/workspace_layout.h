@@ -32,11 +32,6 @@ inline constexpr bool bwd_atomic_dq_sums(int head_dim, bool deterministic) {
   return !deterministic && head_dim <= 128;
 }
 
-// The warp-specialized dK/dV kernel's ordered (deterministic) dQ sums need its shared dQ block, for which the
-// split layout's D256 tile has no room (kernels/bwd/sm90_ws/tile_size_split.h kDqSharedBlock; its launcher
-// asserts the two agree).
-inline constexpr bool sm90_ws_ordered_dq_sums(int tile_d) { return tile_d <= 192; }
-
 // The blocks layout's block: block_m queries x tile_d head-dim columns (the dK/dV kernel's query step and
 // head-dim tile). block_m == 0: no blocks layout.
 struct DqAccumBlock {
@@ -78,7 +73,7 @@ inline constexpr size_t bwd_align256(size_t bytes) { return (bytes + 255) / 256 
 
 // blocks: the blocks layout a dK/dV kernel of the call may take (block_m 0: none). The default backward's
 // accumulator is sized for it and, up to head dim 128, for rows; the deterministic backward has blocks and their
-// semaphores where there is a blocks layout with ordered sums, else nothing (the dq kernel).
+// semaphores where there is a blocks layout (the ordered sums), else nothing (the dq kernel).
 inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, bool packed, int seqlen_q, int heads_q,
                                                          int head_dim, bool deterministic, DqAccumBlock blocks) {
   const size_t delta_bytes = bwd_align256(size_t(packed ? 1 : batch) * size_t(heads_q) * size_t(seqlen_q) *
@@ -91,7 +86,7 @@ inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, bool packed,
                                ? dq_accum_floats(batch, packed, seqlen_q, heads_q, head_dim, DqAccumBlock{})
                                : 0;
     accum_floats = in_rows > in_blocks ? in_rows : in_blocks;
-  } else if (blocks.block_m > 0 && sm90_ws_ordered_dq_sums(blocks.tile_d)) {
+  } else if (blocks.block_m > 0) {
     accum_floats = in_blocks;
     semaphores = in_blocks / (size_t(blocks.block_m) * size_t(blocks.tile_d));
   }

@@ -13,7 +13,7 @@
 //
 // Tiles without room for the shared block (the split layout at D256, tile_size_split.h) skip it: the consumers
 // add their fragments into the global block directly, float4 atomics in the same order (atomic_add), and no
-// writer warp runs; the convert kernel is the same. (No ordered sums for them: the order is the writer's.)
+// writer warp runs; the convert kernel is the same. Their ordered sums are the consumers' (ordered_atomic_add).
 //
 // Hand-off per step, with two named barriers of the consumers and the writer warp (named_barriers.h):
 //   consumers: sync kDqBlockFree | store dQ, fence.proxy.async | arrive kDqBlockFull
@@ -29,6 +29,10 @@
 // has a semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the writer of key
 // block n waits until the count reaches its turn (n - n_min, or n_max - 1 - n descending), adds, waits until
 // its add is complete, and increments it. The deterministic backward runs it (bwd_launch.cuh, DqPath::kOrderedSums).
+// Without the shared block the consumers take the same turn themselves: one thread waits for the count, the
+// consumer threads meet, add with float4 atomics, meet again, and one thread increments the count with a
+// release (CUTLASS's GenericBarrier pattern: the barrier orders every thread's adds before that release). The
+// consumers, not a writer warp, then wait for the turn; dV and dK of the step run meanwhile.
 #pragma once
 
 #include <cute/arch/copy_sm90_tma.hpp>
@@ -109,6 +113,36 @@ struct Sm90WsDqAccumBlocks {
     }
   }
 
+  // Ordered sums: how many adds to query block m_block come before this CTA's (key block w.n_block), in the
+  // order the scheduler launches the key blocks' CTAs.
+  template <class Work>
+  __device__ static int turn(const Work& w, int m_block, bool launches_descending) {
+    int n_min, n_max;
+    w.mask.template n_block_range<Cfg::kBlockM, Cfg::kBlockN>(m_block, n_min, n_max);
+    return launches_descending ? n_max - 1 - w.n_block : w.n_block - n_min;
+  }
+
+  // Consumers of a tile without the shared block, ordered sums (the deterministic backward): atomic_add in this
+  // CTA's turn at the block (`turn` adds before it, counted by *semaphore), then the count incremented. Every
+  // consumer thread calls it (kThreads, named barrier kDqTurn).
+  template <class Frag>
+  __device__ static void ordered_atomic_add(const Frag& acc, float* block, int* semaphore, int turn, int tidx) {
+    if (tidx == 0) {
+      // At least `turn` adds done (as write<true>: with overlapping cu_seqlens a count may pass a turn).
+      int done;
+      do {
+        asm volatile("ld.global.acquire.gpu.b32 %0, [%1];" : "=r"(done) : "l"(semaphore) : "memory");
+      } while (done < turn);
+    }
+    cutlass::arch::NamedBarrier::sync(kThreads, int(Sm90WsBwdBarrier::kDqTurn));  // the earlier adds, acquired
+    atomic_add(acc, block, tidx);
+    cutlass::arch::NamedBarrier::sync(kThreads, int(Sm90WsBwdBarrier::kDqTurn));  // every thread's adds issued
+    if (tidx == 0) {
+      // Release: the fence orders the adds of every thread that met at the barrier before the increment.
+      asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(semaphore) : "memory");
+    }
+  }
+
   // The writer warp (all 32 lanes: the named barriers count warps), for a CTA with at least one step.
   // kOrdered: semaphores holds one int per block (zeroed), and the adds to a block go in key-block order,
   // descending or not as the CTAs of a (kv head, sequence) are launched.
@@ -124,9 +158,7 @@ struct Sm90WsDqAccumBlocks {
       w.query_tile(step, p.kv_group, bidh, m_block);
       const int64_t block = block_index(p, w.seq, w.bidb, bidh, m_block);
       if constexpr (kOrdered) {
-        int n_min, n_max;
-        w.mask.template n_block_range<Cfg::kBlockM, Cfg::kBlockN>(m_block, n_min, n_max);
-        const int turn = launches_descending ? n_max - 1 - w.n_block : w.n_block - n_min;
+        const int turn = Sm90WsDqAccumBlocks::turn(w, m_block, launches_descending);
         // At least `turn` adds done (equal with valid offsets; with cu_seqlens that overlap, blocks are shared
         // between sequences and a count may pass a turn: no wait may then last forever, the sums are merely
         // unspecified).

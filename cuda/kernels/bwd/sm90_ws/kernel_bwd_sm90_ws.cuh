@@ -11,18 +11,18 @@
 //                                         (mainloop_tma_ws_split.h, D192 / D256), the CTA's 64 keys shared and
 //                                         every product split between the warpgroups. dQ goes to warp 1 through
 //                                         the shared block, or (split, no room for the block) by float4 atomics
-//                                         into the same workspace blocks; kDq false: no dQ. Then the backward's
+//                                         into the same workspace blocks, in their turn when ordered; kDq
+//                                         false: no dQ. Then the backward's
 //                                         epilogue writes dK (times scale) and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
 // the CTA in a fixed order (dK / dV deterministic; dQ as the key blocks' CTAs add it into the same workspace
-// blocks in whatever order they run is not, in key-block order behind semaphores it is: kDqOrdered, which needs
-// the shared dQ block).
+// blocks in whatever order they run is not, in key-block order behind semaphores it is: kDqOrdered).
 // Semantics are the other backward kernels': bottom-right aligned causal / window mask, softcap, packed
 // layouts; keys that no query sees get dK = dV = 0. Expects delta (bwd_delta_kernel) and, with kDq, a zeroed dq
 // accumulator in blocks, whose sums attn_bwd_dq_blocks_convert_kernel turns into dq (dq_accum_blocks.h).
 // The mode without dQ (kDq false, then the dq kernel, kernels/bwd/dq_kernel.cuh) only the check tool runs now,
-// to time the two deterministic ways (and, at D256, as its deterministic backward).
+// to time the two deterministic ways.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -69,7 +69,7 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
   using Mainloop = Sm90WsBwdMainloopOf<Cfg>;
   using Storage = Sm90WsBwdStorageOf<Cfg>;
   using Pipeline = typename Mainloop::Pipeline;
-  static_assert(!kDqOrdered || Cfg::kDqSharedBlock, "ordered dQ sums are the dq writer warp's");
+  static_assert(!kDqOrdered || kDq, "ordered dQ sums need the dQ sums");
   const AttnBwdParams& p = kp.attn;
 
   extern __shared__ __align__(1024) char smem[];
@@ -113,7 +113,12 @@ __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelP
     clear(acc_dk);
     clear(acc_dv);
     if (w.steps > 0) {
-      Mainloop::template mma<kSoftcap, kDq>(kp.mainloop, p, st, pipe_q, pipe_do, w, tidx, acc_dk, acc_dv);
+      if constexpr (Cfg::kSplit) {  // its ordered sums without the shared block are the consumers'
+        Mainloop::template mma<kSoftcap, kDq, kDqOrdered && !Cfg::kDqSharedBlock>(
+            kp.mainloop, p, st, pipe_q, pipe_do, w, Scheduler::launches_descending(p), tidx, acc_dk, acc_dv);
+      } else {
+        Mainloop::template mma<kSoftcap, kDq>(kp.mainloop, p, st, pipe_q, pipe_do, w, tidx, acc_dk, acc_dv);
+      }
     }
     // Straight from registers, each with its product's partition.
     store_dk_dv<Cfg>(p, w.seq, w.bidb, w.bidhk, w.n0, mma_dk.get_thread_slice(tidx), acc_dk,

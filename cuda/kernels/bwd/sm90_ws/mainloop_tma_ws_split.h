@@ -11,7 +11,8 @@
 //   kDsStored (both warpgroups)
 //   dQ = dS K, dV += P^T dO, dK += dS^T Q (three committed batches, all SS)
 //   wait dQ: dQ to the shared dQ block for the dq writer warp (dq_accum_blocks.h consumer_hand_over), or, where
-//   the tile has no room for it, float4 atomics into the workspace block (atomic_add)
+//   the tile has no room for it, float4 atomics into the workspace block (atomic_add; kDqOrdered: in the CTA's
+//   turn at the block, ordered_atomic_add)
 //   wait dV, dK: release dO and Q (their last readers)
 // P and dS are double-buffered, so one barrier per step suffices: a warpgroup writes buffer b at step t + 1
 // only after passing step t's barrier, which the other warpgroup reached after the wgmma reads of step t - 1
@@ -62,10 +63,12 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
 
   // Consumers: thread tidx (0 .. kMmaThreads - 1) adds every step's dK (without `scale`) and dV to its zeroed
   // accumulator partitions (TiledMmaDk / TiledMmaDv), and with kDq sums every step's dQ (without `scale`) into
-  // the workspace's block of the step. Needs >= 1 step.
-  template <bool kSoftcap, bool kDq, class AccDk, class AccDv>
+  // the workspace's block of the step. Needs >= 1 step. kDqOrdered (tiles without the shared dQ block; with it
+  // the dq writer warp orders the sums): the adds in the order of the key blocks' launch (launches_descending).
+  template <bool kSoftcap, bool kDq, bool kDqOrdered, class AccDk, class AccDv>
   __device__ static void mma(const Params& mp, const AttnBwdParams& p, Storage& st, Pipeline& pipe_q,
-                             Pipeline& pipe_do, const Work& w, int tidx, AccDk& acc_dk, AccDv& acc_dv) {
+                             Pipeline& pipe_do, const Work& w, bool launches_descending, int tidx, AccDk& acc_dk,
+                             AccDv& acc_dv) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQt{});
@@ -185,7 +188,13 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
           Blocks::consumer_hand_over(acc_dq, st.dq.data(), tidx);
         } else {
           const int64_t block = Blocks::block_index(p, w.seq, w.bidb, bidh, m_block);
-          Blocks::atomic_add(acc_dq, mp.dq_accum + block * Blocks::kBlockFloats, tidx);
+          float* dst = mp.dq_accum + block * Blocks::kBlockFloats;
+          if constexpr (kDqOrdered) {
+            Blocks::ordered_atomic_add(acc_dq, dst, mp.dq_semaphores + block,
+                                       Blocks::turn(w, m_block, launches_descending), tidx);
+          } else {
+            Blocks::atomic_add(acc_dq, dst, tidx);
+          }
         }
       }
       warpgroup_wait<0>();  // dV and dK are in

@@ -2,8 +2,8 @@
 // consumer warpgroups (256 threads); both take every one of them the same number of times, since whether a
 // barrier is taken depends only on the CTA's tile and step, which both warpgroups share. kRowsPublished + w is
 // consumer warpgroup w's own (128 threads; the split layout's one copy of the rows: kRowsPublished, 256 threads).
-// The last two hand each step's dQ block between the consumers and
-// the producer's dq writer warp (288 threads, dq_accum_blocks.h); the TMA warp never joins.
+// kDqBlockFree / kDqBlockFull hand each step's dQ block between the consumers and the producer's dq writer warp
+// (288 threads, dq_accum_blocks.h); the TMA warp never joins. kDqTurn: the consumers alone (256 threads).
 //
 // Ids are CUTLASS user ids (cutlass::arch::NamedBarrier adds its reserved count); __syncthreads keeps id 0.
 #pragma once
@@ -19,6 +19,8 @@ enum class Sm90WsBwdBarrier : int {
                        // query_rows.h); ids 3 and 4 (the split layout: id 3 alone, its one copy, 256 threads)
   kDqBlockFree = 5,    // the writer's bulk add has read the shared dQ block: the consumers may store the next
   kDqBlockFull = 6,    // the consumers' dQ of this step is in the shared block, fenced for the bulk copy
+  kDqTurn = 7,         // split layout without the shared dQ block, ordered sums: the consumers' turn at the
+                       // step's dQ block has come / their adds are issued (256 threads, dq_accum_blocks.h)
 };
 
 }  // namespace jax_flash
