@@ -5,7 +5,7 @@
 // Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D; with
 // -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED the timings add FlashAttention-3's wider key tile, see tile_size.h;
 // -DCHECK_ALT_BLOCK_N=N times the key tile N instead; -DCHECK_BLOCK_M / _BLOCK_N / _PINGPONG / _OVERLAP /
-// _PERSISTENT check and time that variant in place of the library's kernel, see TestedConfig):
+// _PERSISTENT / _LONGEST_FIRST check and time that variant in place of the library's kernel, see TestedConfig):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
@@ -28,6 +28,7 @@
 #include "kernels/fwd/kernel.cuh"
 #include "kernels/fwd/tile_config.h"
 #include "kernels/fwd/tile_config_sm90.h"
+#include "kernels/sched/longest_first_scheduler.h"
 #include "kernels/sched/single_tile_scheduler.h"
 #include "tools/check_common.h"
 
@@ -359,12 +360,13 @@ Result run_reference(const Problem<Element>& pr) {
 }
 
 // The kernel under test: the library's (through its launcher), or, when any of -DCHECK_BLOCK_M=M,
-// -DCHECK_BLOCK_N=N, -DCHECK_PINGPONG=0/1, -DCHECK_OVERLAP=0/1, -DCHECK_PERSISTENT=0/1 is given, that variant
-// of the library's tile (e.g. 192 x 128 at D64, the steps of the schedule without pingpong / intra-warpgroup
-// overlap, or the persistent grid), launched directly for every case (correctness, --small, timing); the timing
-// then shows the library's kernel beside it.
+// -DCHECK_BLOCK_N=N, -DCHECK_PINGPONG=0/1, -DCHECK_OVERLAP=0/1, -DCHECK_PERSISTENT=0/1,
+// -DCHECK_LONGEST_FIRST=0/1 is given, that variant of the library's tile (e.g. 192 x 128 at D64, the steps of
+// the schedule without pingpong / intra-warpgroup overlap, the persistent grid, or the longest-first order of
+// the dense causal grid), launched directly for every case (correctness, --small, timing); the timing then
+// shows the library's kernel beside it.
 #if defined(CHECK_BLOCK_M) || defined(CHECK_BLOCK_N) || defined(CHECK_PINGPONG) || defined(CHECK_OVERLAP) || \
-    defined(CHECK_PERSISTENT)
+    defined(CHECK_PERSISTENT) || defined(CHECK_LONGEST_FIRST)
 #define CHECK_OWN_VARIANT 1
 #ifndef CHECK_BLOCK_M
 #define CHECK_BLOCK_M Sm90WsTileSize<kD, kDv>::kBlockM
@@ -381,9 +383,12 @@ Result run_reference(const Problem<Element>& pr) {
 #ifndef CHECK_PERSISTENT
 #define CHECK_PERSISTENT 0
 #endif
+#ifndef CHECK_LONGEST_FIRST
+#define CHECK_LONGEST_FIRST kSm90WsFwdLongestFirst
+#endif
 template <class Element>
 using TestedConfig = Sm90WsFwdConfig<Element, kD, kDv, CHECK_BLOCK_M, CHECK_BLOCK_N, 2, bool(CHECK_PINGPONG),
-                                     bool(CHECK_OVERLAP)>;
+                                     bool(CHECK_OVERLAP), bool(CHECK_LONGEST_FIRST)>;
 constexpr bool kTestsOwnTile = true;
 #else
 constexpr bool kTestsOwnTile = false;
@@ -434,6 +439,10 @@ std::vector<Case> correctness_cases(bool small) {
       {"causal B4 S2048 gqa4 H16 (tiles > SMs)", 4, 2048, 2048, 16, 4, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
       {"packed causal seqused H40 (tiles > SMs)", 0, 0, 0, 40, 8, d, dv, c_wl, c_wr, 0.f, {0, 300, 1, 517, 129},
        {5, 300, 700, 517, 0}, {0, 250, 1, 517, 100}, {5, 300, 650, 400, 0}, 16},
+      // 18 (head, sequence) pairs whose K / V exceed the longest-first order's L2 budget in groups of
+      // 2 (D256) to 10 (D64), the last group partial (longest_first_scheduler.h).
+      {"causal B3 sq6000 sk6100 H6 (pair groups)", 3, 6000, 6100, 6, 6, d, dv, c_wl, c_wr, 0.f,
+       {}, {}, {}, {}, 0},
   };
 }
 
@@ -532,6 +541,33 @@ void benchmark(const char* dtype) {
 }  // namespace
 }  // namespace jax_flash
 
+// The longest-first order's index map (longest_first_scheduler.h interleaved_tile) on the host: a bijection of
+// the grid onto (rank, pair), each group's pairs contiguous, ranks within a group nondecreasing.
+bool check_longest_first_order() {
+  bool ok = true;
+  const int shapes[][3] = {{32, 18, 5}, {47, 18, 10}, {1, 7, 3}, {5, 1, 4}, {12, 64, 64}, {9, 10, 1}, {16, 100, 7}, {3, 5, 100}};
+  for (const auto& s : shapes) {
+    const int blocks = s[0], pairs = s[1], group = s[2];
+    std::vector<int> seen(size_t(blocks) * pairs, 0);
+    int last_group = 0, last_rank = 0;
+    for (int64_t l = 0; l < int64_t(blocks) * pairs; ++l) {
+      const jax_flash::InterleavedTile t = jax_flash::interleaved_tile(l, blocks, pairs, group);
+      if (t.rank < 0 || t.rank >= blocks || t.pair < 0 || t.pair >= pairs) {
+        ok = false;
+        break;
+      }
+      ++seen[size_t(t.rank) * pairs + t.pair];
+      const int g = t.pair / group;
+      if (g < last_group || (g == last_group && t.rank < last_rank)) ok = false;
+      last_group = g;
+      last_rank = t.rank;
+    }
+    for (int n : seen) ok = ok && n == 1;
+  }
+  std::printf("longest-first order: %s\n", ok ? "a bijection, longest first within each group PASS" : "FAIL");
+  return ok;
+}
+
 int main(int argc, char** argv) {
   using namespace jax_flash;
   bool small = false, timing = true;
@@ -542,7 +578,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
-  bool ok = check_correctness<cutlass::bfloat16_t>(small, "bf16");
+  bool ok = check_longest_first_order();
+  ok = check_correctness<cutlass::bfloat16_t>(small, "bf16") && ok;
   if (!small) ok = check_correctness<cutlass::half_t>(small, "fp16") && ok;
   if (timing && !small) {
     benchmark<cutlass::bfloat16_t>("bf16");

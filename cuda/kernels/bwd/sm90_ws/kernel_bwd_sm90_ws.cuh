@@ -39,6 +39,7 @@
 #include "kernels/bwd/sm90_ws/mainloop_tma_ws_split.h"
 #include "kernels/common/warp_specialized.h"
 #include "kernels/params.h"
+#include "kernels/sched/longest_first_scheduler.h"
 #include "kernels/sched/single_tile_scheduler.h"
 
 namespace jax_flash {
@@ -59,9 +60,19 @@ struct Sm90WsBwdKernelParams {
 // Ordered dQ sums launch the key blocks last first: under a causal mask key block n's first query block is
 // about n x kBlockN / kBlockM, so key block n + 1 reaches each of its query blocks before key block n does and
 // the adds, in the launch order, pipeline instead of every CTA waiting on key block 0 (which sees them all).
-// Otherwise ascending: the CTAs with the most steps under a causal mask start first.
+// Otherwise ascending: the CTAs with the most steps under a causal mask start first; with
+// kSm90WsBwdLongestFirst the dense causal grid takes them longest first across the (kv head, sequence) pairs
+// of a group (longest_first_scheduler.h). That order is off in the library until measured: the check tool
+// times it when built with -DJAX_FLASH_SM90_WS_BWD_LONGEST_FIRST=1.
+#ifndef JAX_FLASH_SM90_WS_BWD_LONGEST_FIRST
+#define JAX_FLASH_SM90_WS_BWD_LONGEST_FIRST 0
+#endif
+inline constexpr bool kSm90WsBwdLongestFirst = JAX_FLASH_SM90_WS_BWD_LONGEST_FIRST;
 template <class Cfg, bool kDqOrdered>
-using Sm90WsBwdScheduler = SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/kDqOrdered>;
+using Sm90WsBwdScheduler =
+    std::conditional_t<kSm90WsBwdLongestFirst && !kDqOrdered,
+                       LongestFirstScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/false>,
+                       SingleTileScheduler<Cfg::kBlockN, TileAxis::kKey, /*kReverse=*/kDqOrdered>>;
 
 template <class Cfg, bool kSoftcap, bool kDq, bool kDqOrdered>
 __device__ __forceinline__ void attn_bwd_dkdv_sm90_ws_cta(const Sm90WsBwdKernelParams<Cfg>& kp) {

@@ -5,7 +5,8 @@
 //   warpgroups 1 .. kBlockM / 64 (consumers, 240 registers; 160 with three): 64 query rows each, wgmma
 //                                          products, online softmax, pingpong and intra-warpgroup overlap
 //                                          (mainloop_tma_ws.h, mma), then the forward's epilogue (fwd/epilogue.h).
-// One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first; or
+// One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first
+// (Cfg::kLongestFirst: across the pairs of a group, longest_first_scheduler.h); or
 // (kPersistent) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's order, the next
 // tile's first loads under the last tile's output (static_persistent_scheduler.h).
 // Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, attention sinks,
@@ -17,6 +18,8 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include <type_traits>
+
 #include "kernels/common/fragment.h"
 #include "kernels/common/softmax.h"
 #include "kernels/common/warp_specialized.h"
@@ -27,6 +30,7 @@
 #include "kernels/fwd/sm90_ws/named_barriers.h"
 #include "kernels/fwd/sm90_ws/shared_storage.h"
 #include "kernels/params.h"
+#include "kernels/sched/longest_first_scheduler.h"
 #include "kernels/sched/single_tile_scheduler.h"
 #include "kernels/sched/static_persistent_scheduler.h"
 
@@ -39,7 +43,9 @@ struct Sm90WsKernelParams {
 };
 
 template <class Cfg>
-using Sm90WsScheduler = SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true>;
+using Sm90WsScheduler =
+    std::conditional_t<Cfg::kLongestFirst, LongestFirstScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true>,
+                       SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true>>;
 template <class Cfg>
 using Sm90WsPersistentScheduler = StaticPersistentScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true>;
 

@@ -28,7 +28,7 @@
 namespace jax_flash {
 
 template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingpong_,
-          bool kIntraWgOverlap_>
+          bool kIntraWgOverlap_, bool kLongestFirst_ = false>
 struct Sm90WsFwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -41,6 +41,9 @@ struct Sm90WsFwdConfig {
   // (mainloop_tma_ws.h); false: S(t), its softmax, then P(t) V(t), one after the other (Sm90WsTileSize says
   // which tiles overlap).
   static constexpr bool kIntraWgOverlap = kIntraWgOverlap_;
+  // The single-tile grid's dense causal tiles longest first across (head, sequence) pairs, in groups that keep
+  // K and V in L2 (sched/longest_first_scheduler.h); false: each pair's blocks in turn.
+  static constexpr bool kLongestFirst = kLongestFirst_;
   // Rescale O by the softmax correction before the P V product that adds to it (under the QK^T in flight)
   // rather than after it: for wide O the rescale is long enough to be worth hiding.
   static constexpr bool kRescaleBeforePv = kHeadDimV > 128;
@@ -127,8 +130,13 @@ struct Sm90WsTileSize<256, 256> {
   static constexpr bool kPingpong = false, kIntraWgOverlap = true;
 };
 
+// The longest-first order of the dense causal grid (Sm90WsFwdConfig::kLongestFirst): off in the library until
+// measured; the check tool times it (-DCHECK_LONGEST_FIRST=1).
+inline constexpr bool kSm90WsFwdLongestFirst = false;
+
 template <typename Element, int kHeadDim, int kHeadDimV, class Tile = Sm90WsTileSize<kHeadDim, kHeadDimV>>
 using Sm90WsFwdDefaultConfig = Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Tile::kBlockM, Tile::kBlockN,
-                                               Tile::kStages, Tile::kPingpong, Tile::kIntraWgOverlap>;
+                                               Tile::kStages, Tile::kPingpong, Tile::kIntraWgOverlap,
+                                               kSm90WsFwdLongestFirst>;
 
 }  // namespace jax_flash
