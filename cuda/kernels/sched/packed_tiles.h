@@ -17,12 +17,13 @@ struct TileCoord {
   int bidb, block;
 };
 
-// Tile `tile` of the sequences' tiles laid end to end (sequence-major, each sequence's blocks last first, so
-// its most expensive causal block starts early). One full warp runs this: each lane counts one sequence's
+// Tile `tile` of the sequences' tiles laid end to end (sequence-major; each sequence's blocks last first when
+// kDescending, else first first: the most expensive causal block starts early when it is the last query block
+// (the forward) or the first key block (dK/dV)). One full warp runs this: each lane counts one sequence's
 // tiles per 32-sequence chunk, a warp scan finds the chunk and sequence that hold `tile`.
 // rows_per_token: tile rows per token of the axis (the paged kernel packs the query heads of one kv head
 // along rows, so a sequence of L queries spans L * kv_group rows).
-template <int kBlock, TileAxis kAxis>
+template <int kBlock, TileAxis kAxis, bool kDescending = true>
 __device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile, int rows_per_token) {
   const int lane = threadIdx.x % 32;
   const int* cu = kAxis == TileAxis::kQuery ? p.cu_seqlens_q : p.cu_seqlens_k;
@@ -44,7 +45,9 @@ __device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile, int rows
     if (tile < before + chunk_tiles) {
       const int owner = __ffs(__ballot_sync(0xffffffffu, tile < before + inclusive)) - 1;
       const int end = before + __shfl_sync(0xffffffffu, inclusive, owner);
-      return {first + owner, end - 1 - tile};
+      if constexpr (kDescending) return {first + owner, end - 1 - tile};
+      const int start = end - __shfl_sync(0xffffffffu, tiles, owner);
+      return {first + owner, tile - start};
     }
     before += chunk_tiles;
   }
@@ -53,11 +56,11 @@ __device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile, int rows
 
 // The tile of this CTA's blockIdx.x: the first warp finds it, shared memory hands it to the others. Every
 // thread of the CTA must call this (it synchronizes the CTA) and gets the same answer.
-template <int kBlock, TileAxis kAxis>
+template <int kBlock, TileAxis kAxis, bool kDescending = true>
 __device__ TileCoord packed_tile_of_cta(const AttnFwdParams& p, int rows_per_token = 1) {
   __shared__ TileCoord shared_coord;
   if (threadIdx.x < 32) {
-    const TileCoord coord = find_packed_tile<kBlock, kAxis>(p, int(blockIdx.x), rows_per_token);
+    const TileCoord coord = find_packed_tile<kBlock, kAxis, kDescending>(p, int(blockIdx.x), rows_per_token);
     if (threadIdx.x == 0) shared_coord = coord;
   }
   __syncthreads();

@@ -2,9 +2,10 @@
 // kernels (blocks of keys, one kv head each) and the dq kernel.
 //
 // Grid (x, heads, sequences): dense x is the blocks of the longest sequence and z the batch; packed x is the
-// tile bound of packed_tiles.h and z is 1. kReverse hands out the last blocks first: along queries under a
-// causal mask the last query blocks see the most keys, so the longest CTAs start early and the short ones fill in
-// at the end; along keys (the deterministic dK/dV kernel) it sets the order of the CTAs' ordered dQ adds.
+// tile bound of packed_tiles.h and z is 1. kReverse hands out the last blocks first (of each sequence, packed):
+// along queries under a causal mask the last query blocks see the most keys, so the longest CTAs start early and
+// the short ones fill in at the end; along keys the first key blocks see the most queries (ascending is longest
+// first), and kReverse (the deterministic dK/dV kernel) sets the order of the CTAs' ordered dQ adds.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -30,9 +31,9 @@ struct SingleTileScheduler {
   }
 
   // The order in which the CTAs of one (head, sequence) are launched with their blocks: descending under
-  // kReverse and in packed grids (find_packed_tile hands out each sequence's last block first), else ascending.
-  // A CTA that waits on others of its (head, sequence) must wait only on earlier ones.
-  __device__ static bool launches_descending(const AttnFwdParams& p) { return kReverse || p.packed(); }
+  // kReverse (dense and packed alike), else ascending. A CTA that waits on others of its (head, sequence) must
+  // wait only on earlier ones.
+  __device__ static bool launches_descending(const AttnFwdParams&) { return kReverse; }
 
   // Every thread of the CTA must call this (packed grids synchronize the CTA) and gets the same tile.
   __device__ static WorkTile get_tile(const AttnFwdParams& p) {
@@ -40,7 +41,7 @@ struct SingleTileScheduler {
       const int block = kReverse ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x);
       return {block, int(blockIdx.y), int(blockIdx.z), 0};
     }
-    const TileCoord coord = packed_tile_of_cta<kBlock, kAxis>(p);
+    const TileCoord coord = packed_tile_of_cta<kBlock, kAxis, kReverse>(p);
     return {coord.block, int(blockIdx.y), coord.bidb, 0};
   }
 };

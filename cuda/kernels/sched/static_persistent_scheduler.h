@@ -53,7 +53,7 @@ struct StaticPersistentScheduler {
     const int rest = index / x_extent;
     const int head = rest % heads, z = rest / heads;
     if (!p.packed()) return {kReverse ? x_extent - 1 - x : x, head, z, 0};
-    const TileCoord coord = find_packed_tile<kBlock, kAxis>(p, x, /*rows_per_token=*/1);
+    const TileCoord coord = find_packed_tile<kBlock, kAxis, kReverse>(p, x, /*rows_per_token=*/1);
     return {coord.block, head, coord.bidb, 0};
   }
 };
