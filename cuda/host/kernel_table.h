@@ -85,8 +85,7 @@ inline constexpr KernelTile kKernelTable[] = {
     // dK/dV with atomic or ordered dQ sums, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
     // Sm90WsBwdDefaultConfig): the swapped layout, head_dim == head_dim_v only (kernel_choice.cc); above 128 the
     // split layout (tile_size_split.h), pinned only until it has run through the GPU suite (README.md there),
-    // with dQ summed into blocks at every tile and in key-block order where the tile has the shared dQ block
-    // (not D256: workspace_layout.h sm90_ws_ordered_dq_sums).
+    // with dQ summed into blocks at every tile, in key-block order when deterministic (dq_accum_blocks.h).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 128, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128},

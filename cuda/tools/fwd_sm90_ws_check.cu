@@ -389,6 +389,7 @@ Result run_reference(const Problem<Element>& pr) {
 template <class Element>
 using TestedConfig = Sm90WsFwdConfig<Element, kD, kDv, CHECK_BLOCK_M, CHECK_BLOCK_N, 2, bool(CHECK_PINGPONG),
                                      bool(CHECK_OVERLAP), bool(CHECK_LONGEST_FIRST)>;
+static_assert(!(CHECK_PERSISTENT && CHECK_LONGEST_FIRST), "the persistent grid keeps its own (static) order");
 constexpr bool kTestsOwnTile = true;
 #else
 constexpr bool kTestsOwnTile = false;
@@ -556,8 +557,8 @@ bool check_longest_first_order() {
         ok = false;
         break;
       }
-      ++seen[size_t(t.rank) * pairs + t.pair];
-      const int g = t.pair / group;
+      ++seen[size_t(t.rank) * pairs + size_t(t.pair)];
+      const int g = int(t.pair / group);
       if (g < last_group || (g == last_group && t.rank < last_rank)) ok = false;
       last_group = g;
       last_rank = t.rank;

@@ -30,17 +30,18 @@ namespace jax_flash {
 
 // A block index (i-th longest) and its (head, sequence) pair.
 struct InterleavedTile {
-  int rank, pair;
+  int rank;
+  int64_t pair;
 };
 
 // The linear CTA index -> (rank, pair) map of the interleaved order above. Host-callable for the check tool's
 // bijection test.
-__host__ __device__ inline InterleavedTile interleaved_tile(int64_t linear, int blocks, int pairs, int group) {
+__host__ __device__ inline InterleavedTile interleaved_tile(int64_t linear, int blocks, int64_t pairs, int group) {
   const int64_t per_group = int64_t(group) * blocks;
-  const int g = int(linear / per_group);
-  const int in_group = pairs - g * group < group ? pairs - g * group : group;
+  const int64_t g = linear / per_group;
+  const int64_t in_group = pairs - g * group < group ? pairs - g * group : group;
   const int64_t r = linear - g * per_group;
-  return {int(r / in_group), g * group + int(r % in_group)};
+  return {int(r / in_group), g * group + r % in_group};
 }
 
 template <int kBlock, TileAxis kAxis, bool kReverse>
@@ -69,11 +70,12 @@ struct LongestFirstScheduler {
   // Every thread of the CTA must call this (packed grids synchronize the CTA) and gets the same tile.
   __device__ static WorkTile get_tile(const AttnFwdParams& p) {
     if (!interleaves(p)) return SingleTile::get_tile(p);
-    const int blocks = int(gridDim.x), heads = int(gridDim.y), pairs = heads * int(gridDim.z);
+    const int blocks = int(gridDim.x), heads = int(gridDim.y);
+    const int64_t pairs = int64_t(heads) * gridDim.z;  // heads and batch are each <= 65535
     const int64_t linear = int64_t(blockIdx.x) + int64_t(blocks) * (int64_t(blockIdx.y) + int64_t(heads) * blockIdx.z);
     const InterleavedTile t = interleaved_tile(linear, blocks, pairs, pairs_per_group(p));
     // Longest first: the last query blocks (kReverse, the forward), the first key blocks (dK/dV).
-    return {kReverse ? blocks - 1 - t.rank : t.rank, t.pair % heads, t.pair / heads, 0};
+    return {kReverse ? blocks - 1 - t.rank : t.rank, int(t.pair % heads), int(t.pair / heads), 0};
   }
 };
 

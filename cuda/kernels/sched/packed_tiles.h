@@ -45,9 +45,12 @@ __device__ TileCoord find_packed_tile(const AttnFwdParams& p, int tile, int rows
     if (tile < before + chunk_tiles) {
       const int owner = __ffs(__ballot_sync(0xffffffffu, tile < before + inclusive)) - 1;
       const int end = before + __shfl_sync(0xffffffffu, inclusive, owner);
-      if constexpr (kDescending) return {first + owner, end - 1 - tile};
-      const int start = end - __shfl_sync(0xffffffffu, tiles, owner);
-      return {first + owner, tile - start};
+      if constexpr (kDescending) {
+        return {first + owner, end - 1 - tile};
+      } else {
+        const int start = end - __shfl_sync(0xffffffffu, tiles, owner);
+        return {first + owner, tile - start};
+      }
     }
     before += chunk_tiles;
   }

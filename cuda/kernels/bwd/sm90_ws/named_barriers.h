@@ -8,6 +8,8 @@
 // Ids are CUTLASS user ids (cutlass::arch::NamedBarrier adds its reserved count); __syncthreads keeps id 0.
 #pragma once
 
+#include <cutlass/arch/barrier.h>
+
 namespace jax_flash {
 
 enum class Sm90WsBwdBarrier : int {
@@ -22,5 +24,8 @@ enum class Sm90WsBwdBarrier : int {
   kDqTurn = 7,         // split layout without the shared dQ block, ordered sums: the consumers' turn at the
                        // step's dQ block has come / their adds are issued (256 threads, dq_accum_blocks.h)
 };
+// The hardware has 16 named barriers; CUTLASS reserves the first ReservedNamedBarrierCount.
+static_assert(int(Sm90WsBwdBarrier::kDqTurn) + int(cutlass::arch::NamedBarrier::ReservedNamedBarrierCount) < 16,
+              "the named barrier ids must fit the hardware's 16");
 
 }  // namespace jax_flash
