@@ -235,7 +235,7 @@ def test_backward_workspace_holds_either_dq_accumulator_layout():
     for rows (B, Hq, Sq, D) and, where the build has the warp-specialized dK/dV kernel (sm_90a code), for its
     blocks of 64 queries x the head-dim tile per sequence and head (packed: ceil(Tq / 64) + B blocks per head).
     The deterministic backward has the blocks and one int semaphore per block for its ordered sums where the build
-    has them, else nothing (the dq kernel)."""
+    has them (two copies of each above head dim 128), else nothing (the dq kernel)."""
     module = _extension()
     if not module.supported("bfloat16", 128, 128):
         pytest.skip("this build has no head-dim tile 128 (head dim 120 below runs on it)")
@@ -255,6 +255,11 @@ def test_backward_workspace_holds_either_dq_accumulator_layout():
     assert deterministic == (_workspace_bytes(8000, blocks, 8 * 19) if has_blocks else _workspace_bytes(8000, 0))
     if _hopper():  # a Hopper build has the warp-specialized kernel at tile 128
         assert packed == _workspace_bytes(8000, blocks)
+    if has_blocks and module.supported("bfloat16", 256, 256):
+        # Tile 256 (the split layout, 64-query blocks): its ordered sums run as two chains, so the deterministic
+        # backward holds two copies of the blocks and of their semaphores.
+        det256 = module.bwd_workspace_bytes("bfloat16", 3, True, 1000, 900, 8, 4, 256, 256, True)
+        assert det256 == _workspace_bytes(8000, 2 * 8 * 19 * 64 * 256, 2 * 8 * 19)
 
 
 def _hopper_variants_or_skip(feature, head_dim):

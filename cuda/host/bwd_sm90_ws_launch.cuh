@@ -93,15 +93,16 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
 #endif
 }
 
-// dq = scale x the blocks the kernel summed, for every query row of every sequence (packed padding rows are the
+// dq = scale x the blocks the kernel summed (`copies` of them: the ordered sums' chains), for every query row of every sequence (packed padding rows are the
 // padding fill's).
 template <class Cfg>
-Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const float* dq_accum, cudaStream_t stream) {
+Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const float* dq_accum, int copies,
+                                         cudaStream_t stream) {
 #ifndef JAX_FLASH_HAS_SM90A
   return Status{"attn_bwd_dq_blocks_convert: this build has no sm_90a code"};
 #else
   const dim3 grid = Sm90WsDqConvertScheduler<Cfg>::grid(params, params.heads_q);
-  attn_bwd_dq_blocks_convert_kernel<Cfg><<<grid, Cfg::kMmaThreads, 0, stream>>>(params, dq_accum);
+  attn_bwd_dq_blocks_convert_kernel<Cfg><<<grid, Cfg::kMmaThreads, 0, stream>>>(params, dq_accum, copies);
   const cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess) return Status{};
   return Status{std::string("attn_bwd_dq_blocks_convert: launch: ") + cudaGetErrorString(err)};
@@ -115,10 +116,12 @@ Status launch_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, 
                                int* dq_semaphores, cudaStream_t stream) {
   static_assert(kDq != DqPath::kDqKernel, "the dq kernel's chain is run_attn_bwd's");
   using Blocks = Sm90WsDqAccumBlocks<Cfg>;
+  static_assert(Cfg::kOrderedDqCopies == sm90_ws_ordered_dq_copies(Cfg::kHeadDim),
+                "workspace_layout.h sizes the ordered sums' copies");
+  const int copies = kDq == DqPath::kOrderedSums ? Cfg::kOrderedDqCopies : 1;
   const bool has_queries = params.batch > 0 && params.heads_q > 0 && params.seqlen_q > 0;
   if (has_queries) {
-    const size_t floats = dq_accum_floats(params.batch, params.packed(), params.seqlen_q, params.heads_q,
-                                          params.head_dim, Blocks::block_shape());
+    const size_t floats = size_t(Blocks::copy_floats(params)) * copies;
     cudaError_t err = cudaMemsetAsync(dq_accum, 0, floats * sizeof(float), stream);
     if (err == cudaSuccess && kDq == DqPath::kOrderedSums) {
       err = cudaMemsetAsync(dq_semaphores, 0, floats / Blocks::kBlockFloats * sizeof(int), stream);
@@ -129,7 +132,7 @@ Status launch_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, 
     const Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream);
     if (!s.ok()) return s;
   }
-  if (has_queries) return launch_attn_bwd_dq_blocks_convert<Cfg>(params, dq_accum, stream);
+  if (has_queries) return launch_attn_bwd_dq_blocks_convert<Cfg>(params, dq_accum, copies, stream);
   return Status{};
 }
 

@@ -11,6 +11,8 @@
 //               reduce-adds, one block per query block of a sequence (dq_accum_block), each block in the order
 //               the kernel's consumer threads hold dQ (kernels/bwd/sm90_ws/dq_accum_blocks.h).
 //   semaphores  one int per block, for the deterministic backward's ordered sums into blocks (kOrderedSums).
+//               Those sums go into sm90_ws_ordered_dq_copies copies of the blocks (and of the semaphores), one
+//               after the other in the workspace.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +33,15 @@ enum class DqPath {
 inline constexpr bool bwd_atomic_dq_sums(int head_dim, bool deterministic) {
   return !deterministic && head_dim <= 128;
 }
+
+// The deterministic backward's ordered dQ sums into blocks run as this many chains: the key block of turn t at a
+// query block adds into copy t % copies, after the key block of turn t - copies, and the convert kernel sums the
+// copies in a fixed order. A chain link is one wait, one add and its completion; with every key block at the
+// same query block at once (no mask: all walk the query blocks in the same order), the last one waits for all
+// links before its own, so two chains halve that start-up. The split layout's 64-key tiles (D192, D256) have
+// twice the key blocks of the swapped layout's 128 and take two copies; the swapped layout one
+// (kernels/bwd/sm90_ws/tile_size*.h kOrderedDqCopies, asserted against this by the launcher).
+inline constexpr int sm90_ws_ordered_dq_copies(int tile_d) { return tile_d > 128 ? 2 : 1; }
 
 // The blocks layout's block: block_m queries x tile_d head-dim columns (the dK/dV kernel's query step and
 // head-dim tile). block_m == 0: no blocks layout.
@@ -73,7 +84,8 @@ inline constexpr size_t bwd_align256(size_t bytes) { return (bytes + 255) / 256 
 
 // blocks: the blocks layout a dK/dV kernel of the call may take (block_m 0: none). The default backward's
 // accumulator is sized for it and, up to head dim 128, for rows; the deterministic backward has blocks and their
-// semaphores where there is a blocks layout (the ordered sums), else nothing (the dq kernel).
+// semaphores, in sm90_ws_ordered_dq_copies copies, where there is a blocks layout (the ordered sums), else
+// nothing (the dq kernel).
 inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, bool packed, int seqlen_q, int heads_q,
                                                          int head_dim, bool deterministic, DqAccumBlock blocks) {
   const size_t delta_bytes = bwd_align256(size_t(packed ? 1 : batch) * size_t(heads_q) * size_t(seqlen_q) *
@@ -87,8 +99,9 @@ inline constexpr BwdWorkspaceLayout bwd_workspace_layout(int batch, bool packed,
                                : 0;
     accum_floats = in_rows > in_blocks ? in_rows : in_blocks;
   } else if (blocks.block_m > 0) {
-    accum_floats = in_blocks;
-    semaphores = in_blocks / (size_t(blocks.block_m) * size_t(blocks.tile_d));
+    const size_t copies = size_t(sm90_ws_ordered_dq_copies(blocks.tile_d));
+    accum_floats = copies * in_blocks;
+    semaphores = copies * (in_blocks / (size_t(blocks.block_m) * size_t(blocks.tile_d)));
   }
   const size_t semaphores_offset = delta_bytes + bwd_align256(accum_floats * sizeof(float));
   return BwdWorkspaceLayout{0, delta_bytes, semaphores_offset,

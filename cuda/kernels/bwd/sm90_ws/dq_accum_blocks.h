@@ -29,6 +29,9 @@
 // has a semaphore (an int in the workspace, zeroed with the accumulator) counting the adds done; the writer of key
 // block n waits until the count reaches its turn (n - n_min, or n_max - 1 - n descending), adds, waits until
 // its add is complete, and increments it. The deterministic backward runs it (bwd_launch.cuh, DqPath::kOrderedSums).
+// The adds to a block form Cfg::kOrderedDqCopies chains (workspace_layout.h sm90_ws_ordered_dq_copies): turn t
+// adds into copy t % copies of the blocks, as turn t / copies of that copy's semaphore, and the convert kernel
+// sums the copies in a fixed order.
 // Without the shared block the consumers take the same turn themselves: one thread waits for the count, the
 // consumer threads meet, add with float4 atomics, meet again, and one thread increments the count with a
 // release (CUTLASS's GenericBarrier pattern: the barrier orders every thread's adds before that release). The
@@ -62,6 +65,25 @@ struct Sm90WsDqAccumBlocks {
   static_assert(kBlockBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
 
   static constexpr DqAccumBlock block_shape() { return DqAccumBlock{Cfg::kBlockM, Cfg::kHeadDim}; }
+  static constexpr int kOrderedCopies = Cfg::kOrderedDqCopies;
+
+  // Floats of one copy of the call's accumulator (the ordered sums keep kOrderedCopies of them).
+  __host__ __device__ static int64_t copy_floats(const AttnBwdParams& p) {
+    return int64_t(dq_accum_floats(p.batch, p.packed(), p.seqlen_q, p.heads_q, p.head_dim, block_shape()));
+  }
+
+  // Where the ordered add of `turn` at block `block` goes: its copy's block and semaphore, and its turn there.
+  struct OrderedSlot {
+    float* block;
+    int* semaphore;
+    int turn;
+  };
+  __device__ static OrderedSlot ordered_slot(float* accum, int* semaphores, int64_t floats_per_copy,
+                                             int64_t block, int turn) {
+    const int copy = turn % kOrderedCopies;
+    return {accum + copy * floats_per_copy + block * kBlockFloats,
+            semaphores + copy * (floats_per_copy / kBlockFloats) + block, turn / kOrderedCopies};
+  }
 
   // The index of a step's block (workspace_layout.h dq_accum_block); the block starts at float index *
   // kBlockFloats.
@@ -151,23 +173,26 @@ struct Sm90WsDqAccumBlocks {
                                bool launches_descending, const float* smem_block) {
     using Semaphore = cutlass::GenericBarrier<cutlass::detail::SyncwarpSync>;
     const int lane = int(threadIdx.x % 32);
+    const int64_t floats_per_copy = copy_floats(p);
     cutlass::arch::NamedBarrier::arrive(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFree));
 #pragma unroll 1
     for (int step = 0; step < w.steps; ++step) {
       int bidh, m_block;
       w.query_tile(step, p.kv_group, bidh, m_block);
       const int64_t block = block_index(p, w.seq, w.bidb, bidh, m_block);
+      OrderedSlot slot{accum + block * kBlockFloats, nullptr, 0};
       if constexpr (kOrdered) {
-        const int turn = Sm90WsDqAccumBlocks::turn(w, m_block, launches_descending);
+        slot = ordered_slot(accum, semaphores, floats_per_copy, block,
+                            Sm90WsDqAccumBlocks::turn(w, m_block, launches_descending));
         // At least `turn` adds done (equal with valid offsets; with cu_seqlens that overlap, blocks are shared
         // between sequences and a count may pass a turn: no wait may then last forever, the sums are merely
         // unspecified).
-        Semaphore::wait_lt(semaphores + block, lane, 0, turn);
+        Semaphore::wait_lt(slot.semaphore, lane, 0, slot.turn);
         if (lane == 0) fence_proxy_async_global();  // the acquired adds, ordered before this add (async proxy)
       }
       cutlass::arch::NamedBarrier::sync(kBarrierThreads, int(Sm90WsBwdBarrier::kDqBlockFull));
       if (lane == 0) {
-        reduce_add(accum + block * kBlockFloats, smem_block);
+        reduce_add(slot.block, smem_block);
         cute::tma_store_arrive();  // commit the bulk group
         if constexpr (kOrdered) {
           asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // the add is done, not only its reads
@@ -177,7 +202,7 @@ struct Sm90WsDqAccumBlocks {
         }
       }
       if constexpr (kOrdered) {
-        Semaphore::arrive_inc(semaphores + block, lane, 0);  // __syncwarp, then lane 0's release
+        Semaphore::arrive_inc(slot.semaphore, lane, 0);  // __syncwarp, then lane 0's release
       } else {
         __syncwarp();
       }
@@ -206,11 +231,12 @@ struct Sm90WsDqAccumBlocks {
 template <class Cfg>
 using Sm90WsDqConvertScheduler = SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/false>;
 
-// dq = scale x the summed blocks: one CTA of kThreads per block, each thread converting the values it held in
-// the dK/dV kernel. Rows of packed layouts outside every sequence are left to the padding fill (host/launch.h).
+// dq = scale x the summed blocks (of `copies` copies, summed in order): one CTA of kThreads per block, each thread
+// converting the values it held in the dK/dV kernel. Rows of packed layouts outside every sequence are left to
+// the padding fill (host/launch.h).
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kMmaThreads)
-    attn_bwd_dq_blocks_convert_kernel(const AttnBwdParams p, const float* __restrict__ accum) {
+    attn_bwd_dq_blocks_convert_kernel(const AttnBwdParams p, const float* __restrict__ accum, int copies) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Blocks = Sm90WsDqAccumBlocks<Cfg>;
@@ -224,8 +250,16 @@ __global__ void __launch_bounds__(Cfg::kMmaThreads)
   typename Cfg::TiledMmaDq mma_dq;
   auto thr_dq = mma_dq.get_thread_slice(tidx);
   Tensor acc = partition_fragment_C(mma_dq, Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDim>>{});
-  Blocks::load(acc, accum + Blocks::block_index(p, seq, tile.bidb, tile.head, tile.block) * Blocks::kBlockFloats,
-               tidx);
+  const float* block = accum + Blocks::block_index(p, seq, tile.bidb, tile.head, tile.block) * Blocks::kBlockFloats;
+  Blocks::load(acc, block, tidx);
+  // The ordered sums' other copies, added in copy order (copies is 1 for the other sums).
+#pragma unroll 1
+  for (int c = 1; c < copies; ++c) {
+    Tensor other = make_fragment_like(acc);
+    Blocks::load(other, block + c * Blocks::copy_floats(p), tidx);
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) acc(i) += other(i);
+  }
   Tensor coords = thr_dq.partition_C(make_identity_tensor(Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDim>>{}));
   Element* dq = static_cast<Element*>(p.dq) + seq.q_offset(p.dq_batch_stride, p.dq_row_stride, tile.bidb) +
                 int64_t(tile.head) * p.dq_head_stride + int64_t(row0) * p.dq_row_stride;

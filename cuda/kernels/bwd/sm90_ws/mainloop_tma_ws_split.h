@@ -112,6 +112,7 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
     Tensor tScS = rowcol_view(thr_s.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
 
     const ScoreScale score_scale = ScoreScale::make(p.scale, p.softcap);
+    [[maybe_unused]] const int64_t floats_per_copy = Blocks::copy_floats(p);  // the ordered sums' copies
     // Every consumer thread releases a stage once its wgmma reads of it are complete (its wait returned).
     auto wait = [](Pipeline& pipe, PipelineState read) CUTLASS_LAMBDA_FUNC_INLINE {
       pipe.consumer_wait(read, pipe.consumer_try_wait(read));
@@ -188,12 +189,13 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
           Blocks::consumer_hand_over(acc_dq, st.dq.data(), tidx);
         } else {
           const int64_t block = Blocks::block_index(p, w.seq, w.bidb, bidh, m_block);
-          float* dst = mp.dq_accum + block * Blocks::kBlockFloats;
           if constexpr (kDqOrdered) {
-            Blocks::ordered_atomic_add(acc_dq, dst, mp.dq_semaphores + block,
-                                       Blocks::turn(w, m_block, launches_descending), tidx);
+            const typename Blocks::OrderedSlot slot =
+                Blocks::ordered_slot(mp.dq_accum, mp.dq_semaphores, floats_per_copy, block,
+                                     Blocks::turn(w, m_block, launches_descending));
+            Blocks::ordered_atomic_add(acc_dq, slot.block, slot.semaphore, slot.turn, tidx);
           } else {
-            Blocks::atomic_add(acc_dq, dst, tidx);
+            Blocks::atomic_add(acc_dq, mp.dq_accum + block * Blocks::kBlockFloats, tidx);
           }
         }
       }

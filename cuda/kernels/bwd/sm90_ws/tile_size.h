@@ -57,6 +57,7 @@ struct Sm90WsBwdConfig {
   static constexpr int kDsStages = 2;       // dS is double-buffered: one named barrier per step (mainloop_tma_ws.h)
   static constexpr bool kSplit = false;         // the swapped layout's mainloop (kernel_bwd_sm90_ws.cuh)
   static constexpr bool kDqSharedBlock = true;  // dQ through the shared dQ block and the dq writer warp
+  static constexpr int kOrderedDqCopies = 1;      // chains of the ordered dQ sums (workspace_layout.h)
 
   static constexpr int kMmaWarpgroups = 2;
   static constexpr int kMmaThreads = 128 * kMmaWarpgroups;

@@ -54,6 +54,9 @@ struct Sm90WsBwdSplitConfig {
   // dQ through the shared dQ block and the dq writer warp (bulk reduce-add; ordered sums possible), else fp32
   // atomics from the consumers' registers into the same blocks.
   static constexpr bool kDqSharedBlock = kDqSharedBlock_;
+  // Chains of the ordered dQ sums (workspace_layout.h sm90_ws_ordered_dq_copies): 64-key blocks are twice as many
+  // links per query block as the swapped layout's.
+  static constexpr int kOrderedDqCopies = 2;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kHeadDimV = kHeadDimV_;
   static constexpr int kBlockM = kBlockM_;  // queries per step
