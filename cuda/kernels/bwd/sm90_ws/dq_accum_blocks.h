@@ -80,6 +80,7 @@ struct Sm90WsDqAccumBlocks {
   };
   __device__ static OrderedSlot ordered_slot(float* accum, int* semaphores, int64_t floats_per_copy,
                                              int64_t block, int turn) {
+    turn = turn < 0 ? 0 : turn;  // never for consistent ranges; a negative turn must not pick a copy before 0
     const int copy = turn % kOrderedCopies;
     return {accum + copy * floats_per_copy + block * kBlockFloats,
             semaphores + copy * (floats_per_copy / kBlockFloats) + block, turn / kOrderedCopies};
