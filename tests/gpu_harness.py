@@ -43,7 +43,7 @@ def assert_bitwise(names, a, b, what):
 # with the atomic backward), each pinned forward + atomic backward family, and the deterministic backward (after
 # the "auto" forward; under a pin of the whole suite, the pin's). On an H100: the sm90_ws, sm80 and sm90
 # forwards, the sm80, sm90 and sm90_ws atomic dK/dV, and the deterministic backward (the sm90_ws kernel's
-# ordered dQ sums up to head dim 128, the dq kernel above; under the sm90_ws pin its ordered sums at every tile).
+# ordered dQ sums; the dq kernel where head_dim != head_dim_v up to 128).
 GRID_VARIANTS = ("auto", "sm80", "sm90", "sm90_ws", "deterministic")
 
 

@@ -313,11 +313,11 @@ def test_hopper_default_forward_is_warp_specialized(head_dims):
         short = module.kernel_choice("fwd", dtype, *head_dims, "auto", 1024)["variant"]
         assert short == ("sm80" if head_dims == (64, 64) else "sm90_ws")
         assert module.kernel_choice("fwd", dtype, *head_dims, "auto", 1025)["variant"] == "sm90_ws"
-        # The warp-specialized backward: auto takes its tiles D64, D96 and D128 with head_dim == head_dim_v (the
-        # split layout's D192 / D256 are pinned only); it sums dQ as the adds come, or in key-block order when
+        # The warp-specialized backward: auto takes its tiles D64, D96 and D128 with head_dim == head_dim_v and
+        # the split layout's D192, D192 / Dv 128 and D256; it sums dQ as the adds come, or in key-block order when
         # deterministic.
-        ws_backward = head_dims[0] == head_dims[1] <= 128
-        expected_dq = {"bwd": "atomic_sums" if head_dims[0] <= 128 else "dq_kernel",
+        ws_backward = head_dims[0] == head_dims[1] or head_dims[0] > 128
+        expected_dq = {"bwd": "atomic_sums",
                        "bwd_deterministic": "ordered_sums" if ws_backward else "dq_kernel"}
         for feature, dq in expected_dq.items():
             choice = module.kernel_choice(feature, dtype, *head_dims)
@@ -347,17 +347,18 @@ def test_pinned_warp_specialized_forward_runs_its_own_kernel(head_dim):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("head_dims", [(192, 128), (192, 192), (256, 256)])
-def test_split_layout_backward_is_pinned_only(head_dims):
-    """kernel_table.h: the warp-specialized backward's split layout (D192, D256) runs only under the sm90_ws pin
-    until it has run on a GPU; it sums dQ into blocks, in key-block order when deterministic (D256 without the
-    shared dQ block: by the consumers' atomics in their turn)."""
+def test_split_layout_backward_is_the_default(head_dims):
+    """kernel_table.h: the warp-specialized backward's split layout (D192, D256) is auto's choice on a Hopper; it
+    sums dQ into blocks, in key-block order when deterministic (D256 without the shared dQ block: by the
+    consumers' atomics in their turn)."""
     module = _extension()
     if not _hopper():
         pytest.skip("needs a Hopper and a build with sm_90a code")
     if (not module.supported("bfloat16", *head_dims) or
             tuple(module.kernel_choice("fwd", "bfloat16", *head_dims, "sm80")["tile"]) != head_dims):
         pytest.skip(f"this build has no head-dim tile {head_dims}")
-    assert module.kernel_choice("bwd", "bfloat16", *head_dims)["variant"] == "sm80"
+    for feature in ("bwd", "bwd_deterministic"):
+        assert module.kernel_choice(feature, "bfloat16", *head_dims)["variant"] == "sm90_ws"
     assert module.kernel_choice("bwd", "bfloat16", *head_dims, "sm90_ws")["dq"] == "atomic_sums"
     assert module.kernel_choice("bwd_deterministic", "bfloat16", *head_dims, "sm90_ws")["dq"] == "ordered_sums"
 

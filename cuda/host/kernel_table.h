@@ -84,14 +84,14 @@ inline constexpr KernelTile kKernelTable[] = {
     {KernelKind::kBwdDkDv, KernelVariant::kSm90, 128, 128, 64, 128},
     // dK/dV with atomic or ordered dQ sums, warp-specialized (kernels/bwd/sm90_ws/tile_size.h
     // Sm90WsBwdDefaultConfig): the swapped layout, head_dim == head_dim_v only (kernel_choice.cc); above 128 the
-    // split layout (tile_size_split.h), pinned only until it has run through the GPU suite (README.md there),
-    // with dQ summed into blocks at every tile, in key-block order when deterministic (dq_accum_blocks.h).
+    // split layout (tile_size_split.h; README.md there), with dQ summed into blocks at every tile, in key-block
+    // order when deterministic (dq_accum_blocks.h).
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 64, 64, 128, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 96, 96, 64, 128},
     {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 128, 128, 64, 128},
-    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 192, 128, 64, 64, kPinnedOnly},
-    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 192, 192, 64, 64, kPinnedOnly},
-    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 256, 256, 64, 64, kPinnedOnly},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 192, 128, 64, 64},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 192, 192, 64, 64},
+    {KernelKind::kBwdDkDv, KernelVariant::kSm90Ws, 256, 256, 64, 64},
     // Paged, cp.async (kernels/fwd/paged_tile_config.h PagedDefaultConfig).
     {KernelKind::kPaged, KernelVariant::kSm80, 64, 64, kPagedTileRows, kPagedTileKeys},
     {KernelKind::kPaged, KernelVariant::kSm80, 96, 96, kPagedTileRows, kPagedTileKeys},

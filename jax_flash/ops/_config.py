@@ -94,7 +94,7 @@ def check_variant(variant) -> str:
     "sm80" pins the portable mma.sync kernels (forward; backward with atomic dQ up to head dim 128), "sm90" the
     Hopper ones (wgmma forward at head dim 128, wgmma dK/dV with atomic dQ, TMA paged decode) where they exist,
     "sm90_ws" the warp-specialized Hopper kernels (the forward at every head dim; dK/dV at every head-dim tile,
-    with head_dim == head_dim_v up to 128, and D192 / D256 only when pinned); the deterministic backward is the
+    with head_dim == head_dim_v up to 128); the deterministic backward is the
     `deterministic` flag. A pinned variant that cannot
     serve a call (no such kernel for its head dims in this build, not a Hopper) is an error, never a fallback.
     The reference (implementation="xla") ignores it.
