@@ -70,8 +70,8 @@ def _variant_kernels(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
 
 def variant_or_skip(variant, dtype, head_dim, head_dim_v, seqlen_k=None):
     """(pin, deterministic) to run a case under the grid variant `variant`. Skips where the machine cannot run
-    it, or where an earlier variant of GRID_VARIANTS runs the same kernels (above head dim 128, say, the
-    deterministic backward is the only one; at D64 up to 1024 keys "auto" runs the sm80 kernels).
+    it, or where an earlier variant of GRID_VARIANTS runs the same kernels (on a Hopper "auto" runs the sm90_ws
+    kernels; at D64 up to 1024 keys its forward is the sm80 one).
 
     Under a pin of the whole suite (JAX_FLASH_KERNEL_VARIANT) the grids run only their deterministic variant,
     with that pin's deterministic backward: the others name their kernels explicitly, so they would repeat
