@@ -650,6 +650,8 @@ std::vector<Case> correctness_cases(bool small) {
         {"small window(40,8) softcap sq260 sk190", 1, 260, 190, 2, 2, d, dv, 40, 8, 20.f, {}, {}, {}, {}, 0},
         {"small packed causal", 0, 0, 0, 2, 1, d, dv, c_wl, c_wr, 0.f,
          {0, 150, 1, 70}, {3, 130, 90, 0}, {0, 140, 1, 70}, {3, 130, 80, 0}, 16},
+        // GQA 7: each kv head's CTA sums seven query heads' dK / dV (the sanitizer grid's GQA ratio).
+        {"small causal gqa7 sq150 sk170", 1, 150, 170, 14, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
     };
   }
   return {

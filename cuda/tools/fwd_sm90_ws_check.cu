@@ -419,6 +419,8 @@ std::vector<Case> correctness_cases(bool small) {
          {}, {}, {}, {}, 0},
         {"small packed causal H36 (tiles > SMs)", 0, 0, 0, 36, 4, d, dv, c_wl, c_wr, 0.f,
          {0, 150, 1, 70}, {3, 130, 90, 0}, {0, 140, 1, 70}, {3, 130, 80, 0}, 16},
+        // GQA 7 (the sanitizer grid's ratio).
+        {"small causal gqa7 sq150 sk170", 1, 150, 170, 14, 2, d, dv, c_wl, c_wr, 0.f, {}, {}, {}, {}, 0},
     };
   }
   return {
