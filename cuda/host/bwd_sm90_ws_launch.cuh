@@ -7,7 +7,7 @@
 //
 // Included only by its generated instantiation files (attn_bwd_sm90_ws*_*.cu, built for sm_90a alone) and the
 // GPU check tool (cuda/tools/bwd_sm90_ws_check.cu); run_attn_bwd calls them when the kernel choice is kSm90Ws
-// (kernel_table.h: the default on a Hopper for its tiles up to 128, pinned only above).
+// (kernel_table.h: the default on a Hopper for every tile it has).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -93,8 +93,8 @@ Status launch_attn_bwd_dkdv_sm90_ws(const AttnBwdParams& params, const float* de
 #endif
 }
 
-// dq = scale x the blocks the kernel summed (`copies` of them: the ordered sums' chains), for every query row of every sequence (packed padding rows are the
-// padding fill's).
+// dq = scale x the blocks the kernel summed (`copies` of them: the ordered sums' chains), for every query row of
+// every sequence (packed padding rows are the padding fill's).
 template <class Cfg>
 Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const float* dq_accum, int copies,
                                          cudaStream_t stream) {

@@ -548,7 +548,9 @@ void benchmark(const char* dtype) {
 // the grid onto (rank, pair), each group's pairs contiguous, ranks within a group nondecreasing.
 bool check_longest_first_order() {
   bool ok = true;
-  const int shapes[][3] = {{32, 18, 5}, {47, 18, 10}, {1, 7, 3}, {5, 1, 4}, {12, 64, 64}, {9, 10, 1}, {16, 100, 7}, {3, 5, 100}};
+  // (blocks, pairs, pairs per group): partial last groups, one group larger than the pairs, groups of one.
+  const int shapes[][3] = {{32, 18, 5}, {47, 18, 10}, {1, 7, 3},  {5, 1, 4},
+                           {12, 64, 64}, {9, 10, 1}, {16, 100, 7}, {3, 5, 100}};
   for (const auto& s : shapes) {
     const int blocks = s[0], pairs = s[1], group = s[2];
     std::vector<int> seen(size_t(blocks) * pairs, 0);

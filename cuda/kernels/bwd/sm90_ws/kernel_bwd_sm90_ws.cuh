@@ -12,8 +12,8 @@
 //                                         every product split between the warpgroups. dQ goes to warp 1 through
 //                                         the shared block, or (split, no room for the block) by float4 atomics
 //                                         into the same workspace blocks, in their turn when ordered; kDq
-//                                         false: no dQ. Then the backward's
-//                                         epilogue writes dK (times scale) and dV (bwd/epilogue.h, store_dk_dv).
+//                                         false: no dQ. Then the backward's epilogue writes dK (times scale)
+//                                         and dV (bwd/epilogue.h, store_dk_dv).
 // One CTA per (key block, kv head, sequence) from the single-tile scheduler; a CTA walks the (query head of its
 // kv group, query block) steps that can see its keys (bwd/dkdv_work.h), so the GQA sum of dK / dV happens in
 // the CTA in a fixed order (dK / dV deterministic; dQ as the key blocks' CTAs add it into the same workspace

@@ -18,8 +18,9 @@
 // Shared memory (bytes): Q, dO kStages x 64 x D x 2; K, V 64 x D x 2; P, dS 2 buffers x 64 x 64 x 2 each;
 // with kDqSharedBlock the step's dQ block (64 x D x 4, dq_accum_blocks.h) for the dq writer warp's bulk
 // reduce-add. D256: 64 + 64 + 32 + 32 + 32 = 224 KB, no room for the 64 KB dQ block: the consumers add dQ into
-// the workspace's blocks with float4 atomics (same layout, same convert kernel; ordered: in their turn). D192: 48 + 48 + 24 + 24 + 32 +
-// 48 (dQ block) = 224 KB: the bulk reduce-add, and with it the ordered (deterministic) sums.
+// the workspace's blocks with float4 atomics (same layout, same convert kernel; ordered: in their turn).
+// D192: 48 + 48 + 24 + 24 + 32 + 48 (dQ block) = 224 KB: the bulk reduce-add, and with it the writer warp's
+// ordered (deterministic) sums.
 #pragma once
 
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
