@@ -255,11 +255,13 @@ def test_backward_workspace_holds_either_dq_accumulator_layout():
     assert deterministic == (_workspace_bytes(8000, blocks, 8 * 19) if has_blocks else _workspace_bytes(8000, 0))
     if _hopper():  # a Hopper build has the warp-specialized kernel at tile 128
         assert packed == _workspace_bytes(8000, blocks)
-    if has_blocks and module.supported("bfloat16", 256, 256):
-        # Tile 256 (the split layout, 64-query blocks): its ordered sums run as two chains, so the deterministic
-        # backward holds two copies of the blocks and of their semaphores.
-        det256 = module.bwd_workspace_bytes("bfloat16", 3, True, 1000, 900, 8, 4, 256, 256, True)
-        assert det256 == _workspace_bytes(8000, 2 * 8 * 19 * 64 * 256, 2 * 8 * 19)
+    # The split layout's tiles (64-query blocks of the tile's head dim D): their ordered sums run as two chains,
+    # so the deterministic backward holds two copies of the blocks and of their semaphores (D192 / Dv 128 too).
+    for d, dv in ((256, 256), (192, 128)):
+        if has_blocks and module.supported("bfloat16", d, dv) and tuple(
+                module.kernel_choice("bwd", "bfloat16", d, dv, "sm80")["tile"]) == (d, dv):
+            det = module.bwd_workspace_bytes("bfloat16", 3, True, 1000, 900, 8, 4, d, dv, True)
+            assert det == _workspace_bytes(8000, 2 * 8 * 19 * 64 * d, 2 * 8 * 19), (d, dv)
 
 
 def _hopper_variants_or_skip(feature, head_dim):
