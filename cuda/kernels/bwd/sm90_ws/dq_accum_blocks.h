@@ -72,14 +72,20 @@ struct Sm90WsDqAccumBlocks {
     return int64_t(dq_accum_floats(p.batch, p.packed(), p.seqlen_q, p.heads_q, p.head_dim, block_shape()));
   }
 
-  // Where the ordered add of `turn` at block `block` goes: its copy's block and semaphore, and its turn there.
+  // Where this CTA's (key block w.n_block) ordered add to query block m_block (workspace block `block`) goes: its
+  // copy's block and semaphore, and its turn there. Its turn among the key blocks that see the query block is
+  // the number of adds before it, in the order the scheduler launches their CTAs.
   struct OrderedSlot {
     float* block;
     int* semaphore;
     int turn;
   };
+  template <class Work>
   __device__ static OrderedSlot ordered_slot(float* accum, int* semaphores, int64_t floats_per_copy,
-                                             int64_t block, int turn) {
+                                             int64_t block, const Work& w, int m_block, bool launches_descending) {
+    int n_min, n_max;
+    w.mask.template n_block_range<Cfg::kBlockM, Cfg::kBlockN>(m_block, n_min, n_max);
+    int turn = launches_descending ? n_max - 1 - w.n_block : w.n_block - n_min;
     turn = turn < 0 ? 0 : turn;  // never for consistent ranges; a negative turn must not pick a copy before 0
     const int copy = turn % kOrderedCopies;
     return {accum + copy * floats_per_copy + block * kBlockFloats,
@@ -136,34 +142,20 @@ struct Sm90WsDqAccumBlocks {
     }
   }
 
-  // Ordered sums: how many adds to query block m_block come before this CTA's (key block w.n_block), in the
-  // order the scheduler launches the key blocks' CTAs.
-  template <class Work>
-  __device__ static int turn(const Work& w, int m_block, bool launches_descending) {
-    int n_min, n_max;
-    w.mask.template n_block_range<Cfg::kBlockM, Cfg::kBlockN>(m_block, n_min, n_max);
-    return launches_descending ? n_max - 1 - w.n_block : w.n_block - n_min;
-  }
-
   // Consumers of a tile without the shared block, ordered sums (the deterministic backward): atomic_add in this
   // CTA's turn at the block (`turn` adds before it, counted by *semaphore), then the count incremented. Every
-  // consumer thread calls it (kThreads, named barrier kDqTurn).
+  // consumer thread calls it. CUTLASS's semaphore over the consumers' named barrier kDqTurn (GenericBarrier
+  // takes the hardware id): consumer 0 acquires the count, the barrier passes it on; the barrier orders every
+  // thread's adds before consumer 0's release.
   template <class Frag>
   __device__ static void ordered_atomic_add(const Frag& acc, float* block, int* semaphore, int turn, int tidx) {
-    if (tidx == 0) {
-      // At least `turn` adds done (as write<true>: with overlapping cu_seqlens a count may pass a turn).
-      int done;
-      do {
-        asm volatile("ld.global.acquire.gpu.b32 %0, [%1];" : "=r"(done) : "l"(semaphore) : "memory");
-      } while (done < turn);
-    }
-    cutlass::arch::NamedBarrier::sync(kThreads, int(Sm90WsBwdBarrier::kDqTurn));  // the earlier adds, acquired
+    constexpr int kTurnBarrier =
+        int(Sm90WsBwdBarrier::kDqTurn) + int(cutlass::arch::NamedBarrier::ReservedNamedBarrierCount);
+    using Semaphore = cutlass::GenericBarrier<cutlass::detail::NamedBarrierSync<kThreads, kTurnBarrier>>;
+    // At least `turn` adds done (as write<true>: with overlapping cu_seqlens a count may pass a turn).
+    Semaphore::wait_lt(semaphore, tidx, 0, turn);
     atomic_add(acc, block, tidx);
-    cutlass::arch::NamedBarrier::sync(kThreads, int(Sm90WsBwdBarrier::kDqTurn));  // every thread's adds issued
-    if (tidx == 0) {
-      // Release: the fence orders the adds of every thread that met at the barrier before the increment.
-      asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(semaphore) : "memory");
-    }
+    Semaphore::arrive_inc(semaphore, tidx, 0);
   }
 
   // The writer warp (all 32 lanes: the named barriers count warps), for a CTA with at least one step.
@@ -183,8 +175,7 @@ struct Sm90WsDqAccumBlocks {
       const int64_t block = block_index(p, w.seq, w.bidb, bidh, m_block);
       OrderedSlot slot{accum + block * kBlockFloats, nullptr, 0};
       if constexpr (kOrdered) {
-        slot = ordered_slot(accum, semaphores, floats_per_copy, block,
-                            Sm90WsDqAccumBlocks::turn(w, m_block, launches_descending));
+        slot = ordered_slot(accum, semaphores, floats_per_copy, block, w, m_block, launches_descending);
         // At least `turn` adds done (equal with valid offsets; with cu_seqlens that overlap, blocks are shared
         // between sequences and a count may pass a turn: no wait may then last forever, the sums are merely
         // unspecified).

@@ -191,8 +191,8 @@ struct Sm90WsBwdSplitMainloop : Sm90WsBwdTmaLoads<Cfg> {
           const int64_t block = Blocks::block_index(p, w.seq, w.bidb, bidh, m_block);
           if constexpr (kDqOrdered) {
             const typename Blocks::OrderedSlot slot =
-                Blocks::ordered_slot(mp.dq_accum, mp.dq_semaphores, floats_per_copy, block,
-                                     Blocks::turn(w, m_block, launches_descending));
+                Blocks::ordered_slot(mp.dq_accum, mp.dq_semaphores, floats_per_copy, block, w, m_block,
+                                     launches_descending);
             Blocks::ordered_atomic_add(acc_dq, slot.block, slot.semaphore, slot.turn, tidx);
           } else {
             Blocks::atomic_add(acc_dq, mp.dq_accum + block * Blocks::kBlockFloats, tidx);
