@@ -5,7 +5,7 @@
 // Build from the repository root (CHECK_HEAD_DIM / CHECK_HEAD_DIM_V pick the tile; Dv defaults to D; with
 // -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED the timings add FlashAttention-3's wider key tile, see tile_size.h;
 // -DCHECK_ALT_BLOCK_N=N times the key tile N instead; -DCHECK_BLOCK_M / _BLOCK_N / _PINGPONG / _OVERLAP /
-// _PERSISTENT / _LONGEST_FIRST check and time that variant in place of the library's kernel, see TestedConfig):
+// _PERSISTENT / _LONGEST_FIRST / _P_SMEM check and time that variant in place of the library's kernel, see TestedConfig):
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
@@ -361,12 +361,12 @@ Result run_reference(const Problem<Element>& pr) {
 
 // The kernel under test: the library's (through its launcher), or, when any of -DCHECK_BLOCK_M=M,
 // -DCHECK_BLOCK_N=N, -DCHECK_PINGPONG=0/1, -DCHECK_OVERLAP=0/1, -DCHECK_PERSISTENT=0/1,
-// -DCHECK_LONGEST_FIRST=0/1 is given, that variant of the library's tile (e.g. 192 x 128 at D64, the steps of
+// -DCHECK_LONGEST_FIRST=0/1, -DCHECK_P_SMEM=0/1 (P V with P from shared memory) is given, that variant of the library's tile (e.g. 192 x 128 at D64, the steps of
 // the schedule without pingpong / intra-warpgroup overlap, the persistent grid, or the longest-first order of
 // the dense causal grid), launched directly for every case (correctness, --small, timing); the timing then
 // shows the library's kernel beside it.
 #if defined(CHECK_BLOCK_M) || defined(CHECK_BLOCK_N) || defined(CHECK_PINGPONG) || defined(CHECK_OVERLAP) || \
-    defined(CHECK_PERSISTENT) || defined(CHECK_LONGEST_FIRST)
+    defined(CHECK_PERSISTENT) || defined(CHECK_LONGEST_FIRST) || defined(CHECK_P_SMEM)
 #define CHECK_OWN_VARIANT 1
 #ifndef CHECK_BLOCK_M
 #define CHECK_BLOCK_M Sm90WsTileSize<kD, kDv>::kBlockM
@@ -386,9 +386,12 @@ Result run_reference(const Problem<Element>& pr) {
 #ifndef CHECK_LONGEST_FIRST
 #define CHECK_LONGEST_FIRST kSm90WsFwdLongestFirst
 #endif
+#ifndef CHECK_P_SMEM
+#define CHECK_P_SMEM 0
+#endif
 template <class Element>
 using TestedConfig = Sm90WsFwdConfig<Element, kD, kDv, CHECK_BLOCK_M, CHECK_BLOCK_N, 2, bool(CHECK_PINGPONG),
-                                     bool(CHECK_OVERLAP), bool(CHECK_LONGEST_FIRST)>;
+                                     bool(CHECK_OVERLAP), bool(CHECK_LONGEST_FIRST), bool(CHECK_P_SMEM)>;
 static_assert(!(CHECK_PERSISTENT && CHECK_LONGEST_FIRST), "the persistent grid keeps its own (static) order");
 constexpr bool kTestsOwnTile = true;
 #else

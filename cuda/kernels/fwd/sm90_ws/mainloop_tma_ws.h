@@ -12,6 +12,10 @@
 // (Cfg::kIntraWgOverlap false, to measure what it buys): S(t), its softmax, then P(t) V(t), each waited for;
 // the pingpong turn then covers S(t) alone.
 //
+// P reaches P V from registers, or (Cfg::kPvFromSmem) through shared memory: each warpgroup stores its rows of
+// P with stmatrix once its previous P V is complete and meets its own warps on a named barrier before the next
+// P V reads them.
+//
 // Rows past the sequence and columns past the real head dims arrive as zeros (the tensor maps are the real
 // shapes, and the TMA unit fills out-of-range boxes with zeros). Packed layouts: a key tile reaching past
 // its sequence reads the next sequence's rows (or the padding between sequences, which may hold anything).
@@ -244,15 +248,59 @@ struct Sm90WsMainloop {
       zero_tile_rows<kHeadDimV>(sV(_, _, read_v.index()), v_tail_valid_rows, kBlockN, tidx, Cfg::kMmaThreads);
       publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBarrier::kVTailZeroed));
     }
-    auto p_tile = convert_fragment<Element>(acc_s);  // P of the tile whose P V is next
-    Tensor tOrP = make_tensor(p_tile.data(), acc_as_a_layout(p_tile.layout()));
+    // P of the tile whose P V is next, and the A operand of P V that reads it: a register fragment, or
+    // (kPvFromSmem) this warpgroup's rows of sP through descriptors.
+    auto p_tile = convert_fragment<Element>(acc_s);
+    Tensor tOrP = [&] {
+      if constexpr (Cfg::kPvFromSmem) {
+        return thr_pv.partition_fragment_A(make_tensor(make_smem_ptr(st.p.data()), typename Cfg::SmemLayoutP{}));
+      } else {
+        return make_tensor(p_tile.data(), acc_as_a_layout(p_tile.layout()));
+      }
+    }();
+    auto store_p = make_tiled_copy_C(typename Cfg::SmemStoreAtomP{}, mma_qk);
+    auto thr_store_p = store_p.get_thread_slice(tidx);
+    static_assert(int(Sm90WsBarrier::kPStoredFirst) + Cfg::kMmaWarpgroups <= 8, "CUTLASS's 8 user barrier ids");
+    // P of the scores in acc_s, where P V reads it. Shared memory: the caller has waited for this warpgroup's
+    // previous P V (its wgmma reads of sP are complete).
+    auto stash_p = [&] CUTLASS_LAMBDA_FUNC_INLINE {
+      if constexpr (Cfg::kPvFromSmem) {
+        Tensor sP = make_tensor(make_smem_ptr(st.p.data()), typename Cfg::SmemLayoutP{});
+        // ((stmatrix values, stmatrix count), M, N): the destination, and the scores in the same order (fp32).
+        Tensor tPsP = thr_store_p.partition_D(as_position_independent_swizzle_tensor(sP));
+        Tensor tPrS = thr_store_p.retile_S(acc_s);
+        // One stmatrix worth at a time: acc_s stays allocated (the next QK^T writes it), so converting the
+        // whole tile first would hold a second, half-size copy of it in registers.
+        CUTE_UNROLL
+        for (int m = 0; m < size<1>(tPrS); ++m) {
+          CUTE_UNROLL
+          for (int n = 0; n < size<2>(tPrS); ++n) {
+            Tensor src = tensor<0>(tPrS(_, m, n));  // (stmatrix values, stmatrix count)
+            Tensor dst = tensor<0>(tPsP(_, m, n));
+            CUTE_UNROLL
+            for (int i = 0; i < size<1>(dst); ++i) {
+              Tensor chunk = make_tensor<float>(make_layout(shape<0>(src)));
+              copy(src(_, i), chunk);
+              copy(typename Cfg::SmemStoreAtomP{}, convert_fragment<Element>(chunk), dst(_, i));
+            }
+          }
+        }
+        publish_to_wgmma(128, int(Sm90WsBarrier::kPStoredFirst) + tidx / 128);
+      } else {
+        copy(convert_fragment<Element>(acc_s), p_tile);
+      }
+    };
+    if constexpr (Cfg::kPvFromSmem) stash_p();
+    auto fence_p = [&] CUTLASS_LAMBDA_FUNC_INLINE {
+      if constexpr (!Cfg::kPvFromSmem) warpgroup_fence_operand(tOrP);
+    };
     float correction[kRows];  // pending rescale of O (kRescaleBeforePv)
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) correction[r] = 1.f;
-    // O += P V of the tile whose P is in p_tile, waited for.
+    // O += P V of the tile whose P is stashed, waited for.
     auto pv_now = [&] CUTLASS_LAMBDA_FUNC_INLINE {
       wait(pipe_v, read_v);
-      warpgroup_fence_operand(tOrP);
+      fence_p();
       wgmma_gemm<false>(mma_pv, tOrP, tOrVt(_, _, _, read_v.index()), acc_o);
       release(pipe_v, read_v);
     };
@@ -277,7 +325,7 @@ struct Sm90WsMainloop {
       if constexpr (Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
       wait(pipe_v, read_v);
       warpgroup_fence_operand(acc_o);
-      warpgroup_fence_operand(tOrP);
+      fence_p();
       warpgroup_arrive();
       wgmma_issue<false>(mma_pv, tOrP, tOrVt(_, _, _, read_v.index()), acc_o);
       warpgroup_commit_batch();
@@ -290,7 +338,7 @@ struct Sm90WsMainloop {
       warpgroup_wait<0>();  // P(t-1) V(t-1) is in: P(t-1) may be overwritten
       warpgroup_fence_operand(acc_o);
       release(pipe_v, read_v);
-      copy(convert_fragment<Element>(acc_s), p_tile);
+      stash_p();
       if constexpr (!Cfg::kRescaleBeforePv) rescale_rows(acc_o_rc, correction);
     };
     // Step t >= 1 without the overlap: S(t) (the pingpong turn), its softmax (which rescales O directly: no
@@ -304,7 +352,7 @@ struct Sm90WsMainloop {
       release(pipe_k, read_k);
       Tensor scores = finish_scores(n_block, masked_tag);
       softmax.step(scores, acc_o_rc);
-      copy(convert_fragment<Element>(acc_s), p_tile);
+      stash_p();
       pv_now();
     };
     auto step = [&](int t, auto masked_tag) CUTLASS_LAMBDA_FUNC_INLINE {

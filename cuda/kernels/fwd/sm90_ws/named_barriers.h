@@ -12,6 +12,7 @@ enum class Sm90WsBarrier : int {
   kTurnFirst = 0,      // kTurnFirst + w: consumer warpgroup w may issue its GEMMs (up to 3 warpgroups)
   kOutputStaged = 3,   // every consumer warpgroup's rows of O are in shared memory
   kVTailZeroed = 4,    // packed: the rows of V past the sequence are zeroed (mainloop_tma_ws.h)
+  kPStoredFirst = 5,   // kPStoredFirst + w: warpgroup w's rows of P are in shared memory (Cfg::kPvFromSmem)
 };
 
 // Pingpong: the consumer warpgroups issue the GEMMs of a mainloop step in turn (0, 1, 0, 1, ... or 0, 1, 2, 0, ...),

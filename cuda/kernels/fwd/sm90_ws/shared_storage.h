@@ -9,6 +9,17 @@
 
 namespace jax_flash {
 
+// P of each consumer warpgroup's rows (Cfg::kPvFromSmem), empty otherwise.
+template <typename Element, int kElems>
+struct Sm90WsSmemP {
+  cute::array_aligned<Element, kElems, 1024> p;
+  CUTE_DEVICE Element* data() { return p.data(); }
+};
+template <typename Element>
+struct Sm90WsSmemP<Element, 0> {
+  CUTE_DEVICE Element* data() { return nullptr; }
+};
+
 template <class Cfg>
 struct Sm90WsSharedStorage {
   using Element = typename Cfg::Element;
@@ -19,6 +30,7 @@ struct Sm90WsSharedStorage {
   cute::array_aligned<Element, Cfg::kSmemQOElems, 1024> q;
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutK>, 1024> k;
   cute::array_aligned<Element, cute::cosize_v<typename Cfg::SmemLayoutV>, 1024> v;
+  Sm90WsSmemP<Element, Cfg::kSmemPElems> p;
   typename Pipeline::SharedStorage pipeline_k;  // full / empty barrier per K stage
   typename Pipeline::SharedStorage pipeline_v;
   // Q landed: one phase per tile of the CTA that loads Q (every tile of a persistent CTA: one without keys

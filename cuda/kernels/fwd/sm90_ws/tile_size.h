@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cute/tensor.hpp>
+#include <cute/atom/copy_traits_sm90.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cutlass/numeric_types.h>
 
@@ -28,7 +29,7 @@
 namespace jax_flash {
 
 template <typename Element_, int kHeadDim_, int kHeadDimV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingpong_,
-          bool kIntraWgOverlap_, bool kLongestFirst_ = false>
+          bool kIntraWgOverlap_, bool kLongestFirst_ = false, bool kPvFromSmem_ = false>
 struct Sm90WsFwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -44,6 +45,11 @@ struct Sm90WsFwdConfig {
   // The single-tile grid's dense causal tiles longest first across (head, sequence) pairs, in groups that keep
   // K and V in L2 (sched/longest_first_scheduler.h); false: each pair's blocks in turn.
   static constexpr bool kLongestFirst = kLongestFirst_;
+  // P V with P from shared memory (each warpgroup stores its rows of P with stmatrix, then both operands are
+  // read through descriptors) rather than from registers: the P fragment then lives only while it is stored,
+  // which leaves a 160-register warpgroup room for a wider key tile and the overlap (FlashAttention-3's D64
+  // tile without a mask: 192 x 192, P in shared memory, overlapped).
+  static constexpr bool kPvFromSmem = kPvFromSmem_;
   // Rescale O by the softmax correction before the P V product that adds to it (under the QK^T in flight)
   // rather than after it: for wide O the rescale is long enough to be worth hiding.
   static constexpr bool kRescaleBeforePv = kHeadDimV > 128;
@@ -63,7 +69,10 @@ struct Sm90WsFwdConfig {
 
   using Tiles = Sm90FwdTiles<Element, kBlockM, kBlockN, kHeadDim, kHeadDimV, kStages>;
   using TiledMmaQK = typename Tiles::TiledMmaQK;
-  using TiledMmaPV = typename Tiles::TiledMmaPV;
+  using TiledMmaPV = std::conditional_t<
+      kPvFromSmem,
+      Sm90TiledMmaSS<Element, kBlockM, kHeadDimV, kBlockN, kBlockM / 64, 1, cute::GMMA::Major::K, cute::GMMA::Major::MN>,
+      typename Tiles::TiledMmaPV>;
   // One wgmma instruction per k slice spans the whole tile: CuTe's selector falls back to narrower atoms
   // (N = 16 for N = 80 or 176) for the shapes it has only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED.
   static_assert(cute::size<1>(typename TiledMmaQK::AtomShape_MNK{}) == kBlockN,
@@ -78,6 +87,11 @@ struct Sm90WsFwdConfig {
   // warpgroup's 64 rows of O cover exactly the bytes of its own 64 rows of Q.
   using SmemLayoutO = SmemTile<Element, kBlockM, kHeadDimV>;
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
+  // P in shared memory (kPvFromSmem): the A operand of P V, K-major, stored from the S accumulator's layout.
+  using SmemLayoutP = decltype(cute::tile_to_shape(GmmaKMajorAtom<Element, kBlockN>{},
+                                                   cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>>{}));
+  using SmemStoreAtomP = cute::Copy_Atom<cute::SM90_U32x4_STSM_N, Element>;
+  static constexpr int kSmemPElems = kPvFromSmem ? int(cute::cosize_v<SmemLayoutP>) : 0;
   using GmemCopyO = StoreRowCopy<Element, kHeadDimV, kMmaThreads>;
   static_assert((kHeadDim % 64 == 0) == (kHeadDimV % 64 == 0), "Q and O atoms must have the same width");
 
