@@ -199,10 +199,15 @@ struct Sm90WsMainloop {
     typename Cfg::TiledMmaQK mma_qk;
     typename Cfg::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(tidx);
-    auto thr_pv = mma_pv.get_thread_slice(tidx);
-    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // descriptors
-    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, N, K, stage)
-    Tensor tOrVt = thr_pv.partition_fragment_B(sVt);  // (MMA, Dv, N, stage)
+    // The shared-memory operands' descriptors depend on the warpgroup only: sliced with a warp-uniform index
+    // (a shuffle), they are uniform values, which ptxas may keep in uniform registers or rematerialize, where
+    // from tidx they hold a pair of vector registers each across the key loop (ptxas spills at 160 registers).
+    const int warpgroup_thread0 = (__shfl_sync(0xffffffffu, tidx, 0) / 128) * 128;
+    auto wg_qk = mma_qk.get_thread_slice(warpgroup_thread0);
+    auto wg_pv = mma_pv.get_thread_slice(warpgroup_thread0);
+    Tensor tSrQ = wg_qk.partition_fragment_A(sQ);    // descriptors
+    Tensor tSrK = wg_qk.partition_fragment_B(sK);    // (MMA, N, K, stage)
+    Tensor tOrVt = wg_pv.partition_fragment_B(sVt);  // (MMA, Dv, N, stage)
     // Tile-local (row, col) of each score this thread holds, for the mask.
     Tensor tScS_rc = rowcol_view(thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
     Tensor acc_o_rc = rowcol_view(acc_o);
@@ -253,7 +258,7 @@ struct Sm90WsMainloop {
     auto p_tile = convert_fragment<Element>(acc_s);
     Tensor tOrP = [&] {
       if constexpr (Cfg::kPvFromSmem) {
-        return thr_pv.partition_fragment_A(make_tensor(make_smem_ptr(st.p.data()), typename Cfg::SmemLayoutP{}));
+        return wg_pv.partition_fragment_A(make_tensor(make_smem_ptr(st.p.data()), typename Cfg::SmemLayoutP{}));
       } else {
         return make_tensor(p_tile.data(), acc_as_a_layout(p_tile.layout()));
       }
