@@ -116,32 +116,32 @@ struct Sm90WsTileSize<64, 64> {
   // Three consumer warpgroups of 160 registers: S(t), P(t - 1) and O of the overlap do not fit them (ptxas:
   // 480 B of spills), the serial step does (4 B); H100, S >= 4k: 1.03-1.09x the 128 x 192 overlapped tile.
   static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = true, kIntraWgOverlap = false;
+  static constexpr bool kPingpong = true, kIntraWgOverlap = true, kPvFromSmem = true;
 };
 template <>
 struct Sm90WsTileSize<96, 96> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = true, kIntraWgOverlap = true;
+  static constexpr bool kPingpong = true, kIntraWgOverlap = true, kPvFromSmem = false;
 };
 template <>
 struct Sm90WsTileSize<128, 128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = false, kIntraWgOverlap = false;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = false, kPvFromSmem = false;
 };
 template <>
 struct Sm90WsTileSize<192, 128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = false, kIntraWgOverlap = true;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = true, kPvFromSmem = false;
 };
 template <>
 struct Sm90WsTileSize<192, 192> {
   static constexpr int kBlockM = 128, kBlockN = 96, kStages = 2;
-  static constexpr bool kPingpong = false, kIntraWgOverlap = true;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = true, kPvFromSmem = false;
 };
 template <>
 struct Sm90WsTileSize<256, 256> {
   static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2;
-  static constexpr bool kPingpong = false, kIntraWgOverlap = true;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = true, kPvFromSmem = false;
 };
 
 // The longest-first order of the dense causal grid (Sm90WsFwdConfig::kLongestFirst): off in the library until
@@ -151,6 +151,6 @@ inline constexpr bool kSm90WsFwdLongestFirst = false;
 template <typename Element, int kHeadDim, int kHeadDimV, class Tile = Sm90WsTileSize<kHeadDim, kHeadDimV>>
 using Sm90WsFwdDefaultConfig = Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Tile::kBlockM, Tile::kBlockN,
                                                Tile::kStages, Tile::kPingpong, Tile::kIntraWgOverlap,
-                                               kSm90WsFwdLongestFirst>;
+                                               kSm90WsFwdLongestFirst, Tile::kPvFromSmem>;
 
 }  // namespace jax_flash
