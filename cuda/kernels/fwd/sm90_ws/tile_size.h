@@ -5,15 +5,17 @@
 // S = Q K^T with Q and K in shared memory, O += P V with P from registers and V read through its transposed
 // (MN-major) view. setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers
 // (which hold the S, P and O fragments), within the 64K registers of an SM: 24 + 2 x 240 per thread with two
-// consumer warpgroups, 32 + 3 x 160 with three (FlashAttention-3's split for its 192-row D64 tile).
+// consumer warpgroups, 32 + 3 x 160 with three (FlashAttention-3's split for its 192-row D64 tile). With three,
+// P goes through shared memory (kPvFromSmem), so that S(t), P(t - 1) and O of the overlap fit 160 registers.
 //
 // Per head dim (Sm90WsTileSize): a key tile as wide as Q + 2 stages of K and V allow in the 227 KB of shared
 // memory; the pingpong between the consumer warpgroups (their GEMMs take turns, so one's softmax runs under
 // the others' GEMMs) and each warpgroup's own overlap (softmax of tile j under the QK^T of tile j+1) where
 // they were measured to pay. FlashAttention-3 runs both at D <= 128 and the overlap alone above; on an H100
 // (BENCHMARKS.md, session 21, check tool) D128 ran fastest with neither (two warpgroups issuing in turn
-// on their own: 1.04-1.10x the tile with both at S >= 4k) and D64's 192-row tile without the overlap (which
-// spills there). D96, D192 and D256 keep FlashAttention-3's choices (not measured without them).
+// on their own: 1.04-1.10x the tile with both at S >= 4k); D64's 192-row tile runs both, with P in shared memory
+// (session 25: 1.08-1.12x the same tile without the overlap, which spilled with P in registers).
+// D96, D192 and D256 keep FlashAttention-3's choices (not measured without them).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -113,8 +115,11 @@ template <int kHeadDim, int kHeadDimV>
 struct Sm90WsTileSize;
 template <>
 struct Sm90WsTileSize<64, 64> {
-  // Three consumer warpgroups of 160 registers: S(t), P(t - 1) and O of the overlap do not fit them (ptxas:
-  // 480 B of spills), the serial step does (4 B); H100, S >= 4k: 1.03-1.09x the 128 x 192 overlapped tile.
+  // Three consumer warpgroups of 160 registers: S(t), P(t - 1) and O of the overlap fit them only with P in
+  // shared memory (ptxas, descriptors sliced per warpgroup: 56 B of spills, outside the key loop but for one
+  // reload; P in registers: 352 B). H100, check tool (BENCHMARKS.md session 25): 1.08-1.12x the serial step
+  // at 1k-16k, full and causal, which was 1.03-1.09x the 128 x 192 overlapped tile (session 21). The key tile
+  // 192 (FlashAttention-3's unmasked choice) spills 804 B.
   static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = true, kIntraWgOverlap = true, kPvFromSmem = true;
 };
