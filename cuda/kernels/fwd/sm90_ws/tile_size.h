@@ -14,7 +14,7 @@
 // they were measured to pay. FlashAttention-3 runs both at D <= 128 and the overlap alone above; on an H100
 // (BENCHMARKS.md, session 21, check tool) D128 ran fastest with neither (two warpgroups issuing in turn
 // on their own: 1.04-1.10x the tile with both at S >= 4k); D64's 192-row tile runs both, with P in shared memory
-// (session 25: 1.08-1.12x the same tile without the overlap, which spilled with P in registers).
+// (session 25: 1.05-1.14x the same tile without the overlap, which spilled with P in registers).
 // D96, D192 and D256 keep FlashAttention-3's choices (not measured without them).
 #pragma once
 
@@ -117,7 +117,7 @@ template <>
 struct Sm90WsTileSize<64, 64> {
   // Three consumer warpgroups of 160 registers: S(t), P(t - 1) and O of the overlap fit them only with P in
   // shared memory (ptxas, descriptors sliced per warpgroup: 56 B of spills, outside the key loop but for one
-  // reload; P in registers: 352 B). H100, check tool (BENCHMARKS.md session 25): 1.08-1.12x the serial step
+  // reload; P in registers: 352 B). H100, check tool (BENCHMARKS.md session 25): 1.05-1.14x the serial step
   // at 1k-16k, full and causal, which was 1.03-1.09x the 128 x 192 overlapped tile (session 21). The key tile
   // 192 (FlashAttention-3's unmasked choice) spills 804 B.
   static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2;
