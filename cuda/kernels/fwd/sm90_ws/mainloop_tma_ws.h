@@ -254,7 +254,7 @@ struct Sm90WsMainloop {
       publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBarrier::kVTailZeroed));
     }
     // P of the tile whose P V is next, and the A operand of P V that reads it: a register fragment, or
-    // (kPvFromSmem) this warpgroup's rows of sP through descriptors.
+    // (kPvFromSmem) this warpgroup's rows of sP through descriptors (p_tile is then unused: no registers).
     auto p_tile = convert_fragment<Element>(acc_s);
     Tensor tOrP = [&] {
       if constexpr (Cfg::kPvFromSmem) {

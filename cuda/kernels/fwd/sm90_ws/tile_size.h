@@ -2,8 +2,8 @@
 //
 // A CTA is 1 producer warpgroup + kBlockM / 64 consumer warpgroups (2 or 3). The producer's first thread
 // issues every TMA load; the consumers each own 64 query rows of the tile and run the two products as wgmma:
-// S = Q K^T with Q and K in shared memory, O += P V with P from registers and V read through its transposed
-// (MN-major) view. setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers
+// S = Q K^T with Q and K in shared memory, O += P V with P from registers (or shared memory, kPvFromSmem) and V
+// read through its transposed (MN-major) view. setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers
 // (which hold the S, P and O fragments), within the 64K registers of an SM: 24 + 2 x 240 per thread with two
 // consumer warpgroups, 32 + 3 x 160 with three (FlashAttention-3's split for its 192-row D64 tile). With three,
 // P goes through shared memory (kPvFromSmem), so that S(t), P(t - 1) and O of the overlap fit 160 registers.
@@ -49,8 +49,8 @@ struct Sm90WsFwdConfig {
   static constexpr bool kLongestFirst = kLongestFirst_;
   // P V with P from shared memory (each warpgroup stores its rows of P with stmatrix, then both operands are
   // read through descriptors) rather than from registers: the P fragment then lives only while it is stored,
-  // which leaves a 160-register warpgroup room for a wider key tile and the overlap (FlashAttention-3's D64
-  // tile without a mask: 192 x 192, P in shared memory, overlapped).
+  // which leaves a 160-register warpgroup room for the overlap (D64's 192 x 128 tile; FlashAttention-3 runs
+  // 192 x 192 so, which spills here).
   static constexpr bool kPvFromSmem = kPvFromSmem_;
   // Rescale O by the softmax correction before the P V product that adds to it (under the QK^T in flight)
   // rather than after it: for wide O the rescale is long enough to be worth hiding.
