@@ -40,7 +40,7 @@ inline constexpr bool bwd_atomic_dq_sums(int head_dim, bool deterministic) {
 // same query block at once (no mask: all walk the query blocks in the same order), the last one waits for all
 // links before its own, so two chains halve that start-up. The split layout's 64-key tiles (D192, D256) have
 // twice the key blocks of the swapped layout's 128 and take two copies; the swapped layout one
-// (kernels/bwd/sm90_ws/tile_size*.h kOrderedDqCopies, asserted against this by the launcher).
+// (kernels/bwd/sm90_ws/tile_size*.h take kOrderedDqCopies from here).
 inline constexpr int sm90_ws_ordered_dq_copies(int tile_d) { return tile_d > 128 ? 2 : 1; }
 
 // The blocks layout's block: block_m queries x tile_d head-dim columns (the dK/dV kernel's query step and

@@ -245,10 +245,11 @@ __global__ void __launch_bounds__(Cfg::kMmaThreads)
   const float* block = accum + Blocks::block_index(p, seq, tile.bidb, tile.head, tile.block) * Blocks::kBlockFloats;
   Blocks::load(acc, block, tidx);
   // The ordered sums' other copies, added in copy order (copies is 1 for the other sums).
+  const int64_t floats_per_copy = Blocks::copy_floats(p);
 #pragma unroll 1
   for (int c = 1; c < copies; ++c) {
     Tensor other = make_fragment_like(acc);
-    Blocks::load(other, block + c * Blocks::copy_floats(p), tidx);
+    Blocks::load(other, block + c * floats_per_copy, tidx);
     CUTE_UNROLL
     for (int i = 0; i < size(acc); ++i) acc(i) += other(i);
   }

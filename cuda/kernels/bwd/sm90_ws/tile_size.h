@@ -31,6 +31,7 @@
 
 #include <type_traits>
 
+#include "kernels/bwd/workspace_layout.h"
 #include "kernels/common/tile_atoms.h"
 #include "kernels/common/tile_atoms_sm90.h"
 #include "kernels/bwd/sm90_ws/tile_size_split.h"
@@ -57,7 +58,8 @@ struct Sm90WsBwdConfig {
   static constexpr int kDsStages = 2;       // dS is double-buffered: one named barrier per step (mainloop_tma_ws.h)
   static constexpr bool kSplit = false;         // the swapped layout's mainloop (kernel_bwd_sm90_ws.cuh)
   static constexpr bool kDqSharedBlock = true;  // dQ through the shared dQ block and the dq writer warp
-  static constexpr int kOrderedDqCopies = 1;      // chains of the ordered dQ sums (workspace_layout.h)
+  // Chains of the ordered dQ sums: the workspace is sized by the same function.
+  static constexpr int kOrderedDqCopies = sm90_ws_ordered_dq_copies(kHeadDim_);
 
   static constexpr int kMmaWarpgroups = 2;
   static constexpr int kMmaThreads = 128 * kMmaWarpgroups;

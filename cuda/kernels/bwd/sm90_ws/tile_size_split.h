@@ -29,6 +29,7 @@
 
 #include <type_traits>
 
+#include "kernels/bwd/workspace_layout.h"
 #include "kernels/common/tile_atoms.h"
 #include "kernels/common/tile_atoms_sm90.h"
 
@@ -55,9 +56,9 @@ struct Sm90WsBwdSplitConfig {
   // dQ through the shared dQ block and the dq writer warp (bulk reduce-add; ordered sums possible), else fp32
   // atomics from the consumers' registers into the same blocks.
   static constexpr bool kDqSharedBlock = kDqSharedBlock_;
-  // Chains of the ordered dQ sums (workspace_layout.h sm90_ws_ordered_dq_copies): 64-key blocks are twice as many
-  // links per query block as the swapped layout's.
-  static constexpr int kOrderedDqCopies = 2;
+  // Chains of the ordered dQ sums, by the function that sizes the workspace (workspace_layout.h: two for these
+  // head dims, whose 64-key blocks are twice as many links per query block as the swapped layout's).
+  static constexpr int kOrderedDqCopies = sm90_ws_ordered_dq_copies(kHeadDim_);
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kHeadDimV = kHeadDimV_;
   static constexpr int kBlockM = kBlockM_;  // queries per step
