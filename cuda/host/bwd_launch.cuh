@@ -1,7 +1,7 @@
 // run_attn_bwd: the backward pass of one (Element, kHeadDim, kHeadDimV) instantiation, as up to four
 // launches on one stream (no host synchronization, no allocation):
-//   1. delta = rowsum(dout * out) - dlse        -> workspace
-//   2. dk, dv (and, where the dK/dV kernel sums dq, its partial sums -> workspace accumulator, zeroed first)
+//   1. delta = rowsum(dout * out) - dlse        -> workspace (the same grid zeroes the dq accumulator)
+//   2. dk, dv (and, where the dK/dV kernel sums dq, its partial sums -> workspace accumulator)
 //   3. dq: its own deterministic kernel, or the accumulator scaled and converted
 // How dq is had is the kernel choice's (KernelChoice::dq, kernel_choice.h): with deterministic == false the dK/dV
 // kernel adds dQ into the accumulator as it goes (the mma.sync and wgmma kernels into rows with atomics, up to a
@@ -89,6 +89,17 @@ Status launch_dq(const AttnBwdParams& params, const float* delta, cudaStream_t s
 // Grid for a grid-stride elementwise kernel over `items` items of one thread (or warp) each.
 inline unsigned elementwise_blocks(int64_t items, int items_per_block) {
   return unsigned(std::min<int64_t>((items + items_per_block - 1) / items_per_block, int64_t(1) << 20));
+}
+
+// bwd_delta_kernel over every query row (rows > 0), zeroing zero_bytes (a multiple of 16) from `zero` as well.
+template <typename Element, int kHeadDimV>
+Status launch_delta(const AttnBwdParams& params, float* delta, void* zero, size_t zero_bytes, cudaStream_t stream) {
+  constexpr int kThreadsPerRow = bwd_delta_threads_per_row(kHeadDimV);
+  const int64_t rows = int64_t(params.layout_batch()) * params.heads_q * params.seqlen_q;
+  bwd_delta_kernel<Element, kThreadsPerRow>
+      <<<elementwise_blocks(rows, kBwdElementwiseThreads / kThreadsPerRow), kBwdElementwiseThreads, 0, stream>>>(
+          params, delta, static_cast<float4*>(zero), int64_t(zero_bytes / sizeof(float4)));
+  return check_launch("bwd_delta_kernel");
 }
 
 // dK, dV and the atomic dQ sums with the wgmma kernel, where this build has sm_90a code and the head dims a
@@ -194,24 +205,18 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
   float* dq_accum = atomic_dq || ordered_dq ? reinterpret_cast<float*>(workspace + layout.dq_accum_offset) : nullptr;
   int* dq_semaphores = ordered_dq ? reinterpret_cast<int*>(workspace + layout.dq_semaphores_offset) : nullptr;
   const int64_t rows = int64_t(params.layout_batch()) * params.heads_q * params.seqlen_q;
-  constexpr int kWarpsPerBlock = kBwdElementwiseThreads / 32;
 
+  // Delta, and the dq accumulator (with the ordered sums' semaphores after it) zeroed by the same grid.
+  const size_t zero_bytes = dq_accum != nullptr ? layout.total_bytes - layout.dq_accum_offset : 0;
   if (rows > 0) {
-    bwd_delta_kernel<Element><<<elementwise_blocks(rows, kWarpsPerBlock), kBwdElementwiseThreads, 0, stream>>>(
-        params, delta);
-    if (Status s = check_launch("bwd_delta_kernel"); !s.ok()) return s;
+    if (Status s = launch_delta<Element, kHeadDimV>(params, delta, dq_accum, zero_bytes, stream); !s.ok()) return s;
   }
   if (ws) {
-    // The warp-specialized kernel zeroes, fills and converts its own accumulator (blocks, not rows).
+    // The warp-specialized kernel fills and converts its own accumulator (blocks, not rows).
     if (dq_accum == nullptr) return error("the warp-specialized dK/dV kernel sums dQ (atomic or ordered sums)");
     const Status s = run_sm90_ws<Element, kHeadDim, kHeadDimV>(params, delta, dq_accum, dq_semaphores, stream);
     if (!s.ok()) return s;
   } else {
-    if (atomic_dq && rows > 0) {
-      const cudaError_t err =
-          cudaMemsetAsync(dq_accum, 0, size_t(rows) * size_t(params.head_dim) * sizeof(float), stream);
-      if (err != cudaSuccess) return error(std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err));
-    }
     if (params.seqlen_k > 0) {
       const Status s = launch_chosen_dkdv<Element, kHeadDim, kHeadDimV>(params, choice, delta, dq_accum, stream);
       if (!s.ok()) return s;

@@ -109,23 +109,15 @@ Status launch_attn_bwd_dq_blocks_convert(const AttnBwdParams& params, const floa
 #endif
 }
 
-// Steps 2 and 3 of the backward with tile config Cfg and dQ sums (kAtomicSums or kOrderedSums), after delta:
-// the kernel owns its blocks layout (and semaphores), zeroed, summed into by the dK/dV kernel, converted.
+// Steps 2 and 3 of the backward with tile config Cfg and dQ sums (kAtomicSums or kOrderedSums), after delta
+// (whose kernel zeroed the accumulator's blocks and semaphores, bwd_launch.cuh): the blocks layout is the
+// kernel's own, summed into by the dK/dV kernel, converted.
 template <class Cfg, DqPath kDq>
 Status launch_attn_bwd_sm90_ws(const AttnBwdParams& params, const float* delta, float* dq_accum,
                                int* dq_semaphores, cudaStream_t stream) {
   static_assert(kDq != DqPath::kDqKernel, "the dq kernel's chain is run_attn_bwd's");
-  using Blocks = Sm90WsDqAccumBlocks<Cfg>;
   const int copies = kDq == DqPath::kOrderedSums ? Cfg::kOrderedDqCopies : 1;
   const bool has_queries = params.batch > 0 && params.heads_q > 0 && params.seqlen_q > 0;
-  if (has_queries) {
-    const size_t floats = size_t(Blocks::copy_floats(params)) * copies;
-    cudaError_t err = cudaMemsetAsync(dq_accum, 0, floats * sizeof(float), stream);
-    if (err == cudaSuccess && kDq == DqPath::kOrderedSums) {
-      err = cudaMemsetAsync(dq_semaphores, 0, floats / Blocks::kBlockFloats * sizeof(int), stream);
-    }
-    if (err != cudaSuccess) return Status{std::string("zeroing the dq accumulator: ") + cudaGetErrorString(err)};
-  }
   if (params.seqlen_k > 0) {
     const Status s = launch_attn_bwd_dkdv_sm90_ws<Cfg, kDq>(params, delta, dq_accum, dq_semaphores, stream);
     if (!s.ok()) return s;

@@ -119,13 +119,8 @@ Status launch_current(const AttnBwdParams& p, cudaStream_t stream) {
 }
 template <class Element>
 Status launch_delta(const AttnBwdParams& p, float* delta, cudaStream_t stream) {
-  const int64_t rows = int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q;
-  if (rows > 0) {
-    bwd_delta_kernel<Element><<<bwd_launch_detail::elementwise_blocks(rows, kBwdElementwiseThreads / 32),
-                                kBwdElementwiseThreads, 0, stream>>>(p, delta);
-    if (cudaGetLastError() != cudaSuccess) return Status{"bwd_delta_kernel launch"};
-  }
-  return Status{};
+  if (int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q == 0) return Status{};
+  return bwd_launch_detail::launch_delta<Element, kDv>(p, delta, nullptr, 0, stream);
 }
 template <class Element>
 Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
@@ -774,7 +769,7 @@ void benchmark(const char* dtype) {
       const int reps = s >= 16384 ? 5 : 10;
       // The dK/dV kernels alone (the accumulator just keeps adding), then the whole chain.
       const BwdWorkspaceLayout ws = workspace_layout(pr.p, false);
-      const float* delta = reinterpret_cast<const float*>(static_cast<char*>(pr.workspace) + ws.delta_offset);
+      float* delta = reinterpret_cast<float*>(static_cast<char*>(pr.workspace) + ws.delta_offset);
       float* dq_accum = reinterpret_cast<float*>(static_cast<char*>(pr.workspace) + ws.dq_accum_offset);
       const float ms_cur_k = time_ms([&] { current_dkdv<Element>(pr.p, delta, dq_accum, nullptr); }, reps);
       const float ms_new_k = time_ms([&] { new_dkdv<Element>(pr.p, delta, dq_accum, nullptr); }, reps);
@@ -788,6 +783,20 @@ void benchmark(const char* dtype) {
                   "max |new - current| %.2e\n",
                   dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_cur_k, ms_new_k, ms_cur_k / ms_new_k,
                   ms_cur, flops / ms_cur * 1e-9, ms_new, flops / ms_new * 1e-9, ms_cur / ms_new, diff);
+      // The chain's memory-bound pieces around the dK/dV kernel, each alone: delta, zeroing the accumulator (a
+      // memset; the library's delta kernel does both in one grid), the convert kernel.
+      using Cfg = Sm90WsBwdDefaultConfig<Element, kD, kDv>;
+      const size_t accum_bytes = size_t(Sm90WsDqAccumBlocks<Cfg>::copy_floats(pr.p)) * sizeof(float);
+      const float ms_delta = time_ms([&] { launch_delta<Element>(pr.p, delta, nullptr); }, reps);
+      const float ms_zero = time_ms([&] { cudaMemsetAsync(dq_accum, 0, accum_bytes, nullptr); }, reps);
+      const float ms_both = time_ms(
+          [&] { bwd_launch_detail::launch_delta<Element, kDv>(pr.p, delta, dq_accum, accum_bytes, nullptr); }, reps);
+      const float ms_convert =
+          time_ms([&] { launch_attn_bwd_dq_blocks_convert<Cfg>(pr.p, dq_accum, 1, nullptr); }, reps);
+      CHECK_CUDA(cudaGetLastError());
+      std::printf("%-5s D%d %-6s B%-2d S%-5d H%-2d | pieces: delta %6.3f ms, memset of the dq accumulator %6.3f ms, "
+                  "delta + zeroing %6.3f ms, convert %6.3f ms\n",
+                  dtype, kD, causal ? "causal" : "full", batch, s, heads, ms_delta, ms_zero, ms_both, ms_convert);
       // The deterministic backward (kDeterministicName) and the other way (the kernel without dQ, the dq kernel).
       const float ms_dqk = time_ms([&] { launch_new_with_dq_kernel<Element>(pr.p, nullptr); }, reps);
       const float ms_det = time_ms([&] { launch_new_deterministic<Element>(pr.p, nullptr); }, reps);

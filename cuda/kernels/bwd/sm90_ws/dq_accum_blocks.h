@@ -253,10 +253,33 @@ __global__ void __launch_bounds__(Cfg::kMmaThreads)
     CUTE_UNROLL
     for (int i = 0; i < size(acc); ++i) acc(i) += other(i);
   }
+  // Through shared memory, so that dq is written in whole 16-byte row segments: the fragment holds each row's
+  // columns in adjacent pairs, 4 bytes of a row per thread per store. A row is padded by 16 bytes, which puts
+  // the 8 rows of one store of pairs in different banks.
+  constexpr int kRowElems = Cfg::kHeadDim + 8;
+  __shared__ cute::array_aligned<Element, Cfg::kBlockM * kRowElems> staged;
   Tensor coords = thr_dq.partition_C(make_identity_tensor(Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDim>>{}));
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); i += 2) {
+    cutlass::AlignedArray<Element, 2> pair;
+    pair[0] = Element(acc(i) * p.scale);
+    pair[1] = Element(acc(i + 1) * p.scale);
+    *reinterpret_cast<cutlass::AlignedArray<Element, 2>*>(&staged[get<0>(coords(i)) * kRowElems + get<1>(coords(i))]) =
+        pair;
+  }
+  __syncthreads();
   Element* dq = static_cast<Element*>(p.dq) + seq.q_offset(p.dq_batch_stride, p.dq_row_stride, tile.bidb) +
                 int64_t(tile.head) * p.dq_head_stride + int64_t(row0) * p.dq_row_stride;
-  store_acc_rows(acc, coords, dq, p.dq_row_stride, seq.seqlen_q - row0, p.head_dim, p.scale);
+  const int rows = seq.seqlen_q - row0;
+  constexpr int kChunksPerRow = Cfg::kHeadDim / 8;  // head dims are multiples of 8: a chunk is in or out
+  CUTE_UNROLL
+  for (int k = tidx; k < Cfg::kBlockM * kChunksPerRow; k += Cfg::kMmaThreads) {
+    const int r = k / kChunksPerRow, c = k % kChunksPerRow * 8;
+    if (r < rows && c < p.head_dim) {
+      *reinterpret_cast<uint4*>(dq + int64_t(r) * p.dq_row_stride + c) =
+          *reinterpret_cast<const uint4*>(&staged[r * kRowElems + c]);
+    }
+  }
 #endif
 }
 
