@@ -9,11 +9,13 @@
 
 namespace jax_flash {
 
-// Canonical wgmma K-major shared-memory atom for a tile with kCols (contiguous) columns: the 128-byte swizzle
-// (64 columns), or 64-byte (32 columns) for head dims that are not multiples of 64.
+// Canonical wgmma K-major shared-memory atom for a tile with kCols (contiguous) columns: the widest swizzle whose
+// atom divides them: 128-byte (64 columns), 64-byte (32 columns, e.g. head dims 96 and 160) or 32-byte (16
+// columns, e.g. a 176-key P tile).
 template <typename Element, int kCols>
-using GmmaKMajorAtom = std::conditional_t<kCols % 64 == 0, cute::GMMA::Layout_K_SW128_Atom<Element>,
-                                          cute::GMMA::Layout_K_SW64_Atom<Element>>;
+using GmmaKMajorAtom = std::conditional_t<
+    kCols % 64 == 0, cute::GMMA::Layout_K_SW128_Atom<Element>,
+    std::conditional_t<kCols % 32 == 0, cute::GMMA::Layout_K_SW64_Atom<Element>, cute::GMMA::Layout_K_SW32_Atom<Element>>>;
 
 // (kRows, kCols, kStages) K-major tile with the wgmma atom; StagedTransposedView (tile_atoms.h) reads it
 // MN-major.
