@@ -65,7 +65,9 @@ Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream)
   const Sm90WsKernelParams<Cfg> kernel_params{params, Sm90WsMainloop<Cfg>::make_params(params)};
   auto kernel = params.softcap > 0.f ? &attn_fwd_sm90_ws_kernel<Cfg, true, kPersistent>
                                       : &attn_fwd_sm90_ws_kernel<Cfg, false, kPersistent>;
-  constexpr int kSmem = int(sizeof(Sm90WsSharedStorage<Cfg>));
+  // (The persistent CTA's storage adds O's own buffer where it fits.)
+  using Storage = Sm90WsSharedStorage<Cfg, kPersistent && sm90_ws_fwd_own_output<Cfg>>;
+  constexpr int kSmem = int(sizeof(Storage));
   // The limit counts static shared memory too: the packed scheduler's tile coordinate (sched/packed_tiles.h),
   // padded to 1 KB by the dynamic region's 1024-byte alignment (as the backward's launcher counts it).
   static_assert(kSmem + 1024 <= 227 * 1024, "must fit the sm_90 per-block shared memory limit");

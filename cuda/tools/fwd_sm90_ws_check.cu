@@ -387,12 +387,11 @@ Result run_reference(const Problem<Element>& pr) {
 #define CHECK_LONGEST_FIRST kSm90WsFwdLongestFirst
 #endif
 #ifndef CHECK_P_SMEM
-#define CHECK_P_SMEM 0
+#define CHECK_P_SMEM Sm90WsTileSize<kD, kDv>::kPvFromSmem
 #endif
 template <class Element>
 using TestedConfig = Sm90WsFwdConfig<Element, kD, kDv, CHECK_BLOCK_M, CHECK_BLOCK_N, 2, bool(CHECK_PINGPONG),
                                      bool(CHECK_OVERLAP), bool(CHECK_LONGEST_FIRST), bool(CHECK_P_SMEM)>;
-static_assert(!(CHECK_PERSISTENT && CHECK_LONGEST_FIRST), "the persistent grid keeps its own (static) order");
 constexpr bool kTestsOwnTile = true;
 #else
 constexpr bool kTestsOwnTile = false;

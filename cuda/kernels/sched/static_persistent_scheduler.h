@@ -4,6 +4,9 @@
 // out). A CTA that keeps its shared memory, barriers and pipelines across tiles can start the next tile's loads
 // while it writes the last tile's output, and pays the launch and setup once (FlashAttention-3's static
 // persistent scheduler; its causal and varlen grids take tiles from an atomic counter instead, not done here).
+// kLongestFirst: the dense causal grid's index runs through LongestFirstScheduler's order instead (longest
+// blocks first across the (head, sequence) pairs of an L2-sized group), so that the tiles a CTA takes,
+// gridDim.x apart, are of similar lengths across CTAs rather than each CTA's own run of a pair's blocks.
 //
 // The CTA-independent interface: first_index(), next_index(i), tile(i) for i < tile_count. Unlike
 // SingleTileScheduler::get_tile, tile() is warp-level and synchronizes nothing beyond the calling warp:
@@ -17,13 +20,14 @@
 #include <cstdint>
 
 #include "kernels/params.h"
+#include "kernels/sched/longest_first_scheduler.h"
 #include "kernels/sched/packed_tiles.h"
 #include "kernels/sched/single_tile_scheduler.h"
 #include "kernels/sched/work_tile.h"
 
 namespace jax_flash {
 
-template <int kBlock, TileAxis kAxis, bool kReverse>
+template <int kBlock, TileAxis kAxis, bool kReverse, bool kLongestFirst = false>
 struct StaticPersistentScheduler {
   // Tiles of the single-tile grid: (x, heads, sequences) flattened. The device indexes them with 32-bit ints
   // (the launcher refuses more, fits_int_index).
@@ -49,6 +53,14 @@ struct StaticPersistentScheduler {
   __device__ static WorkTile tile(const AttnFwdParams& p, int heads, int index) {
     const int rows = kAxis == TileAxis::kQuery ? p.seqlen_q : p.seqlen_k;
     const int x_extent = tile_grid_x(p, rows, kBlock);
+    if constexpr (kLongestFirst) {
+      using LongestFirst = LongestFirstScheduler<kBlock, kAxis, kReverse>;
+      if (LongestFirst::interleaves(p)) {
+        const InterleavedTile t =
+            interleaved_tile(index, x_extent, int64_t(heads) * p.layout_batch(), LongestFirst::pairs_per_group(p));
+        return {kReverse ? x_extent - 1 - t.rank : t.rank, int(t.pair % heads), int(t.pair / heads), 0};
+      }
+    }
     const int x = index % x_extent;
     const int rest = index / x_extent;
     const int head = rest % heads, z = rest / heads;

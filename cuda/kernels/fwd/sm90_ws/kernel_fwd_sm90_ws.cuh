@@ -7,8 +7,10 @@
 //                                          (mainloop_tma_ws.h, mma), then the forward's epilogue (fwd/epilogue.h).
 // One CTA per (query block, head, sequence) from the single-tile scheduler, longest (causal) blocks first
 // (Cfg::kLongestFirst: across the pairs of a group, longest_first_scheduler.h); or
-// (kPersistent) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's order, the next
-// tile's first loads under the last tile's output (static_persistent_scheduler.h).
+// (kPersistent) one CTA per SM, CTA c taking tiles c, c + gridDim.x, ... of that grid's order (with
+// Cfg::kLongestFirst, of the longest-first order), the next tile's first loads under the last tile's output
+// (static_persistent_scheduler.h), and where O has a buffer of its own (sm90_ws_fwd_own_output: D <= 128),
+// the next Q under the last tile's final P V and output too.
 // Semantics are the other forwards': bottom-right aligned causal / window mask, softcap, GQA, attention sinks,
 // LSE for every row (-inf, or the sink, and O = 0 for a row that sees no key).
 #pragma once
@@ -47,7 +49,8 @@ using Sm90WsScheduler =
     std::conditional_t<Cfg::kLongestFirst, LongestFirstScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true>,
                        SingleTileScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true>>;
 template <class Cfg>
-using Sm90WsPersistentScheduler = StaticPersistentScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true>;
+using Sm90WsPersistentScheduler =
+    StaticPersistentScheduler<Cfg::kBlockM, TileAxis::kQuery, /*kReverse=*/true, Cfg::kLongestFirst>;
 
 // Barriers and pipelines of a CTA, initialized by every thread of it together (warp 0 initializes, the
 // constructors fence, the CTA synchronizes).
@@ -56,7 +59,8 @@ struct Sm90WsFwdPipelines {
   using Pipeline = typename Sm90WsSharedStorage<Cfg>::Pipeline;
   Pipeline k, v;
 
-  __device__ Sm90WsFwdPipelines(Sm90WsSharedStorage<Cfg>& st, bool producer)
+  template <class Storage>
+  __device__ Sm90WsFwdPipelines(Storage& st, bool producer)
       : k(st.pipeline_k, ws_pipeline_params<Pipeline>(Cfg::kBytesK, producer, Cfg::kMmaWarpgroups),
           cute::Shape<cute::_1, cute::_1, cute::_1>{}),
         v(st.pipeline_v, ws_pipeline_params<Pipeline>(Cfg::kBytesV, producer, Cfg::kMmaWarpgroups),
@@ -64,12 +68,13 @@ struct Sm90WsFwdPipelines {
 };
 
 // The consumers' part of one tile (thread tidx of the consumer warpgroups): the products and the online softmax
-// over its key tiles (q_phase: the phase of barrier_q its Q completes), then the epilogue.
-template <class Cfg, bool kSoftcap>
+// over its key tiles (q_phase: the phase of barrier_q its Q completes; q_done: see Sm90WsMainloop::mma), then
+// the epilogue.
+template <class Cfg, bool kSoftcap, class Storage, class QDone>
 __device__ __forceinline__ void attn_fwd_sm90_ws_consume_tile(
-    const AttnFwdParams& p, Sm90WsSharedStorage<Cfg>& st, Sm90WsFwdPipelines<Cfg>& pipes, const FwdBlockWork& w,
-    int tidx, typename Sm90WsFwdPipelines<Cfg>::Pipeline::PipelineState& read_k,
-    typename Sm90WsFwdPipelines<Cfg>::Pipeline::PipelineState& read_v, uint32_t q_phase) {
+    const AttnFwdParams& p, Storage& st, Sm90WsFwdPipelines<Cfg>& pipes, const FwdBlockWork& w, int tidx,
+    typename Sm90WsFwdPipelines<Cfg>::Pipeline::PipelineState& read_k,
+    typename Sm90WsFwdPipelines<Cfg>::Pipeline::PipelineState& read_v, uint32_t q_phase, QDone&& q_done) {
   using namespace cute;
   typename Cfg::TiledMmaPV mma_pv;
   Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Cfg::kBlockM>, Int<Cfg::kHeadDimV>>{});
@@ -79,7 +84,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_consume_tile(
   OnlineSoftmax<kRows> softmax(score_scale.log2_scale);
   if (w.n_tiles() > 0) {
     Sm90WsMainloop<Cfg>::template mma<kSoftcap>(st, pipes.k, pipes.v, w, tidx, score_scale, acc_o, softmax,
-                                                 read_k, read_v, q_phase);
+                                                 read_k, read_v, q_phase, q_done);
   }
   Tensor acc_o_rc = rowcol_view(acc_o);
   float lse[kRows];
@@ -87,12 +92,14 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_consume_tile(
   // O is staged over Q as soon as this warpgroup's own last QK^T is done, while the others may still be
   // computing: SmemLayoutO has Q's 8-row atoms (tile_size.h), so each warpgroup's 64 rows of O cover only the
   // bytes of its own 64 rows of Q. The consumer warpgroups (not the producer, which may have exited) then
-  // meet on a named barrier and store the tile together.
-  auto consumers_staged = [] {
+  // meet on a named barrier and store the tile together. With O's own buffer they meet before staging too:
+  // the previous tile's output has then been read out of it by every thread.
+  auto consumers_meet = [] {
     cutlass::arch::NamedBarrier::sync(Cfg::kMmaThreads, int(Sm90WsBarrier::kOutputStaged));
   };
-  FwdEpilogue<Cfg>::stage_and_store(mma_pv, acc_o, lse, DenseOutRows<Cfg>::make(p, w), st.q.data(), tidx,
-                                    consumers_staged);
+  if constexpr (Storage::kOwnO) consumers_meet();
+  FwdEpilogue<Cfg>::stage_and_store(mma_pv, acc_o, lse, DenseOutRows<Cfg>::make(p, w),
+                                    Storage::kOwnO ? st.o.data() : st.q.data(), tidx, consumers_meet);
 }
 
 template <class Cfg, bool kSoftcap>
@@ -127,7 +134,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_cta(const Sm90WsKernelParams<Cf
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMmaRegs>();
     PipelineState read_k, read_v;
     attn_fwd_sm90_ws_consume_tile<Cfg, kSoftcap>(p, st, pipes, w, int(threadIdx.x) - 128, read_k, read_v,
-                                                 /*q_phase=*/0);
+                                                 /*q_phase=*/0, [] {});
   }
 }
 
@@ -151,13 +158,16 @@ __device__ __forceinline__ IndexedTile sm90_ws_next_tile_with_rows(const AttnFwd
 // The persistent CTA: its roles walk the same tiles (each warp finds them itself) and hand each other
 // one tile at a time through two barriers:
 //   barrier_q       the producer's Q of tile j landed (a tile without keys: a plain arrival), phase j;
-//   barrier_q_free  every consumer thread wrote tile j's output out of the Q / O buffer, phase j: the producer
-//                   loads Q of tile j + 1 after it, having issued that tile's first K tile before it.
+//   barrier_q_free  every consumer thread is done with the Q buffer of tile j, phase j: the producer loads Q of
+//                   tile j + 1 after it, having issued that tile's first K tile before it. With O's own buffer
+//                   (Storage::kOwnO) a thread arrives once its last Q K^T of tile j is complete, so the next Q
+//                   lands under the last P V and the output; else once it wrote tile j's output out of the
+//                   Q / O buffer (and only where a tile j + 1 follows).
 // So the consumers are never more than one phase of either barrier ahead of the producer or behind it.
 template <class Cfg, bool kSoftcap>
 __device__ __forceinline__ void attn_fwd_sm90_ws_persistent_cta(const Sm90WsKernelParams<Cfg>& kp) {
   using namespace cute;
-  using Storage = Sm90WsSharedStorage<Cfg>;
+  using Storage = Sm90WsSharedStorage<Cfg, sm90_ws_fwd_own_output<Cfg>>;
   using PipelineState = typename Storage::Pipeline::PipelineState;
   using Scheduler = Sm90WsPersistentScheduler<Cfg>;
   const AttnFwdParams& p = kp.attn;
@@ -203,14 +213,21 @@ __device__ __forceinline__ void attn_fwd_sm90_ws_persistent_cta(const Sm90WsKern
     for (IndexedTile t = sm90_ws_next_tile_with_rows<Cfg>(p, Scheduler::first_index()); t.index < count; ++j) {
       {
         const FwdBlockWork w = FwdBlockWork::make<Cfg::kBlockM, Cfg::kBlockN>(p, t.tile);
-        // A tile without keys has no Q to wait for, but its phase keeps the roles in step (above).
-        if (w.n_tiles() == 0) st.barrier_q.wait(j & 1u);
+        // Q is read by wgmma only (the async proxy, as the TMA writes it): no fence before the arrival.
+        auto q_done = [&] {
+          if constexpr (Storage::kOwnO) st.barrier_q_free.arrive();
+        };
+        // A tile without keys has no Q to wait for, but its phases keep the roles in step (above).
+        if (w.n_tiles() == 0) {
+          st.barrier_q.wait(j & 1u);
+          q_done();
+        }
         attn_fwd_sm90_ws_consume_tile<Cfg, kSoftcap>(p, st, pipes, w, int(threadIdx.x) - 128, read_k, read_v,
-                                                     j & 1u);
+                                                     j & 1u, q_done);
       }
       // (Found after the tile, so that nothing of it is live through the mainloop.)
       const IndexedTile next = sm90_ws_next_tile_with_rows<Cfg>(p, Scheduler::next_index(t.index));
-      if (next.index < count) {
+      if (!Storage::kOwnO && next.index < count) {
         // This thread's reads and writes of the Q / O buffer (generic proxy) before the next Q's TMA write.
         cutlass::arch::fence_view_async_shared();
         st.barrier_q_free.arrive();

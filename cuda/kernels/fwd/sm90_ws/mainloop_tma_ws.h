@@ -75,8 +75,7 @@ struct Sm90WsMainloop {
   static constexpr int kBlockN = Cfg::kBlockN;
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kHeadDimV = Cfg::kHeadDimV;
-  using Storage = Sm90WsSharedStorage<Cfg>;
-  using Pipeline = typename Storage::Pipeline;
+  using Pipeline = typename Sm90WsSharedStorage<Cfg>::Pipeline;  // (the same with O's own buffer)
   using PipelineState = typename Pipeline::PipelineState;
 
   using Rows = TmaRows<Element>;  // the global tensors as the maps see them (common/warp_specialized.h)
@@ -129,8 +128,9 @@ struct Sm90WsMainloop {
   // Producer: run by one thread, for a block with at least one key tile. write_k / write_v: the pipelines'
   // states, carried from tile to tile by a persistent CTA (cutlass::make_producer_start_state for the first).
   // before_q() runs after the first K tile is issued and before Q is: a persistent CTA waits there for the
-  // Q / O buffer, so that the first K load overlaps the previous tile's output.
-  template <class BeforeQ>
+  // Q buffer, so that the first K load overlaps the end of the previous tile. Storage: Sm90WsSharedStorage<Cfg,
+  // with or without O's own buffer>.
+  template <class Storage, class BeforeQ>
   __device__ static void load(const Params& mp, const AttnFwdParams& p, Storage& st, Pipeline& pipe_k,
                               Pipeline& pipe_v, const FwdBlockWork& w, PipelineState& write_k,
                               PipelineState& write_v, BeforeQ&& before_q) {
@@ -187,11 +187,12 @@ struct Sm90WsMainloop {
   // Consumers: acc_o (the PV accumulator partition of thread tidx, 0 .. kMmaThreads - 1, zeroed) and softmax
   // end holding the unnormalized output and the row statistics of every visible key. Needs >= 1 key tile.
   // read_k / read_v: the pipelines' states (carried from tile to tile by a persistent CTA); q_phase: the phase
-  // of barrier_q that this tile's Q completes.
-  template <bool kSoftcap, class AccO, int kRows>
+  // of barrier_q that this tile's Q completes. q_done() runs once this thread's last Q K^T is complete (no
+  // wgmma of it reads Q any more): a persistent CTA with O's own buffer frees Q for the next tile there.
+  template <bool kSoftcap, class Storage, class AccO, int kRows, class QDone>
   __device__ static void mma(Storage& st, Pipeline& pipe_k, Pipeline& pipe_v, const FwdBlockWork& w, int tidx,
                              const ScoreScale& score_scale, AccO& acc_o, OnlineSoftmax<kRows>& softmax,
-                             PipelineState& read_k, PipelineState& read_v, uint32_t q_phase) {
+                             PipelineState& read_k, PipelineState& read_v, uint32_t q_phase, QDone&& q_done) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Cfg::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Cfg::SmemLayoutK{});
@@ -239,6 +240,8 @@ struct Sm90WsMainloop {
     wait(pipe_k, read_k);
     wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, read_k.index()), acc_s);
     release(pipe_k, read_k);
+    const int n_tiles = w.n_tiles();
+    if (n_tiles == 1) q_done();
     {
       Tensor scores = finish_scores(w.n_max - 1, cute::true_type{});
       softmax.step(scores, acc_o_rc);
@@ -311,7 +314,6 @@ struct Sm90WsMainloop {
     };
     if constexpr (!Cfg::kIntraWgOverlap) pv_now();
 
-    const int n_tiles = w.n_tiles();
     if (n_tiles > 1) turns.open_first();
 
     // Step t >= 1 begins with its pingpong turn and S(t) = Q K(t)^T issued as one batch.
@@ -338,6 +340,7 @@ struct Sm90WsMainloop {
       warpgroup_wait<1>();  // S(t) is in
       warpgroup_fence_operand(acc_s);
       release(pipe_k, read_k);
+      if (t == n_tiles - 1) q_done();
       Tensor scores = finish_scores(n_block, masked_tag);
       softmax_step_deferred(softmax, scores, correction);
       warpgroup_wait<0>();  // P(t-1) V(t-1) is in: P(t-1) may be overwritten
@@ -355,6 +358,7 @@ struct Sm90WsMainloop {
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_s);
       release(pipe_k, read_k);
+      if (t == n_tiles - 1) q_done();
       Tensor scores = finish_scores(n_block, masked_tag);
       softmax.step(scores, acc_o_rc);
       stash_p();
