@@ -8,7 +8,8 @@
 //
 // Consumers (warpgroup w owns keys [64 w, 64 w + 64) of the block), per step:
 //   lse / delta rows published (query_rows.h: this warpgroup's named barrier), next step's rows started
-//   wait Q, dO | S^T = K Q^T, dP^T = V dO^T (one batch) | P, dS (transposed_math.h)
+//   wait Q, dO | S^T = K Q^T, dP^T = V dO^T (two batches) | P (under dP^T, without softcap), dS
+//   (transposed_math.h)
 //   dV += P^T dO (P from registers)  | dS^T -> shared memory, fence.proxy.async, named barrier (kDsStored)
 //   dQ = dS K, dK += dS^T Q          | wait dV, dQ: release dO, dQ -> the shared dQ block | wait dK: release Q
 // The producer's warp 1 (the dq writer) adds each step's dQ block to the workspace with one bulk reduce-add
@@ -154,18 +155,34 @@ struct Sm90WsBwdMainloop : Sm90WsBwdTmaLoads<Cfg> {
         publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBwdBarrier::kQdoTailZeroed));
       }
 
-      // S^T and dP^T, then P and dS in their registers.
+      // S^T and dP^T as two batches, then P and dS in their registers: without softcap, P while dP^T is
+      // still on the tensor cores.
       Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockN>, Int<kBlockM>>{});
       Tensor acc_dp = partition_fragment_C(mma_dp, Shape<Int<kBlockN>, Int<kBlockM>>{});
-      wgmma_batch([&] {
-        wgmma_issue<true>(mma_s, tSrK, tSrQ(_, _, _, stage), acc_s);
-        wgmma_issue<true>(mma_dp, tDPrV, tDPrDo(_, _, _, stage), acc_dp);
-      }, acc_s, acc_dp);
+      warpgroup_fence_operand(acc_s);
+      warpgroup_fence_operand(acc_dp);
+      warpgroup_arrive();
+      wgmma_issue<true>(mma_s, tSrK, tSrQ(_, _, _, stage), acc_s);
+      warpgroup_commit_batch();
+      wgmma_issue<true>(mma_dp, tDPrV, tDPrDo(_, _, _, stage), acc_dp);
+      warpgroup_commit_batch();
       Tensor scores = transposed_rowcol_view(acc_s);
       Tensor dscores = transposed_rowcol_view(acc_dp);
       const bool needs_mask = !w.mask.template tile_fully_visible<kBlockM, kBlockN>(m_block, w.n_block);
-      probs_and_dscores_transposed<kSoftcap>(scores, dscores, tScS, rows.lse[step % 2], rows.delta[step % 2],
-                                             score_scale, w.mask, needs_mask, row0, w.n0);
+      if constexpr (kSoftcap) {  // tanh' needs dP^T before the mask
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(acc_s);
+        warpgroup_fence_operand(acc_dp);
+        probs_and_dscores_transposed<kSoftcap>(scores, dscores, tScS, rows.lse[step % 2], rows.delta[step % 2],
+                                               score_scale, w.mask, needs_mask, row0, w.n0);
+      } else {
+        warpgroup_wait<1>();  // S^T is in
+        warpgroup_fence_operand(acc_s);
+        probs_transposed(scores, tScS, rows.lse[step % 2], score_scale, w.mask, needs_mask, row0, w.n0);
+        warpgroup_wait<0>();  // dP^T is in
+        warpgroup_fence_operand(acc_dp);
+        dscores_transposed(scores, dscores, tScS, rows.delta[step % 2]);
+      }
       // dV += P^T dO, on the tensor cores while dS^T goes to shared memory. (P is converted and issued
       // before dS is converted: S^T's registers free up first, which keeps the peak under the budget.)
       auto rP = convert_fragment<Element>(acc_s);

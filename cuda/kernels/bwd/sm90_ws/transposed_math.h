@@ -88,4 +88,34 @@ __device__ __forceinline__ void probs_and_dscores_transposed(Scores& scores, Dp&
   }
 }
 
+// The uncapped path in two passes, so that P can be computed while dP^T is still on the tensor cores (the
+// mainloops issue S^T and dP^T as two batches and wait for the first only): probs_transposed masks where needed
+// and turns scores into P; dscores_transposed then turns dp into dS = (dP - delta) x P. The same values as
+// probs_and_dscores_transposed<false>, operation for operation.
+template <class Scores, class Coords>
+__device__ __forceinline__ void probs_transposed(Scores& scores, Coords const& coords, const float* lse,
+                                                 ScoreScale const& sc, AttnMask const& mask, bool needs_mask,
+                                                 int row0, int col0) {
+  using namespace cute;
+  if (needs_mask) mask.apply(scores, coords, row0, col0);
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(scores); ++r) {
+    const float lse_r = lse[get<0>(coords(r, 0))];
+    const float l = lse_r == -INFINITY ? INFINITY : lse_r * kLog2e;
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(scores); ++c) scores(r, c) = fast_exp2(scores(r, c) * sc.log2_scale - l);
+  }
+}
+template <class Probs, class Dp, class Coords>
+__device__ __forceinline__ void dscores_transposed(Probs const& probs, Dp& dp, Coords const& coords,
+                                                   const float* delta) {
+  using namespace cute;
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(dp); ++r) {
+    const float d = delta[get<0>(coords(r, 0))];
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(dp); ++c) dp(r, c) = (dp(r, c) - d) * probs(r, c);
+  }
+}
+
 }  // namespace jax_flash
