@@ -12,6 +12,8 @@
 //   (transposed_math.h)
 //   dV += P^T dO (P from registers)  | dS^T -> shared memory, fence.proxy.async, named barrier (kDsStored)
 //   dQ = dS K, dK += dS^T Q          | wait dV, dQ: release dO, dQ -> the shared dQ block | wait dK: release Q
+//                                      (Cfg::kDkIntoNextStep: dK left running; the next step's wait for S^T
+//                                      covers it and releases this step's Q)
 // The producer's warp 1 (the dq writer) adds each step's dQ block to the workspace with one bulk reduce-add
 // (dq_accum_blocks.h).
 // dS^T is double-buffered (by step parity), so one barrier per step suffices: a warpgroup writes buffer b at
@@ -135,6 +137,19 @@ struct Sm90WsBwdMainloop : Sm90WsBwdTmaLoads<Cfg> {
       publish_to_wgmma(Cfg::kMmaThreads, int(Sm90WsBwdBarrier::kKvTailZeroed));
     }
 
+    // Cfg::kDkIntoNextStep (uncapped): a step leaves its dK product running; the next step's first wait (for
+    // S^T) covers it too, since batches complete in order, and releases its Q stage (dK is that stage's last
+    // reader). The capped kernels wait for dK at the end of each step (more registers live: ptxas spilled).
+    constexpr bool kDkIntoNextStep = Cfg::kDkIntoNextStep && !kSoftcap;
+    PipelineState q_pending{};
+    bool has_q_pending = false;
+    auto release_pending_q = [&] CUTLASS_LAMBDA_FUNC_INLINE {
+      if constexpr (kDkIntoNextStep) {
+        warpgroup_fence_operand(acc_dk);
+        if (has_q_pending) release(pipe_q, q_pending);
+        has_q_pending = false;
+      }
+    };
 #pragma unroll 1
     for (int step = 0; step < w.steps; ++step) {
       int bidh, m_block;
@@ -176,7 +191,8 @@ struct Sm90WsBwdMainloop : Sm90WsBwdTmaLoads<Cfg> {
         probs_and_dscores_transposed<kSoftcap>(scores, dscores, tScS, rows.lse[step % 2], rows.delta[step % 2],
                                                score_scale, w.mask, needs_mask, row0, w.n0);
       } else {
-        warpgroup_wait<1>();  // S^T is in
+        warpgroup_wait<1>();  // S^T is in (and the previous step's dK)
+        release_pending_q();
         warpgroup_fence_operand(acc_s);
         probs_transposed(scores, tScS, rows.lse[step % 2], score_scale, w.mask, needs_mask, row0, w.n0);
         warpgroup_wait<0>();  // dP^T is in
@@ -216,9 +232,18 @@ struct Sm90WsBwdMainloop : Sm90WsBwdTmaLoads<Cfg> {
       if constexpr (kDq) warpgroup_fence_operand(acc_dq);
       release(pipe_do, read);  // its readers: dP^T, dV
       if constexpr (kDq) Sm90WsDqAccumBlocks<Cfg>::consumer_hand_over(acc_dq, st.dq.data(), tidx);
-      warpgroup_wait<0>();  // dK is in
-      warpgroup_fence_operand(acc_dk);
-      release(pipe_q, read);  // its readers: S^T, dK
+      if constexpr (kDkIntoNextStep) {
+        q_pending = read;  // dK stays on the tensor cores under the next step's S^T and dP^T
+        has_q_pending = true;
+      } else {
+        warpgroup_wait<0>();  // dK is in
+        warpgroup_fence_operand(acc_dk);
+        release(pipe_q, read);  // its readers: S^T, dK
+      }
+    }
+    if constexpr (kDkIntoNextStep) {
+      warpgroup_wait<0>();  // the last dK
+      release_pending_q();
     }
   }
 };

@@ -56,6 +56,10 @@ struct Sm90WsBwdConfig {
   static constexpr int kBlockN = kBlockN_;  // keys per CTA
   static constexpr int kStages = kStages_;  // Q / dO (with their lse / delta rows) stages
   static constexpr int kDsStages = 2;       // dS is double-buffered: one named barrier per step (mainloop_tma_ws.h)
+  // A step's dK product runs on under the next step's S^T and dP^T (mainloop_tma_ws.h), where registers allow
+  // it: the 64-query tiles (D96, D128). With 128 queries (D64) the S^T / dP^T accumulators are twice as large
+  // and ptxas serializes the wgmma instead (C7512, insufficient registers).
+  static constexpr bool kDkIntoNextStep = kBlockM == 64;
   static constexpr bool kSplit = false;         // the swapped layout's mainloop (kernel_bwd_sm90_ws.cuh)
   static constexpr bool kDqSharedBlock = true;  // dQ through the shared dQ block and the dq writer warp
   // Chains of the ordered dQ sums: the workspace is sized by the same function.
