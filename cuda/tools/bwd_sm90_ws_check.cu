@@ -16,10 +16,11 @@
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -lineinfo -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/bwd_sm90_ws_check.cu -o /tmp/bwd_sm90_ws_check
-// Run: bwd_sm90_ws_check [--small] [--no-timing]
+// Run: bwd_sm90_ws_check [--small] [--no-timing] [--bf16]
 //   --small      a few small cases, bf16, the new kernel only, fixed tolerances (for compute-sanitizer:
 //                --kernel-name kns=attn_bwd_dkdv_sm90_ws_kernel)
 //   --no-timing  correctness only
+//   --bf16       bf16 only (correctness and timing; fp16 too by default)
 // Exit status 0 when every case passes.
 #include <cuda_runtime.h>
 
@@ -815,19 +816,20 @@ void benchmark(const char* dtype) {
 
 int main(int argc, char** argv) {
   using namespace jax_flash;
-  bool small = false, timing = true;
+  bool small = false, timing = true, fp16 = true;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--small") == 0) small = true;
     if (std::strcmp(argv[i], "--no-timing") == 0) timing = false;
+    if (std::strcmp(argv[i], "--bf16") == 0) fp16 = false;
   }
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
   bool ok = check_correctness<cutlass::bfloat16_t>(small, "bf16");
-  if (!small) ok = check_correctness<cutlass::half_t>(small, "fp16") && ok;
+  if (!small && fp16) ok = check_correctness<cutlass::half_t>(small, "fp16") && ok;
   if (timing && !small) {
     benchmark<cutlass::bfloat16_t>("bf16");
-    benchmark<cutlass::half_t>("fp16");
+    if (fp16) benchmark<cutlass::half_t>("fp16");
   }
   std::printf("%s\n", ok ? "ALL PASS" : "SOME FAILED");
   return ok ? 0 : 1;
