@@ -15,7 +15,8 @@ namespace jax_flash {
 template <typename Element, int kCols>
 using GmmaKMajorAtom = std::conditional_t<
     kCols % 64 == 0, cute::GMMA::Layout_K_SW128_Atom<Element>,
-    std::conditional_t<kCols % 32 == 0, cute::GMMA::Layout_K_SW64_Atom<Element>, cute::GMMA::Layout_K_SW32_Atom<Element>>>;
+    std::conditional_t<kCols % 32 == 0, cute::GMMA::Layout_K_SW64_Atom<Element>,
+                       cute::GMMA::Layout_K_SW32_Atom<Element>>>;
 
 // (kRows, kCols, kStages) K-major tile with the wgmma atom; StagedTransposedView (tile_atoms.h) reads it
 // MN-major.

@@ -1,5 +1,5 @@
-// Shared memory of the warp-specialized Hopper forward: the Q / O tile (or Q and O), the K and V stages, and the barriers
-// that hand them between the producer and the consumer warpgroups.
+// Shared memory of the warp-specialized Hopper forward: the Q / O tile (or Q and O), the K and V stages, and the
+// barriers that hand them between the producer and the consumer warpgroups.
 #pragma once
 
 #include <cute/container/array_aligned.hpp>

@@ -154,9 +154,9 @@ struct Sm90WsTileSize<256, 256> {
 inline constexpr bool kSm90WsFwdLongestFirst = false;
 
 // Dense (not packed) grids on the persistent CTA, one per SM (kernel_fwd_sm90_ws.cuh), packed grids and (unless
-// kSm90WsFwdLongestFirst) causal ones keeping one CTA per tile: off in the library until measured through it; the check tool times the persistent CTA with
-// -DCHECK_PERSISTENT=1 (and its longest-first order with -DCHECK_LONGEST_FIRST=1). Switching it on compiles
-// both kernels into each instantiation file.
+// kSm90WsFwdLongestFirst) causal ones keeping one CTA per tile: off in the library until measured through it.
+// The check tool times the persistent CTA with -DCHECK_PERSISTENT=1 (its longest-first order with
+// -DCHECK_LONGEST_FIRST=1). Switching it on compiles both kernels into each instantiation file.
 inline constexpr bool kSm90WsFwdPersistentDense = false;
 
 template <typename Element, int kHeadDim, int kHeadDimV, class Tile = Sm90WsTileSize<kHeadDim, kHeadDimV>>
