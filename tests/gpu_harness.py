@@ -129,21 +129,24 @@ def make_inputs(case, seed=0, batch=None):
 
 
 @functools.partial(jax.jit, static_argnames=("impl", "causal", "window", "softcap", "deterministic", "variant"))
-def forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, deterministic=False, variant=None):
-    """variant: the kernel variant pin of "ours" (None: JAX_FLASH_KERNEL_VARIANT, else auto)."""
-    return _forward_and_grads(q, k, v, dout, impl=impl, causal=causal, window=window, softcap=softcap,
+def forward_and_grads(q, k, v, dout, dlse=None, *, impl, causal, window, softcap, deterministic=False,
+                      variant=None):
+    """variant: the kernel variant pin of "ours" (None: JAX_FLASH_KERNEL_VARIANT, else auto). dlse: the lse
+    cotangent, (B, Hq, Sq) float32 (None: zeros)."""
+    return _forward_and_grads(q, k, v, dout, dlse, impl=impl, causal=causal, window=window, softcap=softcap,
                               deterministic=deterministic, variant=variant)
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "window", "softcap"))
-def reference_and_naive(q, k, v, dout, *, causal, window, softcap):
+def reference_and_naive(q, k, v, dout, dlse=None, *, causal, window, softcap):
     """forward_and_grads of "ref" and of "naive" in one compiled program (compiles dominate the grid)."""
     kw = dict(causal=causal, window=window, softcap=softcap)
-    return (_forward_and_grads(q, k, v, dout, impl="ref", **kw),
-            _forward_and_grads(q, k, v, dout, impl="naive", **kw))
+    return (_forward_and_grads(q, k, v, dout, dlse, impl="ref", **kw),
+            _forward_and_grads(q, k, v, dout, dlse, impl="naive", **kw))
 
 
-def _forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, deterministic=False, variant=None):
+def _forward_and_grads(q, k, v, dout, dlse=None, *, impl, causal, window, softcap, deterministic=False,
+                       variant=None):
     """(out, lse, dq, dk, dv) of `impl`: "ours", "ref" (fp32 reference) or "naive" (input dtype)."""
     def attn(q, k, v):
         kw = dict(causal=causal, window=window, softcap=softcap)
@@ -156,7 +159,7 @@ def _forward_and_grads(q, k, v, dout, *, impl, causal, window, softcap, determin
         return reference.naive_attention(q, k, v, return_lse=True, **kw)
 
     (out, lse), vjp = jax.vjp(attn, q, k, v)
-    grads = vjp((dout.astype(out.dtype), jnp.zeros_like(lse)))
+    grads = vjp((dout.astype(out.dtype), jnp.zeros_like(lse) if dlse is None else dlse))
     return (out, lse, *grads)
 
 

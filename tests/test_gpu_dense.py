@@ -23,6 +23,37 @@ def test_grid(variant, case):
     run_case(case, variant=pin, deterministic=deterministic)
 
 
+# Gradients through the lse as well as the output (a random lse cotangent: delta = rowsum(dout * out) - dlse in
+# the backward's first kernel), at each head-dim tile's threads per row of that kernel, in both dQ modes (the
+# deterministic one sums into blocks behind semaphores that the same kernel zeroes). No row is fully masked.
+LSE_COTANGENT_CASES = [  # (d, dv), (hq, hk), (sq, sk), causal
+    ((64, 64), (4, 4), (300, 300), True),
+    ((96, 96), (7, 1), (129, 257), False),
+    ((128, 128), (6, 2), (513, 1000), True),
+    ((192, 128), (4, 2), (257, 300), True),
+    ((256, 256), (2, 1), (200, 333), False),
+]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("head_dims, heads, seqlens, causal", LSE_COTANGENT_CASES)
+def test_gradients_with_an_lse_cotangent(head_dims, heads, seqlens, causal, deterministic):
+    pin, deterministic = variant_or_skip("deterministic" if deterministic else "auto", "bfloat16", *head_dims,
+                                         seqlen_k=seqlens[1])
+    case = dict(dtype="bfloat16", head_dims=head_dims, causal=causal, heads=heads, seqlens=seqlens, softcap=None,
+                window=None)
+    q, k, v, dout = make_inputs(case, seed=3)
+    dlse = jax.random.normal(jax.random.key(4), (q.shape[0], heads[0], seqlens[0]), np.float32)
+    kw = dict(causal=causal, window=None, softcap=None)
+    poison_device_memory()
+    ours = jax.device_get(forward_and_grads(q, k, v, dout, dlse, impl="ours", deterministic=deterministic,
+                                            variant=pin, **kw))
+    ref, naive = jax.device_get(reference_and_naive(q, k, v, dout, dlse, **kw))
+    assert not np.isneginf(ref[1]).any(), "the cases have no fully masked row"
+    for i, name in enumerate(["out", "lse", "dq", "dk", "dv"]):
+        check_oracle(name, ours[i], ref[i], naive[i], factor=2.0)
+
+
 def test_deterministic_gradients_are_bitwise_repeatable():
     case = dict(dtype="bfloat16", head_dims=(128, 128), causal=True, heads=(28, 4),
                 seqlens=(1000, 4097), softcap=None, window=None)
