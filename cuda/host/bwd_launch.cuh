@@ -91,11 +91,13 @@ inline unsigned elementwise_blocks(int64_t items, int items_per_block) {
   return unsigned(std::min<int64_t>((items + items_per_block - 1) / items_per_block, int64_t(1) << 20));
 }
 
-// bwd_delta_kernel over every query row (rows > 0), zeroing zero_bytes (a multiple of 16) from `zero` as well.
+// bwd_delta_kernel over every query row, zeroing zero_bytes (a multiple of 16) from `zero` as well; nothing
+// without query rows (then nothing adds into the accumulator either).
 template <typename Element, int kHeadDimV>
 Status launch_delta(const AttnBwdParams& params, float* delta, void* zero, size_t zero_bytes, cudaStream_t stream) {
   constexpr int kThreadsPerRow = bwd_delta_threads_per_row(kHeadDimV);
   const int64_t rows = int64_t(params.layout_batch()) * params.heads_q * params.seqlen_q;
+  if (rows == 0) return {};
   bwd_delta_kernel<Element, kThreadsPerRow>
       <<<elementwise_blocks(rows, kBwdElementwiseThreads / kThreadsPerRow), kBwdElementwiseThreads, 0, stream>>>(
           params, delta, static_cast<float4*>(zero), int64_t(zero_bytes / sizeof(float4)));
@@ -208,9 +210,7 @@ Status run_attn_bwd(const AttnBwdParams& params, const KernelChoice& choice, cud
 
   // Delta, and the dq accumulator (with the ordered sums' semaphores after it) zeroed by the same grid.
   const size_t zero_bytes = dq_accum != nullptr ? layout.total_bytes - layout.dq_accum_offset : 0;
-  if (rows > 0) {
-    if (Status s = launch_delta<Element, kHeadDimV>(params, delta, dq_accum, zero_bytes, stream); !s.ok()) return s;
-  }
+  if (Status s = launch_delta<Element, kHeadDimV>(params, delta, dq_accum, zero_bytes, stream); !s.ok()) return s;
   if (ws) {
     // The warp-specialized kernel fills and converts its own accumulator (blocks, not rows).
     if (dq_accum == nullptr) return error("the warp-specialized dK/dV kernel sums dQ (atomic or ordered sums)");

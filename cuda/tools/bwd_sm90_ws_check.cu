@@ -119,11 +119,6 @@ Status launch_current(const AttnBwdParams& p, cudaStream_t stream) {
   return run_attn_bwd<Element, kD, kDv>(p, current_choice<Element>(), stream);
 }
 template <class Element>
-Status launch_delta(const AttnBwdParams& p, float* delta, cudaStream_t stream) {
-  if (int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q == 0) return Status{};
-  return bwd_launch_detail::launch_delta<Element, kDv>(p, delta, nullptr, 0, stream);
-}
-template <class Element>
 Status launch_new(const AttnBwdParams& p, cudaStream_t stream) {
   return run_attn_bwd<Element, kD, kDv>(p, new_choice(false), stream);
 }
@@ -134,7 +129,7 @@ template <class Element>
 Status launch_new_with_dq_kernel(const AttnBwdParams& p, cudaStream_t stream) {
   float* delta = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + workspace_layout(p, true).delta_offset);
   const int64_t rows = int64_t(p.layout_batch()) * p.heads_q * p.seqlen_q;
-  if (Status s = launch_delta<Element>(p, delta, stream); !s.ok()) return s;
+  if (Status s = bwd_launch_detail::launch_delta<Element, kDv>(p, delta, nullptr, 0, stream); !s.ok()) return s;
   if (p.seqlen_k > 0) {
     const Status s = launch_attn_bwd_dkdv_sm90_ws<Sm90WsBwdDefaultConfig<Element, kD, kDv>, DqPath::kDqKernel>(
         p, delta, nullptr, nullptr, stream);
@@ -788,7 +783,8 @@ void benchmark(const char* dtype) {
       // memset; the library's delta kernel does both in one grid), the convert kernel.
       using Cfg = Sm90WsBwdDefaultConfig<Element, kD, kDv>;
       const size_t accum_bytes = size_t(Sm90WsDqAccumBlocks<Cfg>::copy_floats(pr.p)) * sizeof(float);
-      const float ms_delta = time_ms([&] { launch_delta<Element>(pr.p, delta, nullptr); }, reps);
+      const float ms_delta =
+          time_ms([&] { bwd_launch_detail::launch_delta<Element, kDv>(pr.p, delta, nullptr, 0, nullptr); }, reps);
       const float ms_zero = time_ms([&] { cudaMemsetAsync(dq_accum, 0, accum_bytes, nullptr); }, reps);
       const float ms_both = time_ms(
           [&] { bwd_launch_detail::launch_delta<Element, kDv>(pr.p, delta, dq_accum, accum_bytes, nullptr); }, reps);

@@ -41,12 +41,12 @@
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
+#include <cutlass/array.h>
 #include <cutlass/barrier.h>
 
 #include <cstdint>
 
 #include "kernels/bwd/dkdv_work.h"
-#include "kernels/bwd/epilogue.h"
 #include "kernels/bwd/sm90_ws/named_barriers.h"
 #include "kernels/bwd/workspace_layout.h"
 #include "kernels/common/seqlen.h"

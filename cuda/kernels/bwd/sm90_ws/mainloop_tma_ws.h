@@ -141,14 +141,10 @@ struct Sm90WsBwdMainloop : Sm90WsBwdTmaLoads<Cfg> {
     // S^T) covers it too, since batches complete in order, and releases its Q stage (dK is that stage's last
     // reader). The capped kernels wait for dK at the end of each step (more registers live: ptxas spilled).
     constexpr bool kDkIntoNextStep = Cfg::kDkIntoNextStep && !kSoftcap;
-    PipelineState q_pending{};
-    bool has_q_pending = false;
-    auto release_pending_q = [&] CUTLASS_LAMBDA_FUNC_INLINE {
-      if constexpr (kDkIntoNextStep) {
-        warpgroup_fence_operand(acc_dk);
-        if (has_q_pending) release(pipe_q, q_pending);
-        has_q_pending = false;
-      }
+    // Step `step`'s Q stage, once its dK is known to be complete (the stage is a function of the step).
+    auto release_q_after_dk = [&](int step) CUTLASS_LAMBDA_FUNC_INLINE {
+      warpgroup_fence_operand(acc_dk);
+      release(pipe_q, pipeline_state(step, /*producer=*/false));
     };
 #pragma unroll 1
     for (int step = 0; step < w.steps; ++step) {
@@ -192,7 +188,7 @@ struct Sm90WsBwdMainloop : Sm90WsBwdTmaLoads<Cfg> {
                                                score_scale, w.mask, needs_mask, row0, w.n0);
       } else {
         warpgroup_wait<1>();  // S^T is in (and the previous step's dK)
-        release_pending_q();
+        if (kDkIntoNextStep && step > 0) release_q_after_dk(step - 1);
         warpgroup_fence_operand(acc_s);
         probs_transposed(scores, tScS, rows.lse[step % 2], score_scale, w.mask, needs_mask, row0, w.n0);
         warpgroup_wait<0>();  // dP^T is in
@@ -232,18 +228,15 @@ struct Sm90WsBwdMainloop : Sm90WsBwdTmaLoads<Cfg> {
       if constexpr (kDq) warpgroup_fence_operand(acc_dq);
       release(pipe_do, read);  // its readers: dP^T, dV
       if constexpr (kDq) Sm90WsDqAccumBlocks<Cfg>::consumer_hand_over(acc_dq, st.dq.data(), tidx);
-      if constexpr (kDkIntoNextStep) {
-        q_pending = read;  // dK stays on the tensor cores under the next step's S^T and dP^T
-        has_q_pending = true;
-      } else {
+      // Q's readers are S^T and dK; with kDkIntoNextStep dK stays on the tensor cores under the next step.
+      if constexpr (!kDkIntoNextStep) {
         warpgroup_wait<0>();  // dK is in
-        warpgroup_fence_operand(acc_dk);
-        release(pipe_q, read);  // its readers: S^T, dK
+        release_q_after_dk(step);
       }
     }
     if constexpr (kDkIntoNextStep) {
       warpgroup_wait<0>();  // the last dK
-      release_pending_q();
+      release_q_after_dk(w.steps - 1);
     }
   }
 };

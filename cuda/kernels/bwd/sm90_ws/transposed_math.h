@@ -33,6 +33,10 @@ __device__ __forceinline__ auto swapped_identity() {
   return make_coord_tensor(make_layout(Shape<Int<kRows>, Int<kCols>>{}, make_stride(E<1>{}, E<0>{})));
 }
 
+// The exponent offset of a query's P = exp2(score x log2_scale - offset): lse in log2 units, and +inf for a row
+// with no visible key (lse = -inf), so that its P is exp2(x - inf) = 0 rather than exp2(-inf + inf) = NaN.
+__device__ __forceinline__ float probs_log2_offset(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
+
 // One pass per query of the thread: P = exp2(scores x log2_scale - lse x log2 e) into scores and dS into dp,
 // dS = (dP - delta) x P with kSubtractDelta, else dp x P (dp already holds the softcap's (dP - delta) x tanh').
 // Each query's lse (and delta) are loaded where they are used, in the one pass: with delta subtracted in a pass
@@ -44,8 +48,7 @@ __device__ __forceinline__ void probs_times_dscores(Scores& scores, Dp& dp, Coor
   CUTE_UNROLL
   for (int r = 0; r < size<0>(scores); ++r) {
     const int query = get<0>(coords(r, 0));
-    const float lse_r = lse[query];
-    const float l = lse_r == -INFINITY ? INFINITY : lse_r * kLog2e;
+    const float l = probs_log2_offset(lse[query]);
     const float d = kSubtractDelta ? delta[query] : 0.f;
     CUTE_UNROLL
     for (int c = 0; c < size<1>(scores); ++c) {
@@ -100,8 +103,7 @@ __device__ __forceinline__ void probs_transposed(Scores& scores, Coords const& c
   if (needs_mask) mask.apply(scores, coords, row0, col0);
   CUTE_UNROLL
   for (int r = 0; r < size<0>(scores); ++r) {
-    const float lse_r = lse[get<0>(coords(r, 0))];
-    const float l = lse_r == -INFINITY ? INFINITY : lse_r * kLog2e;
+    const float l = probs_log2_offset(lse[get<0>(coords(r, 0))]);
     CUTE_UNROLL
     for (int c = 0; c < size<1>(scores); ++c) scores(r, c) = fast_exp2(scores(r, c) * sc.log2_scale - l);
   }

@@ -3,10 +3,11 @@
 // A CTA is 1 producer warpgroup + kBlockM / 64 consumer warpgroups (2 or 3). The producer's first thread
 // issues every TMA load; the consumers each own 64 query rows of the tile and run the two products as wgmma:
 // S = Q K^T with Q and K in shared memory, O += P V with P from registers (or shared memory, kPvFromSmem) and V
-// read through its transposed (MN-major) view. setmaxnreg moves registers from the producer (which holds a few addresses) to the consumers
-// (which hold the S, P and O fragments), within the 64K registers of an SM: 24 + 2 x 240 per thread with two
-// consumer warpgroups, 32 + 3 x 160 with three (FlashAttention-3's split for its 192-row D64 tile). With three,
-// P goes through shared memory (kPvFromSmem), so that S(t), P(t - 1) and O of the overlap fit 160 registers.
+// read through its transposed (MN-major) view. setmaxnreg moves registers from the producer (which holds a few
+// addresses) to the consumers (which hold the S, P and O fragments), within the 64K registers of an SM:
+// 24 + 2 x 240 per thread with two consumer warpgroups, 32 + 3 x 160 with three (FlashAttention-3's split for its
+// 192-row D64 tile). With three, P goes through shared memory (kPvFromSmem), so that S(t), P(t - 1) and O of the
+// overlap fit 160 registers.
 //
 // Per head dim (Sm90WsTileSize): a key tile as wide as Q + 2 stages of K and V allow in the 227 KB of shared
 // memory; the pingpong between the consumer warpgroups (their GEMMs take turns, so one's softmax runs under
@@ -73,7 +74,8 @@ struct Sm90WsFwdConfig {
   using TiledMmaQK = typename Tiles::TiledMmaQK;
   using TiledMmaPV = std::conditional_t<
       kPvFromSmem,
-      Sm90TiledMmaSS<Element, kBlockM, kHeadDimV, kBlockN, kBlockM / 64, 1, cute::GMMA::Major::K, cute::GMMA::Major::MN>,
+      Sm90TiledMmaSS<Element, kBlockM, kHeadDimV, kBlockN, kBlockM / 64, 1, cute::GMMA::Major::K,
+                     cute::GMMA::Major::MN>,
       typename Tiles::TiledMmaPV>;
   // One wgmma instruction per k slice spans the whole tile: CuTe's selector falls back to narrower atoms
   // (N = 16 for N = 80 or 176) for the shapes it has only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED.
