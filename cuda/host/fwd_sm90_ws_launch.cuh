@@ -83,14 +83,14 @@ Status launch_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream)
 #endif
 }
 
-// The default tile of the head-dim pair (tile_size.h), on the persistent CTA for dense grids where
-// kSm90WsFwdPersistentDense says so. The caller has checked that the device is a Hopper.
+// The default tile of the head-dim pair (tile_size.h), on the persistent CTA for dense grids where the tile's
+// kPersistentDense says so. The caller has checked that the device is a Hopper.
 template <typename Element, int kHeadDim, int kHeadDimV>
 Status run_attn_fwd_sm90_ws(const AttnFwdParams& params, cudaStream_t stream) {
   using Cfg = Sm90WsFwdDefaultConfig<Element, kHeadDim, kHeadDimV>;
   static_assert(table_has_tile<Cfg>(KernelKind::kFwd, KernelVariant::kSm90Ws),
                 "kernel_table.h must list Sm90WsFwdDefaultConfig's tile");
-  if constexpr (kSm90WsFwdPersistentDense) {
+  if constexpr (Sm90WsTileSize<kHeadDim, kHeadDimV>::kPersistentDense) {
     // A causal grid's blocks differ in length: those take the persistent CTA in the longest-first order only.
     const bool causal = LongestFirstScheduler<Cfg::kBlockM, TileAxis::kQuery, true>::interleaves(params);
     if (!params.packed() && (Cfg::kLongestFirst || !causal)) {

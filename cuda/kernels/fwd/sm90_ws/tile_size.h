@@ -12,11 +12,17 @@
 // Per head dim (Sm90WsTileSize): a key tile as wide as Q + 2 stages of K and V allow in the 227 KB of shared
 // memory; the pingpong between the consumer warpgroups (their GEMMs take turns, so one's softmax runs under
 // the others' GEMMs) and each warpgroup's own overlap (softmax of tile j under the QK^T of tile j+1) where
-// they were measured to pay. FlashAttention-3 runs both at D <= 128 and the overlap alone above; on an H100
-// (BENCHMARKS.md, session 21, check tool) D128 ran fastest with neither (two warpgroups issuing in turn
-// on their own: 1.04-1.10x the tile with both at S >= 4k); D64's 192-row tile runs both, with P in shared memory
-// (session 25: 1.05-1.14x the same tile without the overlap, which spilled with P in registers).
-// D96, D192 and D256 keep FlashAttention-3's choices (not measured without them).
+// they were measured to pay. FlashAttention-3 runs both at D <= 128 and the overlap alone above. On an H100
+// (BENCHMARKS.md, check tool): D128 runs the overlap with P in shared memory and no pingpong (session 27:
+// 1.04-1.16x full and 1.04-1.07x causal over the tile with neither, which had beaten pingpong + overlap with P
+// in registers by 1.04-1.10x in session 21); D64's 192-row tile runs both, with P in shared memory (session
+// 25: 1.05-1.14x the same tile without the overlap, which spilled with P in registers). D96, D192 and D256
+// keep FlashAttention-3's choices (not measured without them).
+//
+// kPersistentDense: dense grids without a causal mask run on the persistent CTA (one per SM, the next tile's
+// Q loaded while the last one finishes; kernel_fwd_sm90_ws.cuh) where it was measured to pay; causal and
+// packed grids keep one CTA per tile (their blocks differ in length; the longest-first persistent order lost to
+// it, session 27).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -124,42 +130,46 @@ struct Sm90WsTileSize<64, 64> {
   // 192 (FlashAttention-3's unmasked choice) spills 804 B.
   static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = true, kIntraWgOverlap = true, kPvFromSmem = true;
+  // Persistent (session 27, full): 1.06x at 1k but 0.96-0.98x at 4k / 16k with this tile; 0.81-0.85x there with
+  // a 128 x 128 tile.
+  static constexpr bool kPersistentDense = false;
 };
 template <>
 struct Sm90WsTileSize<96, 96> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = true, kIntraWgOverlap = true, kPvFromSmem = false;
+  static constexpr bool kPersistentDense = false;  // not measured
 };
 template <>
 struct Sm90WsTileSize<128, 128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
-  static constexpr bool kPingpong = false, kIntraWgOverlap = false, kPvFromSmem = false;
+  static constexpr bool kPingpong = false, kIntraWgOverlap = true, kPvFromSmem = true;
+  static constexpr bool kPersistentDense = false;  // not measured with this tile's overlap
 };
 template <>
 struct Sm90WsTileSize<192, 128> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
   static constexpr bool kPingpong = false, kIntraWgOverlap = true, kPvFromSmem = false;
+  static constexpr bool kPersistentDense = false;  // not measured
 };
 template <>
 struct Sm90WsTileSize<192, 192> {
   static constexpr int kBlockM = 128, kBlockN = 96, kStages = 2;
   static constexpr bool kPingpong = false, kIntraWgOverlap = true, kPvFromSmem = false;
+  static constexpr bool kPersistentDense = false;  // not measured
 };
 template <>
 struct Sm90WsTileSize<256, 256> {
   static constexpr int kBlockM = 128, kBlockN = 64, kStages = 2;
   static constexpr bool kPingpong = false, kIntraWgOverlap = true, kPvFromSmem = false;
+  // Persistent (session 27): full 1.02x at 1k, 1.09x at 4k, 1.04x at 16k; causal in tile order 0.56-0.98x.
+  static constexpr bool kPersistentDense = true;
 };
 
 // The longest-first order of the dense causal grid (Sm90WsFwdConfig::kLongestFirst): off in the library until
 // measured; the check tool times it (-DCHECK_LONGEST_FIRST=1).
 inline constexpr bool kSm90WsFwdLongestFirst = false;
 
-// Dense (not packed) grids on the persistent CTA, one per SM (kernel_fwd_sm90_ws.cuh), packed grids and (unless
-// kSm90WsFwdLongestFirst) causal ones keeping one CTA per tile: off in the library until measured through it.
-// The check tool times the persistent CTA with -DCHECK_PERSISTENT=1 (its longest-first order with
-// -DCHECK_LONGEST_FIRST=1). Switching it on compiles both kernels into each instantiation file.
-inline constexpr bool kSm90WsFwdPersistentDense = false;
 
 template <typename Element, int kHeadDim, int kHeadDimV, class Tile = Sm90WsTileSize<kHeadDim, kHeadDimV>>
 using Sm90WsFwdDefaultConfig = Sm90WsFwdConfig<Element, kHeadDim, kHeadDimV, Tile::kBlockM, Tile::kBlockN,
