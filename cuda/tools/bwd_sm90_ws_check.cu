@@ -21,6 +21,7 @@
 //                --kernel-name kns=attn_bwd_dkdv_sm90_ws_kernel)
 //   --no-timing  correctness only
 //   --bf16       bf16 only (correctness and timing; fp16 too by default)
+//   --profile S full|causal   one bf16 backward of that standard-grid cell, nothing else (for ncu)
 // Exit status 0 when every case passes.
 #include <cuda_runtime.h>
 
@@ -807,6 +808,19 @@ void benchmark(const char* dtype) {
   }
 }
 
+// One backward of the standard grid's (S, mask) cell and nothing else, for a profiler (`ncu --kernel-name
+// regex:attn_bwd_dkdv --launch-count 1 ... --profile 16384 full`): the forward, then the library's chain once.
+template <class Element>
+void profile_once(int s, bool causal) {
+  const int heads = 2048 / kD, batch = std::max(16384 / s, 1);
+  Case c{"profile", batch, s, s, heads, heads, kD, kDv, -1, causal ? 0 : -1, 0.f, {}, {}, {}, {}, 0};
+  Problem<Element> pr(c);
+  check_status(run_attn_fwd_sm90_ws<Element, kD, kDv>(pr.p, nullptr), "sm90_ws forward");
+  check_status(launch_new<Element>(pr.p, nullptr), "sm90_ws backward");
+  CHECK_CUDA(cudaDeviceSynchronize());
+  std::printf("profiled: bf16 D%d %s B%d S%d H%d\n", kD, causal ? "causal" : "full", batch, s, heads);
+}
+
 }  // namespace
 }  // namespace jax_flash
 
@@ -817,6 +831,10 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--small") == 0) small = true;
     if (std::strcmp(argv[i], "--no-timing") == 0) timing = false;
     if (std::strcmp(argv[i], "--bf16") == 0) fp16 = false;
+    if (std::strcmp(argv[i], "--profile") == 0 && i + 2 < argc) {
+      profile_once<cutlass::bfloat16_t>(std::atoi(argv[i + 1]), std::strcmp(argv[i + 2], "causal") == 0);
+      return 0;
+    }
   }
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));

@@ -9,10 +9,11 @@
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math \
 //        -DJAX_FLASH_HAS_SM90A -DCHECK_HEAD_DIM=128 -Icuda -I<CUTLASS include> \
 //        cuda/tools/fwd_sm90_ws_check.cu -o /tmp/fwd_sm90_ws_check
-// Run: fwd_sm90_ws_check [--small] [--no-timing] [--bf16]
+// Run: fwd_sm90_ws_check [--small] [--no-timing] [--bf16] [--profile S full|causal]
 //   --small      a few small cases, the new kernel only, fixed tolerances (for compute-sanitizer)
 //   --no-timing  correctness only
 //   --bf16       bf16 only (correctness and timing; fp16 too by default)
+//   --profile    one bf16 forward (the tested kernel) of that standard-grid cell, nothing else (for ncu)
 // Exit status 0 when every case passes.
 #include <cuda_runtime.h>
 
@@ -544,6 +545,18 @@ void benchmark(const char* dtype) {
   }
 }
 
+// One forward of the standard grid's (S, mask) cell with the tested kernel and nothing else, for a profiler
+// (`ncu --kernel-name regex:attn_fwd_sm90_ws --launch-count 1 ... --profile 16384 full`).
+template <class Element>
+void profile_once(int s, bool causal) {
+  const int heads = 2048 / kD, batch = std::max(16384 / s, 1);
+  Case c{"profile", batch, s, s, heads, heads, kD, kDv, -1, causal ? 0 : -1, 0.f, {}, {}, {}, {}, 0};
+  Problem<Element> pr(c);
+  check_status(launch_new<Element>(pr.p, nullptr), "sm90_ws forward");
+  CHECK_CUDA(cudaDeviceSynchronize());
+  std::printf("profiled: bf16 D%d %s B%d S%d H%d\n", kD, causal ? "causal" : "full", batch, s, heads);
+}
+
 }  // namespace
 }  // namespace jax_flash
 
@@ -583,6 +596,10 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--small") == 0) small = true;
     if (std::strcmp(argv[i], "--no-timing") == 0) timing = false;
     if (std::strcmp(argv[i], "--bf16") == 0) fp16 = false;
+    if (std::strcmp(argv[i], "--profile") == 0 && i + 2 < argc) {
+      profile_once<cutlass::bfloat16_t>(std::atoi(argv[i + 1]), std::strcmp(argv[i + 2], "causal") == 0);
+      return 0;
+    }
   }
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
