@@ -54,6 +54,35 @@ def test_gradients_with_an_lse_cotangent(head_dims, heads, seqlens, causal, dete
         check_oracle(name, ours[i], ref[i], naive[i], factor=2.0)
 
 
+# Forward grids with more tiles than an H100 / H200 has SMs (132): D256's dense grids without a causal mask run on
+# the persistent CTA (one per SM, each walking several tiles; tile_size.h kPersistentDense), D128's on the
+# overlapped tile with P in shared memory, in bf16 and fp16; a window that leaves rows without keys, softcap
+# with logits far above the cap, GQA. Gradients by the oracle rule; the forward bitwise equal on a second run.
+LARGE_GRID_CASES = [  # dtype, (d, dv), (hq, hk), (sq, sk), window, softcap
+    ("bfloat16", (256, 256), (16, 4), (2100, 2100), None, None),   # 17 x 16 = 272 tiles
+    ("float16", (256, 256), (12, 3), (2100, 1500), (16, 16), None),  # rows before key 600 - 16 see none
+    ("bfloat16", (256, 256), (14, 14), (1900, 2000), None, 30.0),
+    ("float16", (128, 128), (14, 2), (2100, 2100), None, None),    # GQA 7
+    ("bfloat16", (128, 128), (12, 3), (2100, 1500), (16, 16), 30.0),
+]
+
+
+@pytest.mark.parametrize("dtype, head_dims, heads, seqlens, window, softcap", LARGE_GRID_CASES)
+def test_forward_grids_larger_than_the_sms(dtype, head_dims, heads, seqlens, window, softcap):
+    pin, deterministic = variant_or_skip("auto", dtype, *head_dims, seqlen_k=seqlens[1])
+    case = dict(dtype=dtype, head_dims=head_dims, causal=False, heads=heads, seqlens=seqlens, window=window,
+                softcap=softcap)
+    ours, ref = run_case(case, variant=pin, deterministic=deterministic)
+    if window is not None:
+        assert np.isneginf(ref[1]).any(), "the window case has rows without keys"
+    q, k, v, _ = make_inputs(case)
+    poison_device_memory()
+    again = jax.device_get(jax_flash.flash_attention(q, k, v, window=window, softcap=softcap, return_lse=True,
+                                                     implementation="cuda", _variant=pin))
+    for name, a, b in zip(["out", "lse"], ours[:2], again):
+        assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8)), f"{name} differs"
+
+
 def test_deterministic_gradients_are_bitwise_repeatable():
     case = dict(dtype="bfloat16", head_dims=(128, 128), causal=True, heads=(28, 4),
                 seqlens=(1000, 4097), softcap=None, window=None)
