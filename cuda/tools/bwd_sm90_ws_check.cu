@@ -748,11 +748,10 @@ bool check_correctness(bool small, const char* dtype) {
 // The standard grid (DESIGN.md): 16k tokens per batch, hidden 2048. Inputs from the warp-specialized forward.
 template <class Element>
 void benchmark(const char* dtype) {
-  const int heads = 2048 / kD;
   for (bool causal : {false, true}) {
     for (int s : {1024, 4096, 16384}) {
-      const int batch = 16384 / s;
-      Case c{"bench", batch, s, s, heads, heads, kD, kDv, -1, causal ? 0 : -1, 0.f, {}, {}, {}, {}, 0};
+      const Case c = standard_grid_case<Case>("bench", s, causal, kD, kDv);
+      const int batch = c.batch, heads = c.hq;
       Problem<Element> pr(c);
       check_status(run_attn_fwd_sm90_ws<Element, kD, kDv>(pr.p, nullptr), "sm90_ws forward");
       check_status(launch_current<Element>(pr.p, nullptr), "current backward");
@@ -812,13 +811,12 @@ void benchmark(const char* dtype) {
 // regex:attn_bwd_dkdv --launch-count 1 ... --profile 16384 full`): the forward, then the library's chain once.
 template <class Element>
 void profile_once(int s, bool causal) {
-  const int heads = 2048 / kD, batch = std::max(16384 / s, 1);
-  Case c{"profile", batch, s, s, heads, heads, kD, kDv, -1, causal ? 0 : -1, 0.f, {}, {}, {}, {}, 0};
+  const Case c = standard_grid_case<Case>("profile", s, causal, kD, kDv);
   Problem<Element> pr(c);
   check_status(run_attn_fwd_sm90_ws<Element, kD, kDv>(pr.p, nullptr), "sm90_ws forward");
   check_status(launch_new<Element>(pr.p, nullptr), "sm90_ws backward");
   CHECK_CUDA(cudaDeviceSynchronize());
-  std::printf("profiled: bf16 D%d %s B%d S%d H%d\n", kD, causal ? "causal" : "full", batch, s, heads);
+  std::printf("profiled: bf16 D%d %s B%d S%d H%d\n", kD, causal ? "causal" : "full", c.batch, s, c.hq);
 }
 
 }  // namespace
@@ -826,16 +824,12 @@ void profile_once(int s, bool causal) {
 
 int main(int argc, char** argv) {
   using namespace jax_flash;
-  bool small = false, timing = true, fp16 = true;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--small") == 0) small = true;
-    if (std::strcmp(argv[i], "--no-timing") == 0) timing = false;
-    if (std::strcmp(argv[i], "--bf16") == 0) fp16 = false;
-    if (std::strcmp(argv[i], "--profile") == 0 && i + 2 < argc) {
-      profile_once<cutlass::bfloat16_t>(std::atoi(argv[i + 1]), std::strcmp(argv[i + 2], "causal") == 0);
-      return 0;
-    }
+  const ToolArgs args = parse_tool_args(argc, argv);
+  if (args.profile_seqlen > 0) {
+    profile_once<cutlass::bfloat16_t>(args.profile_seqlen, args.profile_causal);
+    return 0;
   }
+  const bool small = args.small, timing = args.timing, fp16 = args.fp16;
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);

@@ -1,5 +1,6 @@
 // What the standalone GPU check tools (cuda/tools/*_check.cu) share: error checks, device buffers, random and
-// constant fills, the fp32 reference kernels' block reduction, host copies, element-wise differences, timing.
+// constant fills, the fp32 reference kernels' block reduction, host copies, element-wise differences, timing,
+// the standard grid's cases and the command line.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "host/attention.h"
@@ -150,6 +152,36 @@ float time_ms(Launch&& launch, int reps) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms / reps;
+}
+
+// A tool's case (its Case type: name, batch, sq, sk, hq, hk, d, dv, window, softcap, packed fields) for the cell
+// (seqlen, mask) of the standard grid (DESIGN.md): 16k tokens per batch, hidden 2048, no GQA.
+template <class Case>
+Case standard_grid_case(const char* name, int seqlen, bool causal, int d, int dv) {
+  const int heads = 2048 / d, batch = std::max(16384 / seqlen, 1);
+  return Case{name, batch, seqlen, seqlen, heads, heads, d, dv, -1, causal ? 0 : -1, 0.f, {}, {}, {}, {}, 0};
+}
+
+// The check tools' command line: [--small] [--no-timing] [--bf16] [--profile S full|causal].
+struct ToolArgs {
+  bool small = false;         // a few small cases, for compute-sanitizer
+  bool timing = true;         // the standard grid's timings after the correctness cases
+  bool fp16 = true;           // fp16 as well as bf16
+  int profile_seqlen = 0;     // > 0: one bf16 pass of the standard grid's cell (profile_seqlen, mask) only
+  bool profile_causal = false;
+};
+inline ToolArgs parse_tool_args(int argc, char** argv) {
+  ToolArgs a;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--small") == 0) a.small = true;
+    if (std::strcmp(argv[i], "--no-timing") == 0) a.timing = false;
+    if (std::strcmp(argv[i], "--bf16") == 0) a.fp16 = false;
+    if (std::strcmp(argv[i], "--profile") == 0 && i + 2 < argc) {
+      a.profile_seqlen = std::atoi(argv[i + 1]);
+      a.profile_causal = std::strcmp(argv[i + 2], "causal") == 0;
+    }
+  }
+  return a;
 }
 
 }  // namespace jax_flash::check
